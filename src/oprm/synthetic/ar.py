@@ -1,0 +1,252 @@
+"""Natural-language associative recall (AR) with an "I don't know" answer.
+
+A document is a shuffled mix of *fact sentences* ("The code of the amber falcon is 4821.") and *filler
+sentences* from :mod:`oprm.synthetic.filler`. The question asks for the value of one key. The answer is the
+value, or the IDK word ``"Error"`` when the key does not occur in the document (``present=False``).
+
+Everything is deterministic given the seed: pass an ``int`` seed or a ``random.Random``.
+
+    >>> from oprm.synthetic.ar import make_ar_episode, AR_TEMPLATE
+    >>> ep = make_ar_episode(0, num_facts=6)
+    >>> prompt = AR_TEMPLATE.format(context=ep.context, input=ep.question)
+
+``AR_TEMPLATE`` is the user-message text shared by training, the engine, the demo and ``oprm eval``.
+Everything before ``{context}`` is the OPRM prefix P, everything after it (question + IDK instruction) the
+suffix S.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from . import words as W
+from .filler import filler_sentence
+
+IDK = "Error"
+
+AR_TEMPLATE = (
+    "Answer the question using the text below.\n\n"
+    "Text: {context}\n\n"
+    "Question: {input} Answer with the value only. "
+    'If the answer does not exist in the text, return "Error".'
+)
+
+
+@dataclass
+class AREpisode:
+    context: str
+    question: str
+    answer: str
+    key: str                      # e.g. "amber falcon" or "Maria Lopez"
+    needle: str | None            # the fact sentence holding the answer; None when the key is absent
+    facts: list[str] = field(default_factory=list)  # all (complete) fact sentences, in document order
+
+    @property
+    def present(self) -> bool:
+        return self.needle is not None
+
+    def user_message(self, template: str = AR_TEMPLATE) -> str:
+        return template.format(context=self.context, input=self.question)
+
+
+# --------------------------------------------------------------------------- keys and values
+@dataclass(frozen=True)
+class _Key:
+    kind: str    # "thing" or "person"
+    a: str       # modifier / first name
+    b: str       # noun / surname
+
+    @property
+    def text(self) -> str:
+        return f"{self.a} {self.b}"
+
+    @property
+    def ref(self) -> str:           # how it is referred to inside a sentence
+        return f"the {self.a} {self.b}" if self.kind == "thing" else self.text
+
+
+_MODIFIERS = W.COLOURS + W.ADJECTIVES
+_NOUNS = W.ANIMALS + W.OBJECTS
+
+
+def _random_key(rng: random.Random, person_prob: float) -> _Key:
+    if rng.random() < person_prob:
+        return _Key("person", rng.choice(W.FIRST_NAMES), rng.choice(W.SURNAMES))
+    return _Key("thing", rng.choice(_MODIFIERS), rng.choice(_NOUNS))
+
+
+def _near_key(rng: random.Random, k: _Key) -> _Key:
+    """A key sharing one word with ``k`` (hard negative for the IDK case)."""
+    if k.kind == "person":
+        return _Key("person", k.a, rng.choice(W.SURNAMES)) if rng.random() < 0.5 else \
+            _Key("person", rng.choice(W.FIRST_NAMES), k.b)
+    return _Key("thing", k.a, rng.choice(_NOUNS)) if rng.random() < 0.5 else \
+        _Key("thing", rng.choice(_MODIFIERS), k.b)
+
+
+def _random_number(rng: random.Random, digits: tuple[int, int]) -> str:
+    n = rng.randint(digits[0], digits[1])
+    return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
+
+
+def _cap(s: str) -> str:
+    return s[0].upper() + s[1:]
+
+
+def _fact_sentence(rng: random.Random, k: _Key, rel: str, v: str) -> str:
+    r = k.ref
+    if rel == "place":
+        return rng.choice([
+            f"{_cap(r)} lives in {v}.",
+            f"The home of {r} is {v}.",
+            f"{_cap(r)} is based in {v}.",
+            f"The city of {r} is {v}.",
+        ])
+    a = rel
+    return rng.choice([
+        f"The {a} of {r} is {v}.",
+        f"{_cap(r)} has {a} {v}.",
+        f"{_cap(r)}'s {a} is {v}.",
+        f"For {r}, the {a} is {v}.",
+        f"{_cap(a)} of {r}: {v}.",
+        f"Remember that the {a} of {r} is {v}.",
+        f"{_cap(r)} was given {a} {v}.",
+    ])
+
+
+def _question(rng: random.Random, k: _Key, rel: str) -> str:
+    r = k.ref
+    if rel == "place":
+        return rng.choice([f"Where does {r} live?", f"In which city does {r} live?",
+                           f"What is the home city of {r}?"])
+    return rng.choice([f"What is the {rel} of {r}?", f"What {rel} does {r} have?",
+                       f"Tell me the {rel} of {r}."])
+
+
+def _cut_tail(rng: random.Random, s: str) -> str:
+    """The end of a sentence (as if a slice started mid-sentence)."""
+    ws = s.split(" ")
+    return " ".join(ws[rng.randint(1, max(1, len(ws) - 1)):])
+
+
+def _cut_head(rng: random.Random, s: str) -> str:
+    """The start of a sentence (as if a slice ended mid-sentence)."""
+    ws = s.split(" ")
+    return " ".join(ws[:rng.randint(1, max(1, len(ws) - 1))])
+
+
+# --------------------------------------------------------------------------- episodes
+def make_ar_episode(
+    rng_or_seed: int | random.Random,
+    num_facts: int,
+    filler_ratio: float = 1.0,
+    present: bool = True,
+    *,
+    needle_pos: float | None = None,
+    hard_negative_prob: float = 0.5,
+    place_prob: float = 0.15,
+    person_prob: float = 0.2,
+    value_digits: tuple[int, int] = (3, 4),
+    slice_edges: bool = False,
+) -> AREpisode:
+    """Build one AR episode.
+
+    num_facts:     fact sentences in the document (>= 1 when ``present``; may be 0 when absent).
+    filler_ratio:  mean number of filler sentences per fact sentence (0 = facts only).
+    present:       whether the queried key is in the document (answer = value) or not (answer = "Error").
+    needle_pos:    relative position (0..1) of the needle among the facts; None = uniform at random.
+    hard_negative_prob: for absent keys, the probability that the queried key shares a word with a
+                   key of the document (e.g. "amber lamp" when "amber falcon" is present).
+    place_prob / person_prob: share of "lives in <city>" facts / of person-name keys.
+    value_digits:  (min, max) digits of numeric values.
+    slice_edges:   start and end the document mid-sentence, like an arbitrary slice of a longer text.
+    """
+    rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
+    if present and num_facts < 1:
+        raise ValueError("a present-key episode needs num_facts >= 1")
+
+    keys: list[_Key] = []
+    used: set[str] = set()
+    while len(keys) < num_facts:
+        k = _random_key(rng, person_prob)
+        if k.text not in used:
+            used.add(k.text)
+            keys.append(k)
+    rels = ["place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES) for _ in keys]
+    vals = [rng.choice(W.PLACES) if rel == "place" else _random_number(rng, value_digits) for rel in rels]
+    facts = [_fact_sentence(rng, k, rel, v) for k, rel, v in zip(keys, rels, vals)]
+
+    if present:
+        if needle_pos is None:
+            qi = rng.randrange(num_facts)
+        else:
+            qi = min(num_facts - 1, max(0, int(round(needle_pos * (num_facts - 1)))))
+        qkey, qrel, answer, needle = keys[qi], rels[qi], vals[qi], facts[qi]
+    else:
+        qkey = None
+        for _ in range(1000):
+            if keys and rng.random() < hard_negative_prob:
+                cand = _near_key(rng, rng.choice(keys))
+            else:
+                cand = _random_key(rng, person_prob)
+            if cand.text not in used:
+                qkey = cand
+                break
+        assert qkey is not None
+        qrel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
+        answer, needle = IDK, None
+
+    def clean_filler() -> str:
+        while True:
+            s = filler_sentence(rng)
+            if qkey.text not in s:
+                return s
+
+    # interleave: filler sentences are spread over the num_facts + 1 gaps around the facts
+    n_filler = _poisson_like(rng, filler_ratio * max(1, num_facts))
+    gaps = [0] * (num_facts + 1)
+    for _ in range(n_filler):
+        gaps[rng.randrange(num_facts + 1)] += 1
+    sents: list[str] = []
+    for i in range(num_facts + 1):
+        sents.extend(clean_filler() for _ in range(gaps[i]))
+        if i < num_facts:
+            sents.append(facts[i])
+
+    if slice_edges:
+        # a partial sentence at the start and/or the end; a partial fact never mentions the queried key
+        if rng.random() < 0.8:
+            src = clean_filler() if rng.random() < 0.7 else _distractor_fact(rng, qkey, used, person_prob,
+                                                                            place_prob, value_digits)
+            sents.insert(0, _cut_tail(rng, src))
+        if rng.random() < 0.8:
+            src = clean_filler() if rng.random() < 0.7 else _distractor_fact(rng, qkey, used, person_prob,
+                                                                            place_prob, value_digits)
+            sents.append(_cut_head(rng, src))
+
+    context = " ".join(sents)
+    return AREpisode(context=context, question=_question(rng, qkey, qrel), answer=answer, key=qkey.text,
+                     needle=needle, facts=facts)
+
+
+def _distractor_fact(rng, qkey, used, person_prob, place_prob, digits) -> str:
+    while True:
+        k = _random_key(rng, person_prob)
+        if k.text != qkey.text and k.text not in used:
+            break
+    rel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
+    v = rng.choice(W.PLACES) if rel == "place" else _random_number(rng, digits)
+    return _fact_sentence(rng, k, rel, v)
+
+
+def _poisson_like(rng: random.Random, mean: float) -> int:
+    """A cheap, deterministic count with the given mean (binomial over 2*mean trials of p=0.5)."""
+    if mean <= 0:
+        return 0
+    n = int(round(2 * mean))
+    return sum(rng.random() < 0.5 for _ in range(n))
+
+
+def ar_messages(ep: AREpisode, template: str = AR_TEMPLATE) -> list[dict]:
+    """Chat messages (user turn only) for ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``."""
+    return [{"role": "user", "content": ep.user_message(template)}]
