@@ -1,0 +1,44 @@
+"""Models whose state is a transformers ``Cache`` (``DynamicCache`` and its linear-attention layers).
+
+Mamba, FalconMamba, Mamba2, Zamba, Zamba2, Bamba, Jamba, GraniteMoeHybrid, FalconH1, NemotronH, Lfm2, Qwen3-Next,
+Qwen3.5, plain attention models (Llama, Gemma, ...), and remote-code models that follow the cache protocol.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .base import StateAdapter, copy_structure
+
+# Architectures whose multi-token forward from a cached state is wrong in transformers 5.24: the Mamba1 mixer
+# restarts the selective scan from zeros (Mamba 1.7e-2, FalconMamba 0.27, Jamba 3e-4 max |Δlogit|).
+MAMBA1_FAMILY = ("mamba", "falcon_mamba", "jamba")
+
+
+class CacheAdapter(StateAdapter):
+    def __init__(self, model):
+        super().__init__(model)
+        params = inspect.signature(model.forward).parameters
+        # transformers 5.x names the state `cache`; older remote code still says `past_key_values`
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.takes_logits_to_keep = "logits_to_keep" in params
+        self.continuation_exact = model.config.model_type not in MAMBA1_FAMILY
+
+    def prefill(self, input_ids, state=None, start=0, num_logits=1):
+        kwargs = {"input_ids": input_ids, self.cache_arg: state, "use_cache": True}
+        if self.takes_position_ids:  # explicit positions: Bamba and MiniMax ignore the cache offset otherwise
+            kwargs["position_ids"] = self.position_ids(input_ids.shape[0], input_ids.shape[1], start)
+        if self.takes_logits_to_keep:
+            kwargs["logits_to_keep"] = num_logits
+        out = self.model(**kwargs)
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
+        return self.last_logits(out.logits, num_logits), cache
+
+    def select(self, state, rows):
+        selected = copy_structure(state)
+        selected.reorder_cache(torch.as_tensor(rows, dtype=torch.long, device=self.device))
+        return selected

@@ -1,0 +1,34 @@
+"""Where models come from: a hub id, a local folder, a ``.gguf`` file, or a model that ships with oprm."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import OPRMUsageError
+
+SHIPPED_DIR = Path(__file__).parent / "models"
+
+
+def shipped_models() -> dict[str, Path]:
+    if not SHIPPED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file()}
+
+
+def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name) for ``name``; a shipped model's name maps to its folder."""
+    if name in shipped_models():
+        return str(shipped_models()[name]), gguf_file
+    if name.endswith(".gguf"):
+        if not os.path.isfile(name):
+            raise OPRMUsageError(f"model file not found: {name}")
+        folder, file = os.path.split(os.path.abspath(name))
+        return folder, file
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name and os.path.exists(name.split(os.sep)[0])
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise OPRMUsageError(f"model folder not found: {name}")
+    if os.path.isdir(os.path.expanduser(name)) and not os.path.isfile(os.path.join(os.path.expanduser(name), "config.json")):
+        if not gguf_file:
+            raise OPRMUsageError(f"{name} has no config.json: not a transformers model folder")
+    return os.path.expanduser(name), gguf_file

@@ -1,0 +1,102 @@
+"""OPRM's answer for the chosen chunk equals model.generate on [P, C_j, S] alone, for every architecture."""
+
+import random
+
+import pytest
+import torch
+from tiny_models import CONFIGS, VOCAB, reference_generate, tiny_model
+
+from oprm import OPRM
+
+ARCHS = sorted(CONFIGS)
+NEW = 5
+TOL = 1e-5
+
+
+def make_prompt(seed=0, n_context=40):
+    rng = random.Random(seed)
+    tokens = lambda n: [rng.randrange(3, VOCAB) for _ in range(n)]  # noqa: E731
+    return tokens(5), tokens(n_context), tokens(6)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    return tiny_model(request.param)
+
+
+def assert_same_as_generate(model, result, prompt_ids):
+    ref_tokens, ref_logits = reference_generate(model, prompt_ids, NEW)
+    assert result.token_ids == ref_tokens
+    assert len(result.logits) == len(ref_logits)
+    worst = max(float((a - b).abs().max()) for a, b in zip(result.logits, ref_logits))
+    assert worst < TOL, f"max |Δlogit| {worst:.2e}"
+
+
+def test_every_chunk_row_equals_generate(model):
+    P, C, S = make_prompt()
+    engine = OPRM(model, chunk_size=12, idk=None)
+    for j in range(4):  # chunks [0,12) [12,24) [24,36) and the final 12 tokens [28,40)
+        result = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, selection="oracle", gold_chunk=j,
+                                 max_new_tokens=NEW, output_logits=True)
+        assert result.chosen == [j]
+        start, end = result.chunks[j].token_start, result.chunks[j].token_end
+        assert_same_as_generate(model, result, P + C[start:end] + S)
+
+
+def test_entropy_choice_equals_generate_and_is_min_entropy(model):
+    P, C, S = make_prompt(1)
+    result = OPRM(model, chunk_size=12, idk=None).generate(prefix_ids=P, context_ids=C, suffix_ids=S,
+                                                           max_new_tokens=NEW, output_logits=True)
+    (j,) = result.chosen
+    assert j == min(result.chunks, key=lambda c: c.entropy).index
+    c = result.chunks[j]
+    assert_same_as_generate(model, result, P + C[c.token_start:c.token_end] + S)
+
+
+def test_one_chunk_equals_vanilla(model):
+    P, C, S = make_prompt(2, n_context=10)
+    engine = OPRM(model, chunk_size=16, idk=None)
+    oprm = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
+    vanilla = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, mode="vanilla", max_new_tokens=NEW,
+                              output_logits=True)
+    assert len(oprm.chunks) == 1 and oprm.chosen == [0]
+    assert oprm.token_ids == vanilla.token_ids
+    assert_same_as_generate(model, vanilla, P + C + S)
+
+
+def test_shared_prefix_equals_full_recompute(model):
+    P, C, S = make_prompt(3)
+    kwargs = dict(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
+    shared = OPRM(model, chunk_size=12, idk=None, shared_prefix=True).generate(**kwargs)
+    full = OPRM(model, chunk_size=12, idk=None, shared_prefix=False).generate(**kwargs)
+    assert shared.chosen == full.chosen and shared.token_ids == full.token_ids
+    for a, b in zip(shared.chunks, full.chunks):
+        assert abs(a.entropy - b.entropy) < TOL
+    if OPRM(model).adapter.continuation_exact:
+        assert shared.tokens_processed < full.tokens_processed  # P was computed once
+
+
+def test_continuation_declaration_is_needed(model):
+    """Adapters that declare inexact multi-token continuation really are inexact in transformers; the others are exact."""
+    adapter = OPRM(model).adapter
+    P, C, _ = make_prompt(4, n_context=12)
+    with torch.no_grad():
+        full, _ = adapter.prefill(torch.tensor([P + C]))
+        _, state = adapter.prefill(torch.tensor([P]))
+        state = adapter.select(state, [0, 0])
+        cont, _ = adapter.prefill(torch.tensor([C, C]), state, start=len(P))
+    err = float((cont[0] - full[0]).abs().max())
+    if adapter.continuation_exact:
+        assert err < TOL
+        assert float((cont[1] - full[0]).abs().max()) < TOL
+    else:
+        assert err > TOL
+
+
+def test_micro_batches_choose_like_one_batch(model):
+    P, C, S = make_prompt(5, n_context=60)
+    kwargs = dict(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW)
+    one = OPRM(model, chunk_size=12, idk=None, max_batch_tokens=10_000).generate(**kwargs)
+    small = OPRM(model, chunk_size=12, idk=None, max_batch_tokens=40).generate(**kwargs)  # 1-2 rows per batch
+    assert one.chosen == small.chosen and one.token_ids == small.token_ids
+    assert max(abs(a.entropy - b.entropy) for a, b in zip(one.chunks, small.chunks)) < TOL
