@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-__all__ = ["postprocess_pred", "string_match_all", "string_match_part", "contains_score", "SYNTHETIC_METRICS"]
+__all__ = ["postprocess_pred", "string_match_all", "string_match_part", "contains_score", "word_match", "SYNTHETIC_METRICS"]
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -36,6 +36,15 @@ def contains_score(prediction: str, ground_truth: str, **kwargs) -> float:
     return 1.0 if ground_truth.lower() in postprocess_pred(prediction).lower() else 0.0
 
 
+def word_match(prediction: str, ground_truth: str, **kwargs) -> float:
+    """1.0 when the gold answer occurs in the prediction as a whole word/number (case-insensitive).
+
+    "1234" does not match inside "12345"; used for pass-key and associative-recall values and the IDK word.
+    """
+    pat = r"(?<!\w)" + re.escape(ground_truth.strip().lower()) + r"(?!\w)"
+    return 1.0 if ground_truth.strip() and re.search(pat, postprocess_pred(prediction).lower()) else 0.0
+
+
 # Metrics that take the whole reference list are flagged with ``all_refs = True``; score_sample-style callers
 # that work per gold answer use ``contains`` instead.
 def _all_refs(fn):
@@ -45,6 +54,7 @@ def _all_refs(fn):
 
 SYNTHETIC_METRICS = {
     "contains": contains_score,
+    "word_match": word_match,
     "string_match_all": _all_refs(string_match_all),
     "string_match_part": _all_refs(string_match_part),
 }

@@ -1,0 +1,148 @@
+"""The task registry: every benchmark task as data (template, budgets, metric, OPRM treatment).
+
+LongBench v1 / LongBench-E / LongBench v2 entries live in ``longbench_tasks.json`` (with the source commit of every
+string); synthetic tasks (``ar``, ``niah_*``, ``passkey``) are defined in :mod:`oprm.tasks.synthetic`.
+
+A :class:`Task` knows how to
+* give the prompt template for a mode (the OPRM IDK variant only for ``mode="oprm"`` with the IDK filter on, exactly
+  like the official OPRM script; vanilla/truncate/bm25 use the original template),
+* give the generation budget (``official`` = LongBench ``dataset2maxlen``, ``oprm`` = the OPRM script's shorter one),
+* post-process a prediction (Qasper: the IDK word back to "unanswerable") and score it with the official metric.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from oprm.errors import OPRMUsageError
+from oprm.metrics.longbench import get_metric, score_sample
+
+__all__ = ["Task", "get_task", "expand_tasks", "list_tasks", "longbench_table", "TASK_GROUPS", "LONGBENCH_DATASETS",
+           "LONGBENCH_E_DATASETS", "LONGBENCH_EN_DATASETS"]
+
+IDK_WORD = "Error"
+
+
+@lru_cache(maxsize=1)
+def longbench_table() -> dict:
+    text = resources.files("oprm.tasks").joinpath("longbench_tasks.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+LONGBENCH_DATASETS: tuple[str, ...] = tuple(longbench_table()["datasets"])
+LONGBENCH_E_DATASETS: tuple[str, ...] = tuple(longbench_table()["longbench_e"])
+LONGBENCH_EN_DATASETS: tuple[str, ...] = tuple(
+    d for d, spec in longbench_table()["datasets"].items() if spec["language"] in ("en", "code"))
+SYNTHETIC_TASKS = ("ar", "niah_single", "niah_multikey", "niah_multivalue", "passkey")
+
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "longbench": LONGBENCH_DATASETS,
+    "longbench_en": LONGBENCH_EN_DATASETS,  # the 16 English + code datasets the OPRM paper reports
+    "longbench_e": tuple(f"{d}_e" for d in LONGBENCH_E_DATASETS),
+    "niah": ("niah_single", "niah_multikey", "niah_multivalue"),
+    "synthetic": SYNTHETIC_TASKS,
+}
+
+
+@dataclass
+class Task:
+    name: str  # unique task name (file stem in results): "hotpotqa", "hotpotqa_e", "longbench_v2", "ar", ...
+    dataset: str  # LongBench dataset name (pred file stem that eval.py reads) or the synthetic task name
+    suite: str  # "longbench" | "longbench_e" | "longbench_v2" | "synthetic"
+    category: str
+    language: str
+    metric: str
+    template: str
+    idk_template: str | None = None
+    max_new_tokens: int = 32
+    oprm_max_new_tokens: int | None = None
+    decode: str = "one"  # "all": OPRM decodes every chunk and joins the outputs (summarisation)
+    context_tail: bool = False  # lcc: OPRM keeps only the last chunk_size tokens of the context
+    first_line: bool = False
+    longbench_chat: bool = True  # LongBench pred.py applies the chat template
+    idk_answer_map: dict[str, str] | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # synthetic-task settings
+
+    # ------------------------------------------------------------------ prompts / budgets
+    def template_for(self, mode: str, idk: bool) -> str:
+        if mode in ("oprm", "oracle") and idk and self.idk_template:
+            return self.idk_template
+        return self.template
+
+    def budget(self, which: str = "official") -> int:
+        if which == "official":
+            return self.max_new_tokens
+        if which == "oprm":
+            return self.oprm_max_new_tokens or self.max_new_tokens
+        raise OPRMUsageError(f"--max-new-tokens-budget must be 'official' or 'oprm', got {which!r}")
+
+    @property
+    def pred_subdir(self) -> str:
+        return "pred_e" if self.suite == "longbench_e" else "pred"
+
+    # ------------------------------------------------------------------ scoring
+    def postprocess(self, prediction: str, idk_prompt: bool) -> str:
+        """Map the IDK word back to the dataset's own answer (Qasper: "Error" -> "unanswerable")."""
+        if idk_prompt and self.idk_answer_map:
+            for src, dst in self.idk_answer_map.items():
+                prediction = re.sub(rf"\b{re.escape(src)}\b", dst, prediction)
+        return prediction
+
+    def score(self, prediction: str, sample: dict) -> float:
+        """Per-sample score in [0, 1] with the official rule (first line, max over gold answers)."""
+        if self.metric == "v2_choice":
+            from oprm.metrics.longbench_v2 import extract_answer  # noqa: PLC0415
+
+            return float(extract_answer(prediction) == sample["answers"][0])
+        return float(score_sample(get_metric(self.metric), prediction, sample["answers"], sample.get("all_classes"),
+                                  self.first_line))
+
+
+def _from_spec(name: str, dataset: str, suite: str, spec: dict) -> Task:
+    return Task(name=name, dataset=dataset, suite=suite, category=spec["category"], language=spec["language"],
+                metric=spec["metric"], template=spec["template"], idk_template=spec.get("idk_template"),
+                max_new_tokens=spec["max_new_tokens"], oprm_max_new_tokens=spec.get("oprm_max_new_tokens"),
+                decode=spec.get("decode", "one"), context_tail=spec.get("context_tail", False),
+                first_line=spec.get("first_line", False), longbench_chat=spec.get("longbench_chat", True),
+                idk_answer_map=spec.get("idk_answer_map"))
+
+
+def list_tasks() -> list[str]:
+    return list(LONGBENCH_DATASETS) + [f"{d}_e" for d in LONGBENCH_E_DATASETS] + ["longbench_v2"] + list(SYNTHETIC_TASKS)
+
+
+def get_task(name: str) -> Task:
+    table = longbench_table()
+    if name in table["datasets"]:
+        return _from_spec(name, name, "longbench", table["datasets"][name])
+    if name.endswith("_e") and name[:-2] in LONGBENCH_E_DATASETS:
+        return _from_spec(name, name[:-2], "longbench_e", table["datasets"][name[:-2]])
+    if name in ("longbench_v2", "longbench2"):
+        return _from_spec("longbench_v2", "longbench_v2", "longbench_v2", table["longbench_v2"])
+    if name in SYNTHETIC_TASKS:
+        from oprm.tasks.synthetic import synthetic_task  # noqa: PLC0415
+
+        return synthetic_task(name)
+    raise OPRMUsageError(
+        f"unknown task {name!r}; use a group ({', '.join(TASK_GROUPS)}, longbench_v2) or one of: {', '.join(list_tasks())}")
+
+
+def expand_tasks(spec: str | list[str] | tuple[str, ...]) -> list[Task]:
+    """``"longbench_e,ar"`` or ``["hotpotqa", "niah"]`` -> Task objects (groups expanded, duplicates dropped)."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not names:
+        raise OPRMUsageError("no tasks given (e.g. --tasks longbench_e,ar)")
+    out: list[Task] = []
+    seen: set[str] = set()
+    for n in names:
+        for m in TASK_GROUPS.get(n, (n,)):
+            t = get_task(m)
+            if t.name not in seen:
+                seen.add(t.name)
+                out.append(t)
+    return out
