@@ -73,10 +73,10 @@ class OPRM:
                  idk: str | None = IDK_DEFAULT, idk_fallback: str = "answer", decode: str = "one", num_decode: int = 1,
                  max_batch_tokens: int = 32768, shared_prefix: bool = True, chat: bool = True,
                  system_prompt: str | None = None, top_k_tokens: int = 5, seed: int = 0,
-                 generation_config=None):
+                 generation_config=None, adapter=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.adapter = get_adapter(model)
+        self.adapter = adapter or get_adapter(model)  # a custom StateAdapter serves models we do not know
         self.chunk_size, self.overlap, self.selection = chunk_size, overlap, selection
         self.idk, self.idk_fallback = idk, idk_fallback
         self.decode, self.num_decode = decode, num_decode
@@ -111,6 +111,11 @@ class OPRM:
             raise
         except Exception as e:  # noqa: BLE001 - one clear line for the user, whatever transformers raised
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "Unrecognized configuration class" in first:
+                from .adapters import SUPPORTED
+
+                raise OPRMUsageError(f"unsupported architecture: {model_id_or_path!r} is not a causal LM; "
+                                     f"supported: {', '.join(SUPPORTED)}") from None
             raise OPRMUsageError(f"could not load model {model_id_or_path!r}: {first}") from e
         if device:
             model = model.to(device)
@@ -148,7 +153,8 @@ class OPRM:
                  selection: str | None = None, idk=_UNSET, idk_fallback: str | None = None,
                  decode: str | None = None, num_decode: int | None = None, gold_chunk: int | None = None,
                  gold_text: str | None = None, max_input_tokens: int | None = None,
-                 context_tail_tokens: int | None = None, chat: bool | None = None, generation_config=None,
+                 context_tail_tokens: int | None = None, chat: bool | None = None,
+                 max_batch_tokens: int | None = None, generation_config=None,
                  streamer=None, output_logits: bool = False, **generation_options) -> OPRMResult:
         """Answer from a long context. Give text (``context`` + ``query`` or a ``template`` with ``{context}``),
         a ready ``prompt``, or pre-tokenized ``prefix_ids``/``context_ids``/``suffix_ids``.
@@ -178,7 +184,8 @@ class OPRM:
         if config.do_sample:
             generator = torch.Generator(device=self.adapter.device).manual_seed(
                 generation_options.get("seed", self.seed))
-        run = _Run(self, prompt, config, generator, streamer, output_logits)
+        run = _Run(self, prompt, config, generator, streamer, output_logits,
+                   max_batch_tokens or self.max_batch_tokens)
         if mode == "oprm":
             result = run.oprm(chunk_size or self.chunk_size, self.overlap if overlap is None else overlap,
                               selection or self.selection, idk, idk_fallback or self.idk_fallback,
@@ -217,8 +224,10 @@ class OPRM:
 class _Run:
     """One call of ``generate``: holds the prompt, the adapter and the counters."""
 
-    def __init__(self, engine: OPRM, prompt: PromptParts, config, generator, streamer, output_logits):
+    def __init__(self, engine: OPRM, prompt: PromptParts, config, generator, streamer, output_logits,
+                 max_batch_tokens: int):
         self.engine, self.adapter, self.prompt = engine, engine.adapter, prompt
+        self.max_batch_tokens = max_batch_tokens
         self.config, self.generator, self.streamer = config, generator, streamer
         self.output_logits = output_logits
         self.tokens_processed = 0
@@ -237,7 +246,7 @@ class _Run:
 
     def prefill_long(self, ids: list[int]):
         """Batch-1 prefill of a long prompt, in segments where continuation is exact (bounded activations)."""
-        segment = self.engine.max_batch_tokens if self.adapter.continuation_exact else len(ids)
+        segment = self.max_batch_tokens if self.adapter.continuation_exact else len(ids)
         state, logits = None, None
         for start in range(0, len(ids), max(1, segment)):
             logits, state = self.prefill(self.tensor([ids[start:start + segment]]), state, start=start)
@@ -310,7 +319,7 @@ class _Run:
         engine, p = self.engine, self.prompt
         chunks = make_chunks(len(p.context_ids), chunk_size, overlap, p.context_offsets)
         selector = make_selector(selection, seed=engine.seed, gold_chunks=self.gold_chunks(chunks, gold_chunk, gold_text))
-        use_idk = bool(idk) and selector.uses_idk_filter and decode_mode != "all"
+        use_idk = idk is not None and selector.uses_idk_filter and decode_mode != "all"
         idk_ids = engine.idk_ids(idk) if use_idk else set()
         if selector.needs_query_logprob and p.query_span is None:
             raise OPRMUsageError("query_likelihood selection needs to know the query tokens: use a template with "
@@ -323,7 +332,7 @@ class _Run:
         prefix_state = self.prefill(self.tensor([p.prefix_ids]))[1] if shared else None
         row_prefix = [] if shared else p.prefix_ids
         row_len = len(row_prefix) + chunks[0].num_tokens + len(p.suffix_ids)
-        rows_per_batch = max(1, engine.max_batch_tokens // row_len)
+        rows_per_batch = max(1, self.max_batch_tokens // row_len)
         k = len(chunks) if decode_mode == "all" else (num_decode if decode_mode == "top_k" else 1)
         pool, fallback = CandidatePool(k), CandidatePool(k if idk_fallback == "min_entropy" and use_idk else 0)
         records: list[ChunkRecord] = []
