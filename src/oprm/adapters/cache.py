@@ -6,25 +6,29 @@ Qwen3.5, plain attention models (Llama, Gemma, ...), and remote-code models that
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
 
 from .base import StateAdapter, copy_structure
+from .mamba_scan import stateful_mamba_scan, supports_stateful_scan
 
 # Architectures whose multi-token forward from a cached state is wrong in transformers 5.24: the Mamba1 mixer
-# restarts the selective scan from zeros (Mamba 1.7e-2, FalconMamba 0.27, Jamba 3e-4 max |Δlogit|).
+# restarts the selective scan from zeros (Mamba 1.7e-2, FalconMamba 0.27, Jamba 3e-4 max |Δlogit|). Our own
+# block-wise scan (mamba_scan.py) continues exactly from the cached state, with memory bounded by the block size.
 MAMBA1_FAMILY = ("mamba", "falcon_mamba", "jamba")
 
 
 class CacheAdapter(StateAdapter):
-    def __init__(self, model):
+    def __init__(self, model, stateful_scan: bool = True):
         super().__init__(model)
         params = inspect.signature(model.forward).parameters
         # transformers 5.x names the state `cache`; older remote code still says `past_key_values`
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.takes_logits_to_keep = "logits_to_keep" in params
-        self.continuation_exact = model.config.model_type not in MAMBA1_FAMILY
+        self.stateful_scan = stateful_scan and supports_stateful_scan(model)
+        self.continuation_exact = model.config.model_type not in MAMBA1_FAMILY or self.stateful_scan
 
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
         kwargs = {"input_ids": input_ids, self.cache_arg: state, "use_cache": True}
@@ -32,7 +36,9 @@ class CacheAdapter(StateAdapter):
             kwargs["position_ids"] = self.position_ids(input_ids.shape[0], input_ids.shape[1], start)
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
-        out = self.model(**kwargs)
+        scan = stateful_mamba_scan(self.model) if self.stateful_scan else contextlib.nullcontext()
+        with scan:
+            out = self.model(**kwargs)
         cache = getattr(out, "cache", None)
         if cache is None:
             cache = out.past_key_values
