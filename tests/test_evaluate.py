@@ -305,3 +305,35 @@ def test_cli_main_registers_eval_and_score(capsys):
     assert rc == 2 and "unknown mode" in capsys.readouterr().err
     rc = cli.main(["score", str(FIX / "oprm_preds")])
     assert rc == 0 and "hotpotqa" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ real engine, tiny random-weight model
+def test_end_to_end_tiny_mamba2(tmp_path):
+    oprm = pytest.importorskip("oprm")
+    if not hasattr(oprm, "OPRM"):
+        pytest.skip("engine not available")
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model("mamba2")
+    model.resize_token_embeddings(len(tok))
+    engine = oprm.OPRM(model, tok, chunk_size=64)
+    opts = {"ar_num_facts": [2], "samples_per_setting": 1, "lengths": [120]}
+    res = evaluate(engine, "hotpotqa,qasper,gov_report,lcc,ar,niah_single", ["oprm", "vanilla", "truncate", "bm25",
+                                                                          "oracle"],
+                   [64], None, True, 1, FIX, tmp_path, 0, model_name="tiny-mamba2", synthetic_options=opts,
+                   progress=False, max_new_tokens=3)
+    cfgs = res["configs"]
+    assert set(cfgs) == {"oprm_cs64_entropy_idk", "vanilla", "truncate_cs64", "bm25_cs64", "oracle_cs64"}
+    root = tmp_path / "tiny-mamba2"
+    rows = _lines(root / "oprm_cs64_entropy_idk" / "pred" / "hotpotqa.jsonl")
+    assert rows[0]["num_chunks"] >= 2 and len(rows[0]["entropies"]) == rows[0]["num_chunks"]
+    assert isinstance(rows[0]["pred"], str) and 0.0 <= rows[0]["score"] <= 1.0
+    gov = _lines(root / "oprm_cs64_entropy_idk" / "pred" / "gov_report.jsonl")[0]
+    assert len(gov["chosen"]) == gov["num_chunks"]  # decode="all": every chunk decoded
+    lcc = _lines(root / "oprm_cs64_entropy_idk" / "pred" / "lcc.jsonl")[0]
+    assert lcc["num_chunks"] == 1  # only the last chunk_size tokens of the code are kept
+    orc = _lines(root / "oracle_cs64" / "pred" / "ar.jsonl")[0]
+    assert orc["chosen"] and orc["selection"] == "oracle"
+    assert (root / "results.md").exists() and (root / "results.json").exists()
