@@ -73,7 +73,7 @@ class OPRM:
                  idk: str | None = IDK_DEFAULT, idk_fallback: str = "answer", decode: str = "one", num_decode: int = 1,
                  max_batch_tokens: int = 32768, shared_prefix: bool = True, chat: bool = True,
                  system_prompt: str | None = None, top_k_tokens: int = 5, seed: int = 0,
-                 generation_config=None, adapter=None):
+                 generation_config=None, adapter=None, chunk_parallel=None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter or get_adapter(model)  # a custom StateAdapter serves models we do not know
@@ -84,6 +84,7 @@ class OPRM:
         self.chat, self.system_prompt = chat, system_prompt
         self.top_k_tokens, self.seed = top_k_tokens, seed
         self.generation_config = generation_config
+        self.chunk_parallel = chunk_parallel  # a parallel.ChunkParallel: shard chunks across torch.distributed ranks
         self._idk_ids: dict[str, set[int]] = {}
         _check_choice("idk_fallback", idk_fallback, IDK_FALLBACKS)
         _check_choice("decode", decode, DECODES)
@@ -337,9 +338,11 @@ class _Run:
         pool, fallback = CandidatePool(k), CandidatePool(k if idk_fallback == "min_entropy" and use_idk else 0)
         records: list[ChunkRecord] = []
         answers: list[Answer] = []
+        parallel = engine.chunk_parallel
+        my_chunks = parallel.share(chunks) if parallel else chunks
 
-        for b0 in range(0, len(chunks), rows_per_batch):
-            batch = chunks[b0:b0 + rows_per_batch]
+        for b0 in range(0, len(my_chunks), rows_per_batch):
+            batch = my_chunks[b0:b0 + rows_per_batch]
             ids = self.tensor([row_prefix + p.context_ids[c.token_start:c.token_end] + p.suffix_ids for c in batch])
             start_state = self.adapter.select(prefix_state, [0] * len(batch)) if shared else None
             logits, state = self.prefill(ids, start_state, start=len(p.prefix_ids) if shared else 0,
@@ -372,24 +375,39 @@ class _Run:
             del state, start_state, logits
             self.timings["selection"] += time.perf_counter() - t
 
+        # the winners: (key, chunk index), best first; with chunk parallelism, over every rank's candidates
+        candidates = [(key, index) for key, index, _ in pool.items]
+        fallbacks = [(key, index) for key, index, _ in fallback.items]
+        if parallel:
+            shared_view = parallel.gather((records, candidates, fallbacks))
+            records = sorted((r for part in shared_view for r in part[0]), key=lambda r: r.index)
+            candidates = [c for part in shared_view for c in part[1]]
+            fallbacks = [c for part in shared_view for c in part[2]]
+        best = lambda items: sorted(items, key=lambda it: (-it[0], it[1]))[:k]  # noqa: E731
+
         fallback_used = False
         if decode_mode == "all":
-            chosen = [c.index for c in chunks]
+            winners = [c.index for c in chunks]
         else:
-            winners = pool.items
+            winners = [index for _, index in best(candidates)]
             if not winners:
                 fallback_used = True
                 if idk_fallback == "answer":
                     tokens = engine.tokenizer(idk, add_special_tokens=False)["input_ids"]
                     return self.result("oprm", [Answer(None, idk, tokens)], [], records, selection=selection,
                                        idk_fallback_used=True, chunk_size=chunk_size)
-                winners = fallback.items
-            winners = sorted(winners, key=lambda it: it[1])  # decode and join in document order
-            chosen = [index for _, index, _ in winners]
-            for _, index, (state, first) in winners:
-                answers.append(self.answer(index, state, first, self.chunk_prompt(chunks[index])))
-        return self.result("oprm", answers, chosen, records, selection=selection, idk_fallback_used=fallback_used,
-                           chunk_size=chunk_size)
+                winners = [index for _, index in best(fallbacks)]
+            kept = {index: payload for _, index, payload in pool.items + fallback.items}
+            for index in sorted(winners):  # decode (on the rank that holds the state) and join in document order
+                if index in kept:
+                    answers.append(self.answer(index, *kept[index], self.chunk_prompt(chunks[index])))
+        if parallel:
+            shared_view = parallel.gather((answers, self.tokens_processed))
+            answers = [a for part in shared_view for a in part[0]]
+            self.tokens_processed = sum(part[1] for part in shared_view)
+        answers.sort(key=lambda a: a.chunk)
+        return self.result("oprm", answers, sorted(winners), records, selection=selection,
+                           idk_fallback_used=fallback_used, chunk_size=chunk_size)
 
     def chunk_prompt(self, chunk) -> list[int]:
         p = self.prompt
