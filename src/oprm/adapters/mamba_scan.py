@@ -60,6 +60,8 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_SIZE = 256
+#: tokens per in-cache piece of the CPU scan (its [B, d, piece, N] temporaries stay small); tuned on 1 thread
+DEFAULT_SCAN_CHUNK = 32
 
 _MIXER_CLASSES = (
     ("transformers.models.mamba.modeling_mamba", "MambaMixer"),
@@ -181,6 +183,7 @@ def selective_scan_block(
     h0: torch.Tensor | None,
     *,
     use_kernels: bool | None = None,
+    scan_chunk: int | None = None,
     _kernel: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan of one block starting from state ``h0``.
@@ -195,6 +198,24 @@ def selective_scan_block(
         kernel = _cuda_selective_scan()
     if kernel is not None:
         return _kernel_block(kernel, u, dt, A, B, C, D, z, dt_bias, h0)
+
+    L = u.shape[-1]
+    if scan_chunk is None:
+        scan_chunk = DEFAULT_SCAN_CHUNK
+    if L > scan_chunk:
+        # the scan is memory-bound: walk the block in cache-sized pieces, carrying the state
+        y = None
+        h = h0
+        for s in range(0, L, scan_chunk):
+            e = min(L, s + scan_chunk)
+            ys, h = selective_scan_block(
+                u[..., s:e], dt[..., s:e], A, B[:, s:e], C[:, s:e], D,
+                z[..., s:e] if z is not None else None, dt_bias, h, use_kernels=False, scan_chunk=scan_chunk,
+            )
+            if y is None:
+                y = ys.new_empty(*ys.shape[:-1], L)
+            y[..., s:e] = ys
+        return y, h
 
     in_dtype = u.dtype
     if dt_bias is not None:
