@@ -337,3 +337,16 @@ def test_end_to_end_tiny_mamba2(tmp_path):
     orc = _lines(root / "oracle_cs64" / "pred" / "ar.jsonl")[0]
     assert orc["chosen"] and orc["selection"] == "oracle"
     assert (root / "results.md").exists() and (root / "results.json").exists()
+
+
+def test_results_accumulate_across_runs_and_rescore_synthetic(tmp_path):
+    opts = {"ar_num_facts": [3], "samples_per_setting": 2}
+    evaluate(FakeEngine(), "ar", ["oracle"], [256], None, True, None, FIX, tmp_path, 0, model_name="m",
+             synthetic_options=opts, progress=False, plots=False)
+    res = evaluate(FakeEngine(ANSWERS), "hotpotqa", ["vanilla"], None, None, True, 1, FIX, tmp_path, 0,
+                   model_name="m", progress=False, plots=False)
+    assert set(res["configs"]) == {"oracle_cs256", "vanilla"}
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "| ar | all | 100.00 | – |" in md and "| hotpotqa | Multi-Document QA | – | 0.00 |" in md
+    s = score_dir(tmp_path / "m" / "oracle_cs256")
+    assert s["pred/ar.jsonl"]["score"] == 100.0 and s["pred/ar.jsonl"]["by_setting"] == {"3": 100.0}

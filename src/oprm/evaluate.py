@@ -553,7 +553,25 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
             cres["tasks"][task.name] = aggregate(task, records)
             log(f"{cfg.name}/{task.name}: {_fmt(cres['tasks'][task.name]['score'])} (n={len(records)})")
 
-    (root / "results.json").write_text(json.dumps(_jsonable(results), ensure_ascii=False, indent=2), encoding="utf-8")
+    # keep the configs/tasks of earlier runs into the same folder (e.g. a later ablation) in the summary
+    prev_path = root / "results.json"
+    if prev_path.exists():
+        try:
+            prev = json.loads(prev_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            prev = {}
+        if isinstance(prev, dict) and isinstance(prev.get("configs"), dict):
+            tasks_meta = dict(prev.get("tasks") or {})
+            tasks_meta.update(results["tasks"])
+            merged = {k: _unnull(v) for k, v in prev["configs"].items() if isinstance(v, dict) and "tasks" in v}
+            for cname, c in results["configs"].items():
+                if cname in merged:
+                    merged[cname]["config"] = c["config"]
+                    merged[cname]["tasks"].update(c["tasks"])
+                else:
+                    merged[cname] = c
+            results["tasks"], results["configs"] = tasks_meta, merged
+    prev_path.write_text(json.dumps(_jsonable(results), ensure_ascii=False, indent=2), encoding="utf-8")
     md = results_markdown(results)
     (root / "results.md").write_text(md, encoding="utf-8")
     results["paths"] = {"root": str(root), "results_json": str(root / "results.json"),
@@ -561,6 +579,15 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
     if plots:
         results["paths"]["plots"] = [str(p) for p in make_plots(results, root / "plots")]
     return results
+
+
+def _unnull(obj):
+    """Inverse of _jsonable for scores read back from results.json (null -> NaN)."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: (_unnull(v) if k not in ("config", "setting_name") else v) for k, v in obj.items()}
+    return obj
 
 
 def _jsonable(obj):
@@ -746,10 +773,12 @@ def run_eval(args, engine=None) -> int:
     if engine is None:
         from oprm.engine import OPRM  # noqa: PLC0415
 
-        if getattr(args, "threads", None):
-            import torch  # noqa: PLC0415
+        try:
+            from oprm.cli import _threads  # noqa: PLC0415
 
-            torch.set_num_threads(args.threads)
+            _threads(getattr(args, "threads", None))
+        except ImportError:  # pragma: no cover
+            pass
         engine = OPRM.from_pretrained(args.model, dtype=getattr(args, "dtype", "float32"),
                                       device=getattr(args, "device", None),
                                       trust_remote_code=getattr(args, "trust_remote_code", False),
