@@ -50,10 +50,12 @@ def _build(kind: str):
                                        **common)
         model = transformers.JambaForCausalLM(cfg)
     g = torch.Generator().manual_seed(0)
+    # weights large enough that a dropped state shows clearly in the logits (Jamba amplifies float noise more)
+    std = 0.1 if kind == "jamba" else 0.2
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim >= 2 and "A_log" not in name:  # std 0.2 so that a dropped state shows clearly in the logits
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+            if p.ndim >= 2 and "A_log" not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
             elif p.ndim == 1 and torch.all(p == 0):  # zero biases hide bugs; pretrained biases are not zero
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return model.eval()
