@@ -201,3 +201,35 @@ def test_passkey_samples():
     t = get_task("passkey")
     assert t.score("The pass key is " + s[0]["answers"][0] + ".", s[0]) == 1.0
     assert t.score(s[0]["answers"][0] + "9", s[0]) == 0.0
+
+
+def test_download_uses_hf_hub_and_unzips(tmp_path, monkeypatch):
+    """--download: data.zip / data.json fetched with huggingface_hub (mocked here: no network in tests)."""
+    import zipfile
+
+    hub = pytest.importorskip("huggingface_hub")
+    src = tmp_path / "hub"
+    src.mkdir()
+    with zipfile.ZipFile(src / "data.zip", "w") as zf:
+        zf.write(FIX / "data" / "hotpotqa.jsonl", "data/hotpotqa.jsonl")
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type=None, **kw):
+        calls.append((repo_id, filename, repo_type))
+        return str(src / "data.zip") if filename == "data.zip" else str(FIX / "LongBench-v2" / "data.json")
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    ddir = tmp_path / "cache"
+    assert len(load_task_samples(get_task("hotpotqa"), data_dir=ddir, download=True)) == 3
+    assert len(load_task_samples(get_task("longbench_v2"), data_dir=ddir, download=True)) == 2
+    assert calls == [("THUDM/LongBench", "data.zip", "dataset"), ("THUDM/LongBench-v2", "data.json", "dataset")]
+    # a second load finds the files locally
+    load_task_samples(get_task("hotpotqa"), data_dir=ddir, download=True)
+    assert len(calls) == 2
+
+    def failing(*a, **k):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(hub, "hf_hub_download", failing)
+    with pytest.raises(OPRMUsageError, match="could not download"):
+        load_task_samples(get_task("musique"), data_dir=ddir, download=True)

@@ -254,7 +254,8 @@ def _run_sample(engine, task: Task, sample: dict, cfg: RunConfig, max_new_tokens
         rec["raw_pred"] = raw
     rec.update({
         "score": task.score(pred, sample), "task": task.name, "config": cfg.name, "mode": mode,
-        "chunk_size": None if mode == "vanilla" else chunk_size, "selection": kw.get("selection"),
+        "chunk_size": None if mode == "vanilla" else chunk_size,
+        "selection": getattr(res, "selection", None) or kw.get("selection"),
         "idk": idk_prompt, "max_new_tokens": max_new_tokens,
         "chosen": list(getattr(res, "chosen", []) or []), "num_chunks": len(chunks),
         "entropies": [_finite(float(c.entropy)) for c in chunks if getattr(c, "entropy", None) is not None],
