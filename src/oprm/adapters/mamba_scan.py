@@ -15,7 +15,8 @@ What this module does
 held in the cache (or from zeros for a fresh sequence), walking ``T`` in blocks of ``block_size`` tokens. Per block it
 does the whole mixer (in-projection, causal conv with the carried left context, x/dt projections, the model's own
 RMS norms where it has them, selective scan from the carried state, gate, out-projection), so the largest temporaries
-are ``[B, d_inner, block, d_state]``. The final conv and SSM states are written back through the cache's own
+are ``[B, d_inner, block, d_state]`` (on CPU the scan further walks each block in cache-sized pieces of
+``DEFAULT_SCAN_CHUNK`` tokens, so they are ``[B, d_inner, min(block, 32), d_state]``). The final conv and SSM states are written back through the cache's own
 ``update_conv_state`` / ``update_recurrent_state``, exactly as the model's prefill would leave them, so the model's
 own single-token decode continues from them unchanged.
 
@@ -191,7 +192,10 @@ def selective_scan_block(
     Shapes follow the HF slow path: ``u, dt, z [B, d, L]`` (``dt`` before bias and softplus), ``A [d, N]``
     (already ``-exp(A_log)``), ``B, C [B, L, N]``, ``D [d]``, ``dt_bias [d]``, ``h0 [B, d, N]`` or None (zeros).
     Returns ``(y [B, d, L] in u's dtype, h_last [B, d, N] float32)`` with
-    ``y = (C . h_t + D * u) * silu(z)``. Peak extra memory about three ``[B, d, L, N]`` float32 tensors.
+    ``y = (C . h_t + D * u) * silu(z)``. The PyTorch path walks ``L`` in pieces of ``scan_chunk`` tokens (default
+    ``DEFAULT_SCAN_CHUNK``; the scan is memory-bound, small pieces stay in cache), so its peak extra memory is about
+    three ``[B, d, min(L, scan_chunk), N]`` float32 tensors. With gradients enabled it falls back to an out-of-place
+    token-by-token loop (correct but slow; run inference under ``torch.no_grad()``).
     """
     kernel = _kernel
     if kernel is None and use_kernels is not False and u.is_cuda:
