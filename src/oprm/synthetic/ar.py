@@ -11,8 +11,8 @@ Everything is deterministic given the seed: pass an ``int`` seed or a ``random.R
     >>> prompt = AR_TEMPLATE.format(context=ep.context, input=ep.question)
 
 ``AR_TEMPLATE`` is the user-message text shared by training, the engine, the demo and ``oprm eval``.
-Everything before ``{context}`` is the OPRM prefix P, everything after it (question + IDK instruction) the
-suffix S.
+Everything before ``{context}`` is the OPRM prefix P, everything after it (IDK instruction + question) the
+suffix S. The question comes last so that the queried key sits right before the answer position.
 """
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ from .filler import filler_sentence
 IDK = "Error"
 
 AR_TEMPLATE = (
-    "Answer the question using the text below.\n\n"
-    "Text: {context}\n\n"
-    "Question: {input} Answer with the value only. "
-    'If the answer does not exist in the text, return "Error".'
+    'Answer the question using the text below. If the answer does not exist in the text, return "Error".\n\n'
+    "Text:\n{context}\n\n"
+    'Answer with the value only, or "Error" if the text does not say. Question: {input}'
 )
 
 
@@ -40,6 +39,8 @@ class AREpisode:
     key: str                      # e.g. "amber falcon" or "Maria Lopez"
     needle: str | None            # the fact sentence holding the answer; None when the key is absent
     facts: list[str] = field(default_factory=list)  # all (complete) fact sentences, in document order
+    # structured view of ``facts``: (key, relation, value) with relation an attribute name or "place"
+    records: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
 
     @property
     def present(self) -> bool:
@@ -226,7 +227,8 @@ def make_ar_episode(
 
     context = " ".join(sents)
     return AREpisode(context=context, question=_question(rng, qkey, qrel), answer=answer, key=qkey.text,
-                     needle=needle, facts=facts)
+                     needle=needle, facts=facts,
+                     records=[(k.text, rel, v) for k, rel, v in zip(keys, rels, vals)])
 
 
 def _distractor_fact(rng, qkey, used, person_prob, place_prob, digits) -> str:
@@ -245,6 +247,26 @@ def _poisson_like(rng: random.Random, mean: float) -> int:
         return 0
     n = int(round(2 * mean))
     return sum(rng.random() < 0.5 for _ in range(n))
+
+
+def _key_from_text(text: str) -> _Key:
+    a, b = text.split(" ", 1)
+    return _Key("person" if a[0].isupper() else "thing", a, b)
+
+
+def extra_question(rng: random.Random, ep: AREpisode, present_prob: float = 0.6,
+                   person_prob: float = 0.2, place_prob: float = 0.15) -> tuple[str, str]:
+    """Another (question, answer) pair about the same document: a random fact of it, or an absent key."""
+    if ep.records and rng.random() < present_prob:
+        k, rel, v = rng.choice(ep.records)
+        return _question(rng, _key_from_text(k), rel), v
+    keys = [_key_from_text(k) for k, _, _ in ep.records]
+    while True:
+        cand = _near_key(rng, rng.choice(keys)) if keys and rng.random() < 0.5 else _random_key(rng, person_prob)
+        if cand.text not in ep.context:
+            break
+    rel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
+    return _question(rng, cand, rel), IDK
 
 
 def ar_messages(ep: AREpisode, template: str = AR_TEMPLATE) -> list[dict]:

@@ -1,0 +1,253 @@
+"""Measure the shipped AR model: in-distribution accuracy, IDK reliability, and the overflow curve
+(vanilla vs OPRM) out to 64x the training length. Greedy decoding, exact match on the value.
+
+    python -m oprm.synthetic.measure --model src/oprm/models/oprm-ar-mamba2 [--write-card]
+
+All episodes come from fixed seeds, disjoint from the training stream (training draws from
+``random.Random(seed + 1)``; these use seeds >= 20_000).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MULTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def load(folder: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, tok
+
+
+def tokens_per_fact(tok, filler_ratio: float, seed: int = 20_000, n: int = 20) -> float:
+    from .ar import make_ar_episode
+
+    rng = random.Random(seed)
+    tot = facts = 0
+    for _ in range(n):
+        ep = make_ar_episode(rng, 40, filler_ratio=filler_ratio)
+        tot += len(tok.encode(ep.context, add_special_tokens=False))
+        facts += 40
+    return tot / facts
+
+
+def long_episodes(tok, target_tokens: int, n: int, seed: int, filler_ratio: float = 1.0, present: bool = True):
+    """``n`` episodes whose contexts are about ``target_tokens`` tokens long (needle uniformly placed)."""
+    from .ar import make_ar_episode
+
+    per_fact = tokens_per_fact(tok, filler_ratio)
+    num_facts = max(1, round(target_tokens / per_fact))
+    rng = random.Random(seed)
+    return [make_ar_episode(rng, num_facts, filler_ratio=filler_ratio, present=present) for _ in range(n)], num_facts
+
+
+def run_engine(engine, ep, mode: str, chunk_size: int | None = None):
+    from .ar import AR_TEMPLATE
+
+    kw = dict(template=AR_TEMPLATE, mode=mode, max_new_tokens=8, do_sample=False)
+    if chunk_size:
+        kw["chunk_size"] = chunk_size
+    return engine.generate(context=ep.context, query=ep.question, **kw)
+
+
+def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_MULTS, train_len: int = 256,
+            chunk_size: int | None = None, filler_ratio: float = 1.0, log=print) -> dict:
+    import torch
+
+    from .. import OPRM
+    from ..train_ar import answer_accuracy, heldout_episodes, prompt_parts
+
+    torch.set_num_threads(1)
+    model, tok = load(folder)
+    chunk_size = chunk_size or train_len
+    engine = OPRM(model, tok, chunk_size=chunk_size)
+    idk_id = tok.convert_tokens_to_ids("Error")
+    res: dict = {"train_len": train_len, "chunk_size": chunk_size, "filler_ratio": filler_ratio}
+    t0 = time.time()
+
+    # (a) in-distribution vanilla accuracy (whole documents of <= train_len context tokens)
+    pres = heldout_episodes(20_001, n_indist, True, tok=tok, max_ctx_tokens=train_len, slice_edges=True)
+    absn = heldout_episodes(20_002, n_indist, False, tok=tok, max_ctx_tokens=train_len, slice_edges=True)
+    ok = sum(run_engine(engine, ep, "vanilla").text.strip() == ep.answer for ep in pres)
+    res["indist_acc"] = ok / len(pres)
+    acc_tf, false_idk = answer_accuracy(model, tok, pres)
+    res["indist_acc_teacher_forced"] = acc_tf
+    res["indist_false_idk"] = false_idk
+    # (b) IDK: documents without the key -> first answer token is "Error"
+    _, idk_rate = answer_accuracy(model, tok, absn)
+    res["idk_first_token_rate"] = idk_rate
+    log(f"[measure] in-dist acc {res['indist_acc']:.3f} (teacher-forced {acc_tf:.3f}), false IDK {false_idk:.3f}, "
+        f"IDK on absent-key docs {idk_rate:.3f}  ({time.time() - t0:.0f}s)")
+
+    # (b') IDK on real OPRM chunks: every chunk of 16x documents that does not hold the needle
+    eps16, _ = long_episodes(tok, 16 * train_len, 20, 20_016, filler_ratio)
+    n_chunks = n_idk = n_gold = n_gold_ok = 0
+    for ep in eps16:
+        r = run_engine(engine, ep, "oprm", chunk_size)
+        s0 = ep.context.index(ep.needle)
+        s1 = s0 + len(ep.needle)
+        for rec in r.chunks:
+            has = rec.char_start is not None and rec.char_start <= s0 and rec.char_end >= s1
+            touches = rec.char_start is not None and rec.char_start < s1 and rec.char_end > s0
+            if has:
+                n_gold += 1
+                n_gold_ok += rec.argmax != idk_id
+            elif not touches:
+                n_chunks += 1
+                n_idk += rec.is_idk
+    res["idk_rate_on_chunks_without_key_16x"] = n_idk / max(1, n_chunks)
+    res["non_idk_rate_on_needle_chunks_16x"] = n_gold_ok / max(1, n_gold)
+    log(f"[measure] 16x chunks: IDK on {n_chunks} key-less chunks {res['idk_rate_on_chunks_without_key_16x']:.3f}; "
+        f"non-IDK on needle chunks {res['non_idk_rate_on_needle_chunks_16x']:.3f}  ({time.time() - t0:.0f}s)")
+
+    # (c) the overflow curve
+    curve = []
+    for m in mults:
+        eps, nf = long_episodes(tok, m * train_len, n_curve, 21_000 + m, filler_ratio)
+        ctx_tokens = sum(len(tok.encode(ep.context, add_special_tokens=False)) for ep in eps) / len(eps)
+        van = sum(run_engine(engine, ep, "vanilla").text.strip() == ep.answer for ep in eps) / len(eps)
+        opr = sum(run_engine(engine, ep, "oprm", chunk_size).text.strip() == ep.answer for ep in eps) / len(eps)
+        curve.append(dict(mult=m, num_facts=nf, ctx_tokens=round(ctx_tokens), vanilla=van, oprm=opr, n=len(eps)))
+        log(f"[measure] {m:>3}x  facts {nf:>4}  ctx {ctx_tokens:7.0f} tok  vanilla {van:.3f}  OPRM {opr:.3f}  "
+            f"({time.time() - t0:.0f}s)")
+    res["curve"] = curve
+    res["measure_seconds"] = round(time.time() - t0)
+    return res
+
+
+def write_card(folder: str, meta: dict, res: dict | None):
+    from .. import __version__
+
+    folder = Path(folder)
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [mamba2, oprm, associative-recall, synthetic, tiny]",
+        "license: apache-2.0",
+        "---",
+        "",
+        "# oprm-ar-mamba2",
+        "",
+        "A tiny recurrent language model (stock `transformers` `Mamba2ForCausalLM`) trained from scratch by "
+        "`oprm` on a synthetic **natural-language associative-recall task with an IDK answer**. It exists to "
+        "show *overflow* — a recurrent state that fits the facts of a short document but not of a long one — "
+        "and how OPRM (arXiv 2505.07793) prevents it: split the long document into chunks of about the training "
+        "length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident one.",
+        "",
+        "## Task",
+        "",
+        "A document mixes fact sentences (`The code of the amber falcon is 4821.`, `Maria Lopez lives in Oslo.`, "
+        "7 numeric and 4 place sentence forms, 10 numeric attributes, keys = colour/adjective + animal/object or "
+        "first name + surname, 3–4 digit values or city names) with filler sentences from a small English grammar. "
+        "The question asks for one key's value; if the key is not in the document the answer is `Error`. "
+        "The prompt is `oprm.synthetic.AR_TEMPLATE` inside the chat template:",
+        "",
+        "```",
+        "<|im_start|>user",
+        "Answer the question using the text below. If the answer does not exist in the text, return \"Error\".",
+        "",
+        "Text:",
+        "{context}",
+        "",
+        "Answer with the value only, or \"Error\" if the text does not say. Question: {input}<|im_end|>",
+        "<|im_start|>assistant",
+        "```",
+        "",
+        "## Model",
+        "",
+        f"- `Mamba2ForCausalLM`: hidden {meta['hidden']}, {meta['layers']} layers, state size {meta['state']}, "
+        f"head dim {meta['head_dim']} ({2 * meta['hidden'] // meta['head_dim']} heads), expand 2, conv 4, "
+        "chunk_size 64, untied embeddings.",
+        f"- Parameters: {meta['params']:,}. Byte-level BPE tokenizer with single digits "
+        f"(vocab {meta.get('vocab', '?')}), trained here; `Error` and ` Error` are single tokens; "
+        "eos = pad-free `<|im_end|>`, pad = `<|pad|>`.",
+        "",
+        "## Training",
+        "",
+        f"- Training length: contexts of **at most {meta['max_ctx_tokens']} tokens** (plus ~45 prompt tokens).",
+        f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
+        "whose key is present (the rest answer `Error`, half of them with a key sharing one word with a "
+        "present key); `slice_edges_prob` = share of contexts that are a random token window of a longer "
+        "document (like an OPRM chunk), the rest are whole documents; extra question turns on the same document "
+        "densify the supervision. Loss on the answer tokens and `<|im_end|>` only.",
+        f"- AdamW lr {meta['lr']} (warm-up, cosine), batch {meta['batch_size']}, {meta['steps']} steps, "
+        f"{meta['tokens']:,} tokens, {meta['train_minutes']} min on one CPU thread, seed {meta['seed']}.",
+        f"- Held-out during training (teacher-forced, 256 episodes each): accuracy "
+        f"{meta['final_heldout']['present_acc']:.3f}, IDK on absent keys {meta['final_heldout']['absent_idk']:.3f}.",
+        "",
+    ]
+    if res:
+        lines += [
+            "## Results",
+            "",
+            f"Greedy decoding, exact match on the value; OPRM = `oprm.OPRM(model, tok, chunk_size={res['chunk_size']})` "
+            "(entropy selection, IDK filter on). Documents in the curve use filler ratio "
+            f"{res['filler_ratio']} and a uniformly placed needle; {res['curve'][0]['n']} episodes per point.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| in-distribution accuracy (vanilla, {res['train_len']}-token docs, n=256) | {res['indist_acc']:.3f} |",
+            f"| IDK: first answer token is `Error` on docs without the key (n=256) | {res['idk_first_token_rate']:.3f} |",
+            f"| IDK: first answer token is `Error` on 16x-document chunks without the needle | "
+            f"{res['idk_rate_on_chunks_without_key_16x']:.3f} |",
+            f"| first answer token is not `Error` on the needle chunk (16x) | "
+            f"{res['non_idk_rate_on_needle_chunks_16x']:.3f} |",
+            f"| false IDK on in-distribution docs with the key | {res['indist_false_idk']:.3f} |",
+            "",
+            "| length (x training) | facts | context tokens | vanilla | OPRM |",
+            "|---|---|---|---|---|",
+        ]
+        for c in res["curve"]:
+            lines.append(f"| {c['mult']}x | {c['num_facts']} | {c['ctx_tokens']} | {c['vanilla']:.2f} | {c['oprm']:.2f} |")
+        lines.append("")
+    lines += [
+        "## Reproduce",
+        "",
+        "```bash",
+        f"OMP_NUM_THREADS=1 {meta['command']}",
+        "python -m oprm.synthetic.measure --model src/oprm/models/oprm-ar-mamba2 --write-card",
+        "```",
+        "",
+        f"Trained and measured with oprm {__version__}, transformers, torch on CPU (1 thread). "
+        "Deterministic given the seed up to floating-point non-associativity across machines.",
+        "",
+    ]
+    if meta.get("notes"):
+        lines += ["## What was tried", ""] + [f"- {n}" for n in meta["notes"]] + [""]
+    (folder / "README.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m oprm.synthetic.measure")
+    ap.add_argument("--model", default=str(Path(__file__).resolve().parent.parent / "models" / "oprm-ar-mamba2"))
+    ap.add_argument("--n-indist", type=int, default=256)
+    ap.add_argument("--n-curve", type=int, default=50)
+    ap.add_argument("--mults", default=",".join(map(str, DEFAULT_MULTS)))
+    ap.add_argument("--chunk-size", type=int, default=None)
+    ap.add_argument("--filler-ratio", type=float, default=1.0)
+    ap.add_argument("--write-card", action="store_true")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    folder = Path(args.model)
+    meta_path = folder / "training_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
+                  meta.get("max_ctx_tokens", 256), args.chunk_size, args.filler_ratio)
+    (folder / "results.json").write_text(json.dumps(res, indent=1))
+    if args.write_card and meta:
+        write_card(str(folder), meta, res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

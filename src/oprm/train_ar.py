@@ -1,0 +1,374 @@
+"""Train the small recurrent model that ships with oprm (``src/oprm/models/oprm-ar-mamba2``).
+
+A stock ``transformers`` ``Mamba2ForCausalLM`` plus a BPE tokenizer trained here, both learned from the
+synthetic natural-language associative-recall task of :mod:`oprm.synthetic.ar` (with "Error" = IDK answers).
+The model is trained on documents of at most ``--max-ctx-tokens`` context tokens, so that much longer
+documents *overflow* its recurrent state: the setting OPRM is designed for.
+
+    python -m oprm.train_ar --out src/oprm/models/oprm-ar-mamba2          # (or: oprm train-ar ...)
+
+Fixed seeds; CPU, one torch thread. Loss is on the answer tokens (+ <|im_end|>) only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+IM_START, IM_END, PAD, BOS = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# default generator mix for training documents (also written into the model card)
+TRAIN_MIX = dict(
+    num_facts=(1, 16),          # uniform; documents longer than max_ctx_tokens are re-drawn with fewer facts
+    filler_ratio=(0.0, 0.25, 0.5, 1.0, 1.5, 2.0),
+    present_prob=0.6,           # 40 % IDK episodes
+    slice_edges_prob=0.7,
+    hard_negative_prob=0.5,
+    extra_questions=(0, 3),     # extra question turns on the same document (denser supervision)
+)
+
+# what was tried on the way to the shipped model (copied into the model card)
+CARD_NOTES: list[str] = []
+
+
+def render_chat(user: str, answer: str | None = None) -> str:
+    """Exactly what ``apply_chat_template([{'role':'user','content':user}], add_generation_prompt=True)``
+    renders with :data:`CHAT_TEMPLATE`, optionally followed by the answer and <|im_end|>."""
+    s = f"{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
+    if answer is not None:
+        s += f"{answer}{IM_END}\n"
+    return s
+
+
+# --------------------------------------------------------------------------- tokenizer
+def build_tokenizer(seed: int = 0, vocab_size: int = 4096, n_docs: int = 6000):
+    """Byte-level BPE with single digits, trained on generated AR text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .synthetic import AR_TEMPLATE, make_ar_episode
+    from .synthetic import words as W
+
+    rng = random.Random(seed + 17)
+    texts = []
+    for i in range(n_docs):
+        ep = make_ar_episode(rng, rng.randint(1, 12), filler_ratio=rng.choice([0.5, 1.0, 2.0]),
+                             present=rng.random() < 0.6, slice_edges=rng.random() < 0.5)
+        texts.append(render_chat(ep.user_message(AR_TEMPLATE), ep.answer))
+    vocab_words = (W.COLOURS + W.ADJECTIVES + W.ANIMALS + W.OBJECTS + W.FIRST_NAMES + W.SURNAMES + W.PLACES
+                   + W.ATTRIBUTES + W.PEOPLE + W.SETTINGS + W.INTRANSITIVE + W.TRANSITIVE + W.ADVERBS
+                   + W.FEELINGS)
+    for _ in range(50):  # every word with and without a leading space, capitalised too
+        texts.append(" ".join(vocab_words) + " " + " ".join(w.capitalize() for w in vocab_words))
+        texts.append("Error\n Error answer Error. Return \"Error\". The answer is Error")
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    specials = [PAD, BOS, IM_START, IM_END]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
+                                   unk_token=None, additional_special_tokens=[IM_START],
+                                   model_max_length=1 << 20, padding_side="left")
+    fast.chat_template = CHAT_TEMPLATE
+    for w in ("Error", " Error"):
+        assert len(fast.encode(w, add_special_tokens=False)) == 1, f"{w!r} is not a single token"
+    return fast
+
+
+# --------------------------------------------------------------------------- model
+def build_model(tok, hidden: int = 128, layers: int = 2, state: int = 64, head_dim: int = 64,
+                chunk_size: int = 64, seed: int = 0):
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Mamba2Config(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, state_size=state,
+        expand=2, head_dim=head_dim, num_heads=2 * hidden // head_dim, n_groups=1, conv_kernel=4,
+        chunk_size=chunk_size, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=False, use_cache=True,
+        rescale_prenorm_residual=False,
+    )
+    return Mamba2ForCausalLM(cfg)
+
+
+# --------------------------------------------------------------------------- data
+_MARK = "\u0000CONTEXT\u0000"
+
+
+def prompt_parts(tok, question: str, template: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the OPRM prefix P and suffix S around the context, tokenized separately exactly as
+    ``oprm.prompts.build_prompt`` does (chat template rendered, split at the context)."""
+    from .synthetic import AR_TEMPLATE
+
+    before, after = (template or AR_TEMPLATE).split("{context}")
+    rendered = render_chat(before + _MARK + after.replace("{input}", question))
+    p, s_ = rendered.split(_MARK)
+    return tok.encode(p, add_special_tokens=False), tok.encode(s_, add_special_tokens=False)
+
+
+def _window(rng: random.Random, ids, offs, width: int, span: tuple[int, int] | None):
+    """A random token window of ``width`` tokens, containing the character span ``span`` if given."""
+    if len(ids) <= width:
+        return 0, len(ids)
+    lo, hi = 0, len(ids) - width
+    if span is not None:
+        s, e = span
+        ti = next(i for i, (a, b) in enumerate(offs) if b > s)
+        tj = max(i for i, (a, b) in enumerate(offs) if a < e)
+        lo, hi = max(lo, tj + 1 - width), min(hi, ti)
+    a = rng.randint(lo, hi)
+    return a, a + width
+
+
+def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRAIN_MIX):
+    """One training sequence ``[P, C, S] answer <|im_end|>`` (+ extra question turns) as (input_ids, labels);
+    labels = -100 except on the answers. With probability ``slice_edges_prob`` the context C is a random
+    token window of a longer document (like an OPRM chunk); otherwise a whole document of <= max_ctx_tokens."""
+    from .synthetic import make_ar_episode
+    from .synthetic.ar import extra_question
+
+    lo, hi = mix["num_facts"]
+    n = rng.randint(lo, hi)
+    fr = rng.choice(mix["filler_ratio"])
+    present = rng.random() < mix["present_prob"]
+    sliced = rng.random() < mix["slice_edges_prob"]
+    width = rng.randint(max_ctx_tokens // 4, max_ctx_tokens)
+    while True:
+        ep = make_ar_episode(rng.getrandbits(48), max(n, 1 if present else 0), filler_ratio=fr, present=present,
+                             hard_negative_prob=mix["hard_negative_prob"])
+        enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offs = enc["input_ids"], enc["offset_mapping"]
+        if sliced:
+            span = None
+            if ep.needle is not None:
+                s0 = ep.context.index(ep.needle)
+                span = (s0, s0 + len(ep.needle))
+            a, b = _window(rng, ids, offs, width, span)
+            ctx = ids[a:b]
+            break
+        if len(ids) <= max_ctx_tokens:
+            ctx = ids
+            break
+        n = max(1, int(n * 0.8))
+        fr = fr * 0.8
+    visible = tok.decode(ctx)
+    pre, suf = prompt_parts(tok, ep.question)
+    ids = pre + ctx + suf
+    labels = [-100] * len(ids)
+    ans = tok.encode(ep.answer + IM_END + "\n", add_special_tokens=False)
+    ids += ans
+    labels += ans[:-1] + [-100]                       # no loss on the trailing newline
+    # extra question turns about the same (visible) document: denser supervision for the same skill
+    k = rng.randint(*mix["extra_questions"])
+    if k:
+        from .synthetic.ar import AREpisode
+        vis = AREpisode(visible, ep.question, ep.answer, ep.key, ep.needle, ep.facts,
+                        [r for r, f in zip(ep.records, ep.facts) if f in visible])
+        for _ in range(k):
+            q, a_ = extra_question(rng, vis)
+            turn = tok.encode(f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n", add_special_tokens=False)
+            ans = tok.encode(a_ + IM_END + "\n", add_special_tokens=False)
+            ids += turn + ans
+            labels += [-100] * len(turn) + ans[:-1] + [-100]
+    return ids, labels
+
+
+def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int, mix=TRAIN_MIX):
+    """Length-bucketed, right-padded batches (right padding never affects earlier positions)."""
+    import torch
+
+    exs = [sample_example(rng, tok, max_ctx_tokens, mix) for _ in range(n_examples)]
+    exs.sort(key=lambda e: len(e[0]))
+    batches = []
+    for i in range(0, len(exs), batch_size):
+        grp = exs[i:i + batch_size]
+        T = max(len(e[0]) for e in grp)
+        ids = torch.full((len(grp), T), tok.pad_token_id, dtype=torch.long)
+        lab = torch.full((len(grp), T), -100, dtype=torch.long)
+        for j, (a, b) in enumerate(grp):
+            ids[j, :len(a)] = torch.tensor(a)
+            lab[j, :len(b)] = torch.tensor(b)
+        batches.append((ids, lab))
+    rng.shuffle(batches)
+    return batches
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
+    """Greedy exact-match accuracy of the first answer turn, computed teacher-forced: greedy decoding
+    reproduces ``answer<|im_end|>`` iff every one of those tokens is the argmax given the previous ones.
+    Returns (accuracy, first_token_is_idk_rate)."""
+    import torch
+
+    from .synthetic import AR_TEMPLATE
+
+    template = template or AR_TEMPLATE
+    idk_id = tok.convert_tokens_to_ids("Error")
+    ok = idk = 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(episodes), batch_size):
+            grp = episodes[i:i + batch_size]
+            seqs, spans = [], []
+            for ep in grp:
+                pre, suf = prompt_parts(tok, ep.question, template)
+                p = pre + tok.encode(ep.context, add_special_tokens=False) + suf
+                a = tok.encode(ep.answer + IM_END, add_special_tokens=False)
+                seqs.append(p + a)
+                spans.append((len(p), len(a)))
+            T = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+            for j, s in enumerate(seqs):
+                ids[j, :len(s)] = torch.tensor(s)
+            pred = model(input_ids=ids, use_cache=False).logits.argmax(-1)
+            for j, (pl, al) in enumerate(spans):
+                tgt = ids[j, pl:pl + al]
+                got = pred[j, pl - 1:pl - 1 + al]
+                ok += bool((tgt == got).all())
+                idk += int(got[0] == idk_id)
+    model.train()
+    return ok / len(episodes), idk / len(episodes)
+
+
+def heldout_episodes(seed: int, n: int, present: bool, num_facts=(1, 16), filler_ratio=(0.0, 0.5, 1.0, 2.0),
+                     slice_edges: bool = True, tok=None, max_ctx_tokens: int | None = None):
+    from .synthetic import make_ar_episode
+
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        ep = make_ar_episode(rng, rng.randint(*num_facts), filler_ratio=rng.choice(filler_ratio),
+                             present=present, slice_edges=slice_edges)
+        if tok is not None and max_ctx_tokens and len(tok.encode(ep.context)) > max_ctx_tokens:
+            continue
+        out.append(ep)
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="oprm train-ar", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "models" / "oprm-ar-mamba2"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
+    ap.add_argument("--max-steps", type=int, default=100000)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--max-ctx-tokens", type=int, default=256, help="training length (context tokens)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--state", type=int, default=64)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-measure", action="store_true", help="skip the measurement / model card numbers")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok = build_tokenizer(args.seed)
+    model = build_model(tok, args.hidden, args.layers, args.state, args.head_dim, seed=args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[train-ar] vocab={len(tok)} params={n_params:,} out={out}", flush=True)
+
+    ev_present = heldout_episodes(10_001, 256, True, tok=tok, max_ctx_tokens=args.max_ctx_tokens)
+    ev_absent = heldout_episodes(10_002, 256, False, tok=tok, max_ctx_tokens=args.max_ctx_tokens)
+
+    decay, no_decay = [], []
+    for n_, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or n_.endswith(("A_log", "D", "dt_bias")) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98))
+    rng = random.Random(args.seed + 1)
+    t0 = time.time()
+    budget = args.minutes * 60
+    step, n_tok, queue = 0, 0, []
+    ema = None
+    history = []
+    model.train()
+    while step < args.max_steps:
+        elapsed = time.time() - t0
+        if elapsed > budget:
+            break
+        frac = min(1.0, elapsed / budget)
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if not queue:
+            queue = make_batches(rng, tok, args.batch_size * 16, args.batch_size, args.max_ctx_tokens)
+        ids, lab = queue.pop()
+        loss = model(input_ids=ids, labels=lab, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        n_tok += ids.numel()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 50 == 0:
+            print(f"[train-ar] step {step} loss {ema:.4f} lr {lr:.2e} {n_tok / (time.time() - t0):.0f} tok/s "
+                  f"{(time.time() - t0) / 60:.1f} min", flush=True)
+        if step % args.eval_every == 0:
+            acc, _ = answer_accuracy(model, tok, ev_present[:128])
+            _, idk = answer_accuracy(model, tok, ev_absent[:128])
+            history.append((step, round(acc, 4), round(idk, 4)))
+            print(f"[train-ar] eval step {step}: present acc {acc:.3f}  absent->Error {idk:.3f}", flush=True)
+            save(model, tok, out)  # checkpoint (overwritten)
+
+    train_min = (time.time() - t0) / 60
+    acc, _ = answer_accuracy(model, tok, ev_present)
+    _, idk = answer_accuracy(model, tok, ev_absent)
+    print(f"[train-ar] done: {step} steps, {n_tok:,} tokens, {train_min:.1f} min; "
+          f"present acc {acc:.3f}, absent->Error {idk:.3f}", flush=True)
+    save(model, tok, out)
+    meta = dict(seed=args.seed, steps=step, tokens=n_tok, train_minutes=round(train_min, 1), params=n_params,
+                vocab=len(tok), notes=CARD_NOTES,
+                max_ctx_tokens=args.max_ctx_tokens, batch_size=args.batch_size, lr=args.lr,
+                hidden=args.hidden, layers=args.layers, state=args.state, head_dim=args.head_dim,
+                mix={k: list(v) if isinstance(v, tuple) else v for k, v in TRAIN_MIX.items()},
+                final_heldout=dict(present_acc=acc, absent_idk=idk), history=history,
+                command="python -m oprm.train_ar " + " ".join(argv if argv is not None else sys.argv[1:]))
+    (out / "training_meta.json").write_text(json.dumps(meta, indent=1))
+    if not args.no_measure:
+        from .synthetic.measure import main as measure_main
+        measure_main(["--model", str(out), "--write-card"])
+    return 0
+
+
+def save(model, tok, out: Path):
+    from transformers import GenerationConfig
+
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                     do_sample=False, max_new_tokens=8).save_pretrained(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

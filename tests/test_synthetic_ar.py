@@ -1,0 +1,146 @@
+"""The synthetic associative-recall task and the small Mamba2 model shipped with oprm."""
+import random
+from pathlib import Path
+
+import pytest
+
+from oprm.synthetic import AR_TEMPLATE, IDK, AREpisode, ar_messages, make_ar_episode
+from oprm.synthetic.ar import extra_question
+from oprm.synthetic.filler import filler_sentence
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "src" / "oprm" / "models" / "oprm-ar-mamba2"
+
+
+def test_template_has_placeholders_and_idk_instruction():
+    assert AR_TEMPLATE.count("{context}") == 1 and AR_TEMPLATE.count("{input}") == 1
+    assert 'return "Error"' in AR_TEMPLATE and IDK == "Error"
+
+
+def test_generator_is_deterministic():
+    a = make_ar_episode(123, 8, filler_ratio=1.0, slice_edges=True)
+    b = make_ar_episode(random.Random(123), 8, filler_ratio=1.0, slice_edges=True)
+    assert a == b
+    assert make_ar_episode(124, 8) != a
+    assert [filler_sentence(random.Random(5)) for _ in range(3)] == [filler_sentence(random.Random(5))
+                                                                     for _ in range(3)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_answer_in_context_iff_present(seed):
+    rng = random.Random(seed)
+    present = seed % 2 == 0
+    ep = make_ar_episode(rng, rng.randint(0 if not present else 1, 30), filler_ratio=rng.choice([0, 0.5, 2.0]),
+                         present=present, slice_edges=bool(seed % 3))
+    assert isinstance(ep, AREpisode) and ep.present == present
+    assert ep.question and ep.key
+    if present:
+        assert ep.needle in ep.context and ep.needle in ep.facts
+        assert ep.key in ep.needle and ep.answer in ep.needle
+        assert ep.context.count(ep.key) == 1  # the key occurs only in its fact
+    else:
+        assert ep.answer == IDK and ep.needle is None
+        assert ep.key not in ep.context  # IDK episodes never mention the key
+    assert all(f in ep.context for f in ep.facts)
+    assert len({r[0] for r in ep.records}) == len(ep.records)  # keys are unique within a document
+    assert ep.key in ep.question or ep.key.split()[0] in ep.question
+
+
+def test_needle_position_and_hard_negatives():
+    ep = make_ar_episode(7, 10, filler_ratio=0.0, needle_pos=0.0)
+    assert ep.needle == ep.facts[0]
+    ep = make_ar_episode(7, 10, filler_ratio=0.0, needle_pos=1.0)
+    assert ep.needle == ep.facts[-1]
+    shared = 0
+    for s in range(50):
+        ep = make_ar_episode(s, 10, present=False, hard_negative_prob=1.0)
+        words = set(ep.key.split())
+        shared += any(words & set(k.split()) for k, _, _ in ep.records)
+    assert shared == 50
+
+
+def test_extra_question():
+    rng = random.Random(0)
+    ep = make_ar_episode(3, 6)
+    for _ in range(20):
+        q, a = extra_question(rng, ep)
+        assert a == IDK or any(a == v for _, _, v in ep.records)
+
+
+def test_messages():
+    ep = make_ar_episode(1, 3)
+    msgs = ar_messages(ep)
+    assert msgs[0]["role"] == "user" and ep.context in msgs[0]["content"] and ep.question in msgs[0]["content"]
+
+
+# ---------------------------------------------------------------------------- the shipped model folder
+needs_model = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="model not trained yet")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, local_files_only=True).eval()
+    return model, tok
+
+
+@needs_model
+def test_folder_contents():
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "generation_config.json", "README.md"):
+        assert (MODEL_DIR / f).exists(), f
+    assert (MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2 ** 20
+
+
+@needs_model
+def test_tokenizer(shipped):
+    model, tok = shipped
+    for w in ("Error", " Error"):
+        assert len(tok.encode(w, add_special_tokens=False)) == 1
+    assert tok.tokenize("4821") == ["4", "8", "2", "1"]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None
+    ep = make_ar_episode(11, 5, slice_edges=True)
+    for text in (ep.context, ep.question, AR_TEMPLATE):
+        assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    rendered = tok.apply_chat_template(ar_messages(ep), add_generation_prompt=True, tokenize=False)
+    assert rendered.startswith("<|im_start|>user\n") and rendered.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.apply_chat_template(ar_messages(ep), add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert tok.decode(ids) == rendered
+
+
+@needs_model
+def test_config(shipped):
+    model, tok = shipped
+    cfg = model.config
+    assert cfg.model_type == "mamba2"
+    assert cfg.pad_token_id == tok.pad_token_id and cfg.eos_token_id == tok.eos_token_id
+    assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert cfg.vocab_size >= len(tok)
+    assert cfg.num_heads * cfg.head_dim == cfg.expand * cfg.hidden_size
+
+
+@needs_model
+def test_shipped_model_answers_in_distribution(shipped):
+    import torch
+
+    model, tok = shipped
+    idk_id = tok.convert_tokens_to_ids("Error")
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(31_337)
+    correct = n = 0
+    for i in range(8):
+        ep = make_ar_episode(rng, rng.randint(2, 6), filler_ratio=0.5, present=i % 4 != 3)
+        ids = tok.apply_chat_template(ar_messages(ep), add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        correct += text == ep.answer
+        n += 1
+        if not ep.present:
+            assert out[0, ids.shape[1]] == idk_id
+    assert correct >= n - 1
