@@ -233,3 +233,20 @@ def test_download_uses_hf_hub_and_unzips(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "hf_hub_download", failing)
     with pytest.raises(OPRMUsageError, match="could not download"):
         load_task_samples(get_task("musique"), data_dir=ddir, download=True)
+
+
+def test_oprm_prompt_style():
+    hp = get_task("hotpotqa")
+    assert hp.template_for("oprm", True, "oprm").endswith("\nAnswer: ")
+    assert "The following are given passages.\n {context}" in hp.template_for("vanilla", True, "oprm")
+    assert QA_IDK in hp.template_for("oprm", True, "oprm") and QA_IDK not in hp.template_for("oprm", False, "oprm")
+    nq = get_task("narrativeqa").template_for("vanilla", False, "oprm")
+    assert nq.split("{context}")[0].count("asconcisely") == 1 and "asconcisely" not in nq.split("{context}")[1]
+    assert get_task("gov_report").template_for("oprm", True, "oprm").endswith("Summary: ")
+    # identical where the OPRM script did not change the wording
+    for name in ("qasper", "trec", "passage_retrieval_en", "lcc", "vcsum"):
+        t = get_task(name)
+        for mode, idk in (("oprm", True), ("vanilla", False)):
+            assert t.template_for(mode, idk, "oprm") == t.template_for(mode, idk, "longbench")
+    with pytest.raises(OPRMUsageError):
+        hp.template_for("oprm", True, "fancy")

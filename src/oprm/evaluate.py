@@ -187,10 +187,11 @@ def _count_fn(engine) -> Callable[[str], int]:
 
 
 def _run_sample(engine, task: Task, sample: dict, cfg: RunConfig, max_new_tokens: int, chat: str,
-                bm25_words: int, count_tokens: Callable[[str], int]) -> dict:
+                bm25_words: int, count_tokens: Callable[[str], int], prompt_style: str = "longbench") -> dict:
     mode = cfg.mode
     idk_prompt = cfg.idk if mode == "oprm" else (mode == "oracle")
-    template = sample.get("template") or task.template_for("oprm" if mode == "oracle" else mode, idk_prompt)
+    template = sample.get("template") or task.template_for("oprm" if mode == "oracle" else mode, idk_prompt,
+                                                           prompt_style)
     context = sample["context"].strip() if task.suite == "longbench_v2" else sample["context"]
     fields = {k: v for k, v in sample.items() if isinstance(v, str) and k not in ("context", "template", "gold")}
     chunk_size = cfg.chunk_size or getattr(engine, "chunk_size", None) or DEFAULT_CHUNK_SIZE
@@ -474,17 +475,20 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
              output_path: str | Path = "results", seed: int = 42, *, model_name: str | None = None,
              max_new_tokens_budget: str = "official", download: bool = False,
              synthetic_options: dict | None = None, chat: str = "auto", progress: bool = True, plots: bool = True,
-             bm25_chunk_words: int = 200, max_new_tokens: int | None = None,
+             bm25_chunk_words: int = 200, max_new_tokens: int | None = None, prompt_style: str = "longbench",
              log: Callable[[str], None] | None = None) -> dict:
     """Run ``tasks`` x configs through ``engine`` and write predictions, results.json, results.md and plots.
 
     ``tasks``: names/groups (``"longbench_e,ar"``) or Task objects. ``idk``: True, False, or [True, False] for the
     IDK ablation. ``chat``: ``auto`` (engine default), ``on``, ``off`` or ``longbench`` (no chat template for
     trec/triviaqa/samsum/lsht/lcc/repobench-p, as LongBench's pred.py). ``max_new_tokens`` overrides every task's
-    budget (smoke tests). Returns the results dict.
+    budget (smoke tests). ``prompt_style``: ``longbench`` (official LongBench strings) or ``oprm`` (the OPRM script's
+    wording: trailing spaces etc.). Returns the results dict.
     """
     if chat not in ("auto", "on", "off", "longbench"):
         raise OPRMUsageError(f"chat must be auto, on, off or longbench, got {chat!r}")
+    if prompt_style not in ("longbench", "oprm"):
+        raise OPRMUsageError(f"prompt_style must be 'longbench' or 'oprm', got {prompt_style!r}")
     if max_new_tokens_budget not in ("official", "oprm"):
         raise OPRMUsageError(f"max_new_tokens_budget must be 'official' or 'oprm', got {max_new_tokens_budget!r}")
     if limit is not None and int(limit) <= 0:
@@ -519,6 +523,7 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
     samples_cache: dict[str, list[dict]] = {}
     results: dict[str, Any] = {"model": str(model_name), "seed": seed, "limit": limit,
                                "max_new_tokens_budget": max_new_tokens_budget, "chat": chat,
+                               "prompt_style": prompt_style,
                                "tasks": {}, "configs": {}}
     for task in task_list:
         samples_cache[task.name] = load_task_samples(task, data_dir, limit, seed, download, syn_opts)
@@ -542,7 +547,8 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
                        disable=not progress, leave=False) if tqdm else None
             with open(path, "a", encoding="utf-8") as f:
                 for sample in todo:
-                    rec = _run_sample(engine, task, sample, cfg, budget, chat, bm25_chunk_words, count_tokens)
+                    rec = _run_sample(engine, task, sample, cfg, budget, chat, bm25_chunk_words, count_tokens,
+                                      prompt_style)
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                     f.flush()
                     done[rec["_id"]] = rec
@@ -728,6 +734,8 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-new-tokens-budget", choices=("official", "oprm"), default="official",
                    help="official = LongBench dataset2maxlen; oprm = the OPRM script's shorter budgets")
+    p.add_argument("--prompt-style", choices=("longbench", "oprm"), default="longbench",
+                   help="LongBench's prompt strings (default) or the official OPRM script's wording")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="override every task's generation budget (quick smoke runs)")
     p.add_argument("--chat", choices=("auto", "on", "off", "longbench"), default="auto",
@@ -788,7 +796,8 @@ def run_eval(args, engine=None) -> int:
                        args.data_dir, args.output_path, args.seed, model_name=args.model,
                        max_new_tokens_budget=args.max_new_tokens_budget, download=args.download,
                        synthetic_options=_synthetic_options(args), chat=args.chat, progress=not args.quiet,
-                       plots=not args.no_plots, max_new_tokens=args.max_new_tokens, log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
+                       plots=not args.no_plots, max_new_tokens=args.max_new_tokens,
+                       prompt_style=args.prompt_style, log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
     print(results_markdown(results))
     print(f"results: {results['paths']['results_json']}")
     return 0

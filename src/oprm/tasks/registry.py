@@ -66,13 +66,22 @@ class Task:
     first_line: bool = False
     longbench_chat: bool = True  # LongBench pred.py applies the chat template
     idk_answer_map: dict[str, str] | None = None
+    oprm_template: str | None = None  # the official OPRM script's wording, where it differs from LongBench's
+    oprm_idk_template: str | None = None
     params: dict[str, Any] = field(default_factory=dict)  # synthetic-task settings
 
     # ------------------------------------------------------------------ prompts / budgets
-    def template_for(self, mode: str, idk: bool) -> str:
-        if mode in ("oprm", "oracle") and idk and self.idk_template:
-            return self.idk_template
-        return self.template
+    def template_for(self, mode: str, idk: bool, style: str = "longbench") -> str:
+        """The prompt for ``mode``: the IDK variant only for OPRM with the IDK filter on (vanilla/truncate/bm25 use
+        the original prompt, as the OPRM script does). ``style="oprm"`` picks the OPRM script's exact wording."""
+        if style not in ("longbench", "oprm"):
+            raise OPRMUsageError(f"prompt style must be 'longbench' or 'oprm', got {style!r}")
+        use_idk = mode in ("oprm", "oracle") and idk and self.idk_template is not None
+        if style == "oprm":
+            if use_idk:
+                return self.oprm_idk_template or self.idk_template
+            return self.oprm_template or self.template
+        return self.idk_template if use_idk else self.template
 
     def budget(self, which: str = "official") -> int:
         if which == "official":
@@ -109,7 +118,8 @@ def _from_spec(name: str, dataset: str, suite: str, spec: dict) -> Task:
                 max_new_tokens=spec["max_new_tokens"], oprm_max_new_tokens=spec.get("oprm_max_new_tokens"),
                 decode=spec.get("decode", "one"), context_tail=spec.get("context_tail", False),
                 first_line=spec.get("first_line", False), longbench_chat=spec.get("longbench_chat", True),
-                idk_answer_map=spec.get("idk_answer_map"))
+                idk_answer_map=spec.get("idk_answer_map"), oprm_template=spec.get("oprm_template"),
+                oprm_idk_template=spec.get("oprm_idk_template"))
 
 
 def list_tasks() -> list[str]:
