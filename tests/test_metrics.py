@@ -208,3 +208,22 @@ def test_ruler_string_match():
     assert string_match_part("The answer is ABC", ["abc", "zzz"]) == 1.0
     assert string_match_all("", ["1"]) == 0.0
     assert lb.score_sample("string_match_all", "1 2", ["1", "3"]) == 0.5
+
+
+def _deep(k, fn, *a):
+    return _deep(k - 1, fn, *a) if k else fn(*a)
+
+
+def test_rouge_recursion_overflow_matches_official_regardless_of_caller_depth():
+    # rouge 1.0.1 rebuilds the LCS recursively, one frame per step. In LongBench's eval.py (recursion limit 1000,
+    # rouge_score three frames deep) a 1+989-word one-sentence prediction against the reference "a" scores
+    # 2/(990+1)-ish, and one more word makes it RecursionError -> 0.0 (checked against a script with eval.py's stack).
+    def pred(n):
+        return "a " + " ".join(f"v{i}" for i in range(n))
+
+    for depth in (0, 60):
+        assert _deep(depth, lb.rouge_score, pred(989), "a") == pytest.approx(2 * (1 / 990) / (1 / 990 + 1), abs=1e-6)
+        assert _deep(depth, lb.rouge_score, pred(990), "a") == 0.0
+    import sys
+
+    assert sys.getrecursionlimit() >= 1000  # restored afterwards

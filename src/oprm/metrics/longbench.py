@@ -14,7 +14,10 @@ Deliberately reproduced upstream quirks (so numbers match published tables):
   We compute it with :mod:`difflib` directly, which is what fuzzywuzzy does when python-Levenshtein is not
   installed (LongBench's requirements do not install it), so the score never depends on that optional wheel.
 * ``rouge_score`` uses the PyPI ``rouge`` package (not ``rouge-score``) and returns 0.0 on *any* exception
-  (empty prediction, prediction made only of punctuation, recursion errors on huge inputs...).
+  (empty prediction, prediction made only of punctuation...). ``rouge`` splits on "." into sentences, is
+  case-sensitive, counts *distinct* words, and rebuilds each LCS recursively: a sentence pair whose LCS walk needs
+  more than ~990 steps hits RecursionError and scores 0.0 upstream. We reproduce that threshold exactly, whatever the
+  caller's stack depth (see ``rouge_score``).
 * ``scorer_e`` buckets on the sample's ``length`` field (words for EN/code, characters for ZH), and an empty
   bucket yields NaN (``numpy.mean([])``) rather than an error; we return ``float('nan')`` likewise.
 """
@@ -25,6 +28,7 @@ import difflib
 import math
 import re
 import string
+import sys
 from collections import Counter
 from typing import Callable, Iterable, Sequence
 
@@ -96,21 +100,55 @@ def qa_f1_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- ROUGE-L
-def rouge_score(prediction: str, ground_truth: str, **kwargs) -> float:
-    """ROUGE-L F from the PyPI ``rouge`` package; any failure (e.g. empty hypothesis) scores 0.0."""
+# How many more nested Python calls LongBench's eval.py can make from inside ``rouge_score`` before RecursionError:
+# limit 1000, rouge_score called three frames deep (<module> -> scorer -> rouge_score), measured with _headroom().
+_OFFICIAL_HEADROOM = 996
+
+
+def _headroom() -> int:
+    """Nested calls still possible below the caller (counts what the interpreter counts, C-level calls included)."""
+    n = 0
+
+    def probe():
+        nonlocal n
+        n += 1
+        probe()
+
+    try:
+        probe()
+    except RecursionError:
+        pass
+    return n
+
+
+def rouge_score(prediction: str, ground_truth: str, _extra_official_frames: int = 0, **kwargs) -> float:
+    """ROUGE-L F from the PyPI ``rouge`` package; any failure (e.g. empty hypothesis) scores 0.0.
+
+    ``rouge`` 1.0.1 rebuilds each LCS *recursively* (one Python frame per step), so a reference/prediction sentence
+    pair (sentences are split on ".") whose LCS walk is longer than ~990 steps raises RecursionError, which the
+    official scorer turns into 0.0. Where that happens depends on the caller's stack and the recursion limit, so we
+    give the rouge call exactly the recursion headroom it has in the official ``eval.py`` (limit 1000, three frames
+    deep): the same inputs then score the same from a CLI, a notebook or a test runner.
+    """
     try:
         from rouge import Rouge  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover
         raise ImportError("ROUGE metrics need the 'rouge' package: pip install rouge==1.0.1") from exc
+    old_limit = sys.getrecursionlimit()
+    target = _OFFICIAL_HEADROOM - _extra_official_frames
+    sys.setrecursionlimit(max(64, old_limit + target - _headroom()))
     try:
         scores = Rouge().get_scores([prediction], [ground_truth], avg=True)
-    except Exception:  # noqa: BLE001 - the official scorer swallows everything
+    except Exception:  # noqa: BLE001 - the official scorer swallows everything (RecursionError included)
         return 0.0
+    finally:
+        sys.setrecursionlimit(old_limit)
     return scores["rouge-l"]["f"]
 
 
 def rouge_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
-    return rouge_score(" ".join(_jieba_cut(prediction)), " ".join(_jieba_cut(ground_truth)))
+    return rouge_score(" ".join(_jieba_cut(prediction)), " ".join(_jieba_cut(ground_truth)),
+                       _extra_official_frames=1)
 
 
 # ----------------------------------------------------------------------------------------------- classification
