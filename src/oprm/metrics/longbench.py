@@ -136,7 +136,14 @@ def rouge_score(prediction: str, ground_truth: str, _extra_official_frames: int 
         raise ImportError("ROUGE metrics need the 'rouge' package: pip install rouge==1.0.1") from exc
     old_limit = sys.getrecursionlimit()
     target = _OFFICIAL_HEADROOM - _extra_official_frames
-    sys.setrecursionlimit(max(64, old_limit + target - _headroom()))
+    probe_limit = old_limit
+    if old_limit > 20000:  # keep the probe short (and off the C stack on old interpreters)
+        try:
+            sys.setrecursionlimit(20000)
+            probe_limit = 20000
+        except RecursionError:  # pragma: no cover - already deeper than that
+            pass
+    sys.setrecursionlimit(max(64, probe_limit + target - _headroom()))
     try:
         scores = Rouge().get_scores([prediction], [ground_truth], avg=True)
     except Exception:  # noqa: BLE001 - the official scorer swallows everything (RecursionError included)
