@@ -350,3 +350,11 @@ def test_results_accumulate_across_runs_and_rescore_synthetic(tmp_path):
     assert "| ar | all | 100.00 | – |" in md and "| hotpotqa | Multi-Document QA | – | 0.00 |" in md
     s = score_dir(tmp_path / "m" / "oracle_cs256")
     assert s["pred/ar.jsonl"]["score"] == 100.0 and s["pred/ar.jsonl"]["by_setting"] == {"3": 100.0}
+
+
+def test_missing_data_fails_before_any_model_work(tmp_path):
+    eng = FakeEngine()
+    with pytest.raises(OPRMUsageError, match="musique.jsonl"):
+        evaluate(eng, "ar,musique", "oracle", [256], None, True, 1, tmp_path, tmp_path / "out", 0, model_name="m",
+                 synthetic_options={"ar_num_facts": [3]}, progress=False)
+    assert eng.calls == []

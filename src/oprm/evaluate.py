@@ -38,6 +38,7 @@ from oprm.errors import OPRMUsageError
 from oprm.metrics.longbench import BUCKETS, DATASET2METRIC, length_bucket, score_sample
 from oprm.metrics.longbench_v2 import V2_COLUMNS, extract_answer, score_v2
 from oprm.tasks import Task, expand_tasks, load_task_samples
+from oprm.tasks.data import ensure_task_data
 
 __all__ = ["MODES", "RunConfig", "build_configs", "evaluate", "score_dir", "bm25_context", "results_markdown",
            "add_eval_arguments", "add_score_arguments", "add_parser", "run_eval", "run_score"]
@@ -520,28 +521,27 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
     except ImportError:  # pragma: no cover
         tqdm = None
 
-    samples_cache: dict[str, list[dict]] = {}
     results: dict[str, Any] = {"model": str(model_name), "seed": seed, "limit": limit,
                                "max_new_tokens_budget": max_new_tokens_budget, "chat": chat,
-                               "prompt_style": prompt_style,
-                               "tasks": {}, "configs": {}}
-    for task in task_list:
-        samples_cache[task.name] = load_task_samples(task, data_dir, limit, seed, download, syn_opts)
-        results["tasks"][task.name] = {"suite": task.suite, "category": task.category, "metric": task.metric,
-                                       "dataset": task.dataset, "n": len(samples_cache[task.name])}
-
+                               "prompt_style": prompt_style, "tasks": {}, "configs": {}}
     for cfg in configs:
-        cres = results["configs"].setdefault(cfg.name, {"config": cfg.to_dict(), "tasks": {}})
-        for task in task_list:
+        results["configs"][cfg.name] = {"config": cfg.to_dict(), "tasks": {}}
+    for task in task_list:  # fail fast: every data file is there (or downloaded) before any model work
+        ensure_task_data(task, data_dir, download)
+
+    for task in task_list:  # samples are loaded one task at a time (LongBench contexts are large)
+        samples = load_task_samples(task, data_dir, limit, seed, download, syn_opts)
+        results["tasks"][task.name] = {"suite": task.suite, "category": task.category, "metric": task.metric,
+                                       "dataset": task.dataset, "n": len(samples)}
+        for cfg in configs:
             if cfg.mode == "oracle" and task.suite != "synthetic":
                 log(f"skipping oracle mode for {task.name}: it needs a gold needle (synthetic tasks only)")
                 continue
-            samples = samples_cache[task.name]
             fname = "longbench_v2.jsonl" if task.suite == "longbench_v2" else f"{task.dataset}.jsonl"
             path = root / cfg.name / task.pred_subdir / fname
             path.parent.mkdir(parents=True, exist_ok=True)
             done = {r.get("_id"): r for r in _read_records(path)}
-            todo = [s for s in samples if s["_id"] not in done]
+            todo = [smp for smp in samples if smp["_id"] not in done]
             budget = int(max_new_tokens) if max_new_tokens else task.budget(max_new_tokens_budget)
             bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{cfg.name}/{task.name}",
                        disable=not progress, leave=False) if tqdm else None
@@ -556,15 +556,25 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
                         bar.update(1)
             if bar is not None:
                 bar.close()
-            records = [done[s["_id"]] for s in samples if s["_id"] in done]
-            cres["tasks"][task.name] = aggregate(task, records)
-            log(f"{cfg.name}/{task.name}: {_fmt(cres['tasks'][task.name]['score'])} (n={len(records)})")
+            records = [done[smp["_id"]] for smp in samples if smp["_id"] in done]
+            results["configs"][cfg.name]["tasks"][task.name] = agg = aggregate(task, records)
+            log(f"{cfg.name}/{task.name}: {_fmt(agg['score'])} (n={len(records)})")
+        del samples
+        results = _write_summary(results, root)  # partial summaries are readable while a long run goes on
 
-    # keep the configs/tasks of earlier runs into the same folder (e.g. a later ablation) in the summary
-    prev_path = root / "results.json"
-    if prev_path.exists():
+    results["paths"] = {"root": str(root), "results_json": str(root / "results.json"),
+                        "results_md": str(root / "results.md")}
+    if plots:
+        results["paths"]["plots"] = [str(p) for p in make_plots(results, root / "plots")]
+    return results
+
+
+def _write_summary(results: dict, root: Path) -> dict:
+    """Write results.json / results.md, keeping configs and tasks of earlier runs into the same folder."""
+    path = root / "results.json"
+    if path.exists():
         try:
-            prev = json.loads(prev_path.read_text(encoding="utf-8"))
+            prev = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             prev = {}
         if isinstance(prev, dict) and isinstance(prev.get("configs"), dict):
@@ -577,14 +587,9 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
                     merged[cname]["tasks"].update(c["tasks"])
                 else:
                     merged[cname] = c
-            results["tasks"], results["configs"] = tasks_meta, merged
-    prev_path.write_text(json.dumps(_jsonable(results), ensure_ascii=False, indent=2), encoding="utf-8")
-    md = results_markdown(results)
-    (root / "results.md").write_text(md, encoding="utf-8")
-    results["paths"] = {"root": str(root), "results_json": str(root / "results.json"),
-                        "results_md": str(root / "results.md")}
-    if plots:
-        results["paths"]["plots"] = [str(p) for p in make_plots(results, root / "plots")]
+            results = {**results, "tasks": tasks_meta, "configs": merged}
+    path.write_text(json.dumps(_jsonable(results), ensure_ascii=False, indent=2), encoding="utf-8")
+    (root / "results.md").write_text(results_markdown(results), encoding="utf-8")
     return results
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from oprm.errors import OPRMUsageError
 from oprm.tasks.registry import Task
 
-__all__ = ["default_data_dir", "find_longbench_file", "find_v2_file", "load_task_samples", "read_jsonl",
+__all__ = ["default_data_dir", "find_longbench_file", "find_v2_file", "ensure_task_data", "load_task_samples",
+           "read_jsonl",
            "download_longbench", "LONGBENCH_URL", "LONGBENCH_V2_URL"]
 
 LONGBENCH_URL = "https://huggingface.co/datasets/THUDM/LongBench/resolve/main/data.zip"
@@ -116,6 +117,28 @@ def _v2_sample(row: dict) -> dict:
     }
 
 
+def ensure_task_data(task: Task, data_dir: str | Path | None = None, download: bool = False) -> Path | None:
+    """The data file of ``task`` (downloaded first when asked); one clear error line when it is missing.
+    Synthetic tasks need no file (returns None)."""
+    if task.suite == "synthetic":
+        return None
+    ddir = Path(data_dir) if data_dir else default_data_dir()
+    if task.suite == "longbench_v2":
+        path = find_v2_file(ddir)
+        if path is None and download:
+            download_longbench(ddir, v2=True)
+            path = find_v2_file(ddir)
+    else:
+        name = f"{task.dataset}_e" if task.suite == "longbench_e" else task.dataset
+        path = find_longbench_file(ddir, name)
+        if path is None and download:
+            download_longbench(ddir)
+            path = find_longbench_file(ddir, name)
+    if path is None:
+        raise _missing(task, ddir)
+    return path
+
+
 def load_task_samples(task: Task, data_dir: str | Path | None = None, limit: int | None = None, seed: int = 42,
                       download: bool = False, synthetic_options: dict | None = None) -> list[dict]:
     """Samples of one task, in file order (LongBench) or generation order (synthetic); ``limit`` keeps the first N
@@ -124,14 +147,8 @@ def load_task_samples(task: Task, data_dir: str | Path | None = None, limit: int
         from oprm.tasks.synthetic import synthetic_samples  # noqa: PLC0415
 
         return synthetic_samples(task, limit=limit, seed=seed, options=synthetic_options)
-    ddir = Path(data_dir) if data_dir else default_data_dir()
+    path = ensure_task_data(task, data_dir, download)
     if task.suite == "longbench_v2":
-        path = find_v2_file(ddir)
-        if path is None and download:
-            download_longbench(ddir, v2=True)
-            path = find_v2_file(ddir)
-        if path is None:
-            raise _missing(task, ddir)
         if path.suffix == ".json":
             try:
                 rows = json.loads(path.read_text(encoding="utf-8"))
@@ -142,12 +159,6 @@ def load_task_samples(task: Task, data_dir: str | Path | None = None, limit: int
         samples = [_v2_sample(r) for r in rows]
     else:
         name = f"{task.dataset}_e" if task.suite == "longbench_e" else task.dataset
-        path = find_longbench_file(ddir, name)
-        if path is None and download:
-            download_longbench(ddir)
-            path = find_longbench_file(ddir, name)
-        if path is None:
-            raise _missing(task, ddir)
         samples = []
         for i, row in enumerate(read_jsonl(path)):
             if "input" not in row and "question" in row:  # parquet mirrors call the query "question"
