@@ -273,6 +273,11 @@ def test_run_eval_cli_glue(tmp_path, capsys):
     (["--tasks", "longbench_x"], "unknown task"),
     (["--limit", "0"], "--limit"),
     (["--selection", "psychic"], "unknown selection"),
+    (["--samples", "0"], "positive"),
+    (["--lengths", "100,-5"], "positive"),
+    (["--depths", "50,120"], "0..100"),
+    (["--depths", "mid"], "numbers"),
+    (["--ar-absent-fraction", "1.5"], "0..1"),
 ])
 def test_run_eval_bad_input_is_one_line(argv, msg, tmp_path):
     args = _eval_args(["--model", "fake", "--tasks", "hotpotqa", "--data-dir", str(FIX), "--output-path",
@@ -358,3 +363,15 @@ def test_missing_data_fails_before_any_model_work(tmp_path):
         evaluate(eng, "ar,musique", "oracle", [256], None, True, 1, tmp_path, tmp_path / "out", 0, model_name="m",
                  synthetic_options={"ar_num_facts": [3]}, progress=False)
     assert eng.calls == []
+
+
+def test_synthetic_flags_reach_the_generators(tmp_path):
+    args = _eval_args(["--model", "fake", "--tasks", "ar,niah_single", "--modes", "vanilla", "--samples", "2",
+                       "--ar-num-facts", "4", "--ar-absent-fraction", "1", "--lengths", "120", "--depths", "0",
+                       "--niah-values", "uuids", "--output-path", str(tmp_path), "--quiet", "--no-plots"])
+    eng = FakeEngine(vanilla_answer="Error")
+    assert run_eval(args, engine=eng) == 0
+    ar = _lines(tmp_path / "fake" / "vanilla" / "pred" / "ar.jsonl")
+    assert len(ar) == 2 and all(r["answers"] == ["Error"] and r["score"] == 1.0 for r in ar)
+    niah = [c for c in eng.calls if "special magic" in c["template"]]
+    assert len(niah) == 2 and all(c["context"].startswith("One of the special magic uuids") for c in niah)

@@ -750,13 +750,18 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
     p.add_argument("--lengths", default=None, help="NIAH/passkey: comma list of context lengths in tokens "
                                                   "(default 1000,2000,4000,8000)")
     p.add_argument("--haystack", default=None, help="NIAH haystack: noise (default), filler, or a text file")
+    p.add_argument("--depths", default=None, help="NIAH/passkey: comma list of needle depths in percent, cycled over "
+                                                 "the samples (default: random)")
+    p.add_argument("--niah-values", choices=("numbers", "uuids"), default=None, help="NIAH value type")
+    p.add_argument("--ar-absent-fraction", type=float, default=None,
+                   help="AR: share of episodes whose key is absent (gold answer: the IDK word)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _synthetic_options(args) -> dict:
     opts: dict[str, Any] = {}
-    if getattr(args, "samples", None):
+    if getattr(args, "samples", None) is not None:
         opts["samples_per_setting"] = args.samples
     if getattr(args, "ar_num_facts", None):
         opts["ar_num_facts"] = _int_csv(args.ar_num_facts, "--ar-num-facts")
@@ -764,6 +769,22 @@ def _synthetic_options(args) -> dict:
         opts["lengths"] = _int_csv(args.lengths, "--lengths")
     if getattr(args, "haystack", None):
         opts["haystack"] = args.haystack
+    if getattr(args, "depths", None):
+        try:
+            opts["depths"] = [float(d) for d in _csv(args.depths)]
+        except ValueError:
+            raise OPRMUsageError(f"--depths takes comma-separated numbers, got {args.depths!r}") from None
+        if any(not 0 <= d <= 100 for d in opts["depths"]):
+            raise OPRMUsageError(f"--depths must be within 0..100, got {args.depths!r}")
+    if getattr(args, "niah_values", None):
+        opts["value_type"] = args.niah_values
+    if getattr(args, "ar_absent_fraction", None) is not None:
+        if not 0 <= args.ar_absent_fraction <= 1:
+            raise OPRMUsageError(f"--ar-absent-fraction must be within 0..1, got {args.ar_absent_fraction}")
+        opts["ar_absent_fraction"] = args.ar_absent_fraction
+    sizes = opts.get("lengths", []) + opts.get("ar_num_facts", []) + [opts.get("samples_per_setting", 1)]
+    if any(n <= 0 for n in sizes):
+        raise OPRMUsageError("--lengths, --ar-num-facts and --samples take positive numbers")
     return opts
 
 
@@ -782,6 +803,7 @@ def run_eval(args, engine=None) -> int:
             raise OPRMUsageError(f"unknown selection {bad[0]!r}; choose from {', '.join(SELECTIONS)}")
     idk: bool | list[bool] = [True, False] if args.idk_ablation else (not args.no_idk)
     build_configs(args.modes, chunk_sizes, selections, idk)  # validate before loading a model
+    synthetic_options = _synthetic_options(args)
     if args.limit is not None and args.limit <= 0:
         raise OPRMUsageError(f"--limit must be positive, got {args.limit}")
     if engine is None:
@@ -800,7 +822,7 @@ def run_eval(args, engine=None) -> int:
     results = evaluate(engine, tasks, args.modes, chunk_sizes or None, selections or None, idk, args.limit,
                        args.data_dir, args.output_path, args.seed, model_name=args.model,
                        max_new_tokens_budget=args.max_new_tokens_budget, download=args.download,
-                       synthetic_options=_synthetic_options(args), chat=args.chat, progress=not args.quiet,
+                       synthetic_options=synthetic_options, chat=args.chat, progress=not args.quiet,
                        plots=not args.no_plots, max_new_tokens=args.max_new_tokens,
                        prompt_style=args.prompt_style, log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
     print(results_markdown(results))
