@@ -53,3 +53,10 @@ def test_idk_ids_cover_both_spellings(tok):
 def test_idk_that_tokenizes_to_nothing(tok):
     with pytest.raises(OPRMUsageError, match="tokenizes to nothing"):
         idk_token_ids(tok, "")
+
+
+def test_answer_prefix_follows_the_assistant_header(tok):
+    p = build_prompt(tok, "text", "{context}\nWhat is the number for {input}?", {"input": "amber"},
+                     answer_prefix="The number for {input} is")
+    assert tok.decode(p.suffix_ids).endswith("<|im_start|>assistant\nThe number for amber is")
+    assert tok.decode(p.suffix_ids[slice(*p.query_span)]).strip() == "amber"  # the query inside the question

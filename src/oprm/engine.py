@@ -124,7 +124,8 @@ class OPRM:
 
     # ------------------------------------------------------------------------------------------------------------
     def build_prompt(self, context: str | None = None, query: str | None = None, *, template: str | None = None,
-                     fields: dict | None = None, chat: bool | None = None, idk=_UNSET) -> PromptParts:
+                     fields: dict | None = None, chat: bool | None = None, idk=_UNSET,
+                     answer_prefix: str | None = None) -> PromptParts:
         if self.tokenizer is None:
             raise OPRMUsageError("text input needs a tokenizer; pass prefix_ids/context_ids/suffix_ids instead")
         idk = self.idk if idk is _UNSET else idk
@@ -136,7 +137,7 @@ class OPRM:
                 raise OPRMUsageError("a question is needed (query=...) or a template with {context}")
             template = default_qa_template(idk)
         return build_prompt(self.tokenizer, context, template, fields, chat=self.chat if chat is None else chat,
-                            system_prompt=self.system_prompt)
+                            system_prompt=self.system_prompt, answer_prefix=answer_prefix)
 
     def idk_ids(self, idk: str) -> set[int]:
         if idk not in self._idk_ids:
@@ -147,7 +148,7 @@ class OPRM:
 
     @torch.no_grad()
     def generate(self, context: str | None = None, query: str | None = None, *, template: str | None = None,
-                 fields: dict | None = None, prompt: PromptParts | None = None,
+                 fields: dict | None = None, answer_prefix: str | None = None, prompt: PromptParts | None = None,
                  prefix_ids: list[int] | None = None, context_ids: list[int] | None = None,
                  suffix_ids: list[int] | None = None, query_span: tuple[int, int] | None = None,
                  mode: str = "oprm", chunk_size: int | None = None, overlap: int | None = None,
@@ -157,8 +158,9 @@ class OPRM:
                  context_tail_tokens: int | None = None, chat: bool | None = None,
                  max_batch_tokens: int | None = None, generation_config=None,
                  streamer=None, output_logits: bool = False, **generation_options) -> OPRMResult:
-        """Answer from a long context. Give text (``context`` + ``query`` or a ``template`` with ``{context}``),
-        a ready ``prompt``, or pre-tokenized ``prefix_ids``/``context_ids``/``suffix_ids``.
+        """Answer from a long context. Give text (``context`` + ``query`` or a ``template`` with ``{context}``,
+        optionally an ``answer_prefix`` the answer continues), a ready ``prompt``, or pre-tokenized
+        ``prefix_ids``/``context_ids``/``suffix_ids``.
 
         ``generation_options`` are GenerationConfig fields: max_new_tokens, do_sample, temperature, top_p, top_k,
         repetition_penalty, eos_token_id, stop_strings (and ``seed`` for sampling).
@@ -173,7 +175,8 @@ class OPRM:
                 if not prompt.context_ids:
                     raise OPRMUsageError("the context is empty")
             else:
-                prompt = self.build_prompt(context, query, template=template, fields=fields, chat=chat, idk=idk)
+                prompt = self.build_prompt(context, query, template=template, fields=fields, chat=chat, idk=idk,
+                                           answer_prefix=answer_prefix)
         if context_tail_tokens:  # LongBench lcc in OPRM: keep only the most recent code
             tail = prompt.context_ids[-context_tail_tokens:]
             cut = len(prompt.context_ids) - len(tail)
@@ -393,6 +396,8 @@ class _Run:
             if not winners:
                 fallback_used = True
                 if idk_fallback == "answer":
+                    if parallel:
+                        self.tokens_processed = self.total_tokens(parallel.gather(self.tokens_processed), shared)
                     tokens = engine.tokenizer(idk, add_special_tokens=False)["input_ids"]
                     return self.result("oprm", [Answer(None, idk, tokens)], [], records, selection=selection,
                                        idk_fallback_used=True, chunk_size=chunk_size)
@@ -404,10 +409,14 @@ class _Run:
         if parallel:
             shared_view = parallel.gather((answers, self.tokens_processed))
             answers = [a for part in shared_view for a in part[0]]
-            self.tokens_processed = sum(part[1] for part in shared_view)
+            self.tokens_processed = self.total_tokens([part[1] for part in shared_view], shared)
         answers.sort(key=lambda a: a.chunk)
         return self.result("oprm", answers, sorted(winners), records, selection=selection,
                            idk_fallback_used=fallback_used, chunk_size=chunk_size)
+
+    def total_tokens(self, per_rank: list[int], shared: bool) -> int:
+        """Tokens processed over the ranks, with the shared prefix counted once (as one process counts it)."""
+        return sum(per_rank) - (len(per_rank) - 1) * len(self.prompt.prefix_ids) * shared
 
     def chunk_prompt(self, chunk) -> list[int]:
         p = self.prompt

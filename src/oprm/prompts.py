@@ -73,14 +73,19 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def build_prompt(tokenizer, context: str, template: str, fields: dict | None = None, *, query_field: str = "input",
-                 chat: bool = True, system_prompt: str | None = None) -> PromptParts:
-    """Render ``template`` around ``context`` and tokenize P, C and S separately."""
+                 chat: bool = True, system_prompt: str | None = None, answer_prefix: str | None = None) -> PromptParts:
+    """Render ``template`` around ``context`` and tokenize P, C and S separately.
+
+    ``answer_prefix`` (a template too, e.g. RULER's "The special magic number for {input} is") is appended after the
+    chat template's assistant header, so the model continues it.
+    """
     if context is None or not context.strip():
         raise OPRMUsageError("the context is empty")
     if template.count("{context}") != 1:
         raise OPRMUsageError("the prompt template must contain the placeholder {context} exactly once")
     fields = dict(fields or {})
     fields.pop("context", None)
+    answer_prefix = _fill(answer_prefix, fields) if answer_prefix else ""
     if query_field in fields:  # mark the query so its tokens can be found in S (query-likelihood selection)
         fields[query_field] = f"{_QUERY_OPEN}{fields[query_field]}{_QUERY_CLOSE}"
     before, after = template.split("{context}")
@@ -98,6 +103,7 @@ def build_prompt(tokenizer, context: str, template: str, fields: dict | None = N
         prefix_text, suffix_text = user_message.split(_CONTEXT_MARK)
         bos = _bos_prefix(tokenizer)
 
+    suffix_text += answer_prefix
     query_chars = None
     if _QUERY_OPEN in suffix_text:
         start = suffix_text.index(_QUERY_OPEN)
