@@ -67,3 +67,18 @@ def test_unknown_option_is_rejected(engine):
     P, C, S = prompt()
     with pytest.raises(TypeError, match="num_beams"):
         engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, num_beams=2)
+
+
+def test_truncate_keeps_both_ends_of_the_prompt(engine):
+    P, C, S = prompt(3)
+    full = P + C + S
+    result = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, mode="truncate", max_input_tokens=20,
+                             max_new_tokens=4)
+    assert result.token_ids == reference_generate(engine.model, full[:10] + full[-10:], 4)[0]
+
+
+def test_context_tail_is_one_chunk_of_the_last_tokens(engine):
+    P, C, S = prompt(4)
+    result = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, context_tail_tokens=24, max_new_tokens=4)
+    assert len(result.chunks) == 1 and result.chosen == [0]
+    assert result.token_ids == reference_generate(engine.model, P + C[-24:] + S, 4)[0]
