@@ -92,6 +92,8 @@ def add_ask(sub) -> None:
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-parallel", action="store_true",
+                   help="under torchrun: share the chunks among the ranks (rank 0 prints)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--explain", action="store_true", help="print the chunk table and the chosen chunk")
     out.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -106,12 +108,21 @@ def run_ask(args) -> int:
     template = read_text(args.prompt_template, "prompt template") if args.prompt_template else None
     if template is not None and "{context}" not in template:
         raise OPRMUsageError("the prompt template must contain {context}")
+    parallel = None
+    if args.chunk_parallel:  # torchrun --nproc_per_node N -m oprm ask ... --chunk-parallel
+        from .parallel import ChunkParallel, init_from_env
+
+        parallel = ChunkParallel() if init_from_env() else None
     engine = engine_from_args(args)
+    engine.chunk_parallel = parallel
     kwargs = dict(context=context, query=args.question, template=template, mode=args.mode,
                   max_input_tokens=args.max_input_tokens, decode=args.decode, num_decode=args.num_decode,
                   max_new_tokens=args.max_new_tokens, do_sample=args.do_sample or None,
                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                   repetition_penalty=args.repetition_penalty, stop_strings=args.stop, seed=args.seed)
+    if parallel is not None and parallel.rank != 0:  # every rank takes part; rank 0 prints
+        engine.generate(**kwargs)
+        return 0
     if args.stream:
         for piece in engine.stream(**kwargs):
             print(piece, end="", flush=True)

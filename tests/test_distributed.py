@@ -1,0 +1,178 @@
+"""Chunk-parallel OPRM over 2 CPU processes (gloo) gives the one-process result; data-parallel eval helpers.
+
+The two ranks are started with torch.multiprocessing (spawn) and a tcp:// rendezvous on a free local port. Each rank
+computes the one-process reference itself (same inputs, no chunk parallelism) and the chunk-parallel result, and
+writes both to a JSON file; the test compares them on both ranks. The inputs are pre-tokenized random ids with an
+empty suffix, so the chunks' first-token argmaxes differ and the IDK word can be chosen to filter some chunks.
+"""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from oprm.parallel import merge_prediction_files, shard_samples
+
+WORLD = 2
+CHUNK = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _summary(result) -> dict:
+    return {"chosen": result.chosen, "token_ids": result.token_ids, "text": result.text,
+            "entropies": [c.entropy for c in result.chunks], "is_idk": [c.is_idk for c in result.chunks],
+            "answer_chunks": [a.chunk for a in result.answers], "tokens_processed": result.tokens_processed,
+            "idk_fallback_used": result.idk_fallback_used}
+
+
+def _cases(model_type: str, tok, engine):
+    """(name, generate kwargs) for one model; the IDK words are picked from an unfiltered reference run."""
+    g = torch.Generator().manual_seed(1)
+
+    def ids(n):
+        return torch.randint(3, len(tok), (n,), generator=g).tolist()
+
+    prefix, context = ids(6), ids(5 * CHUNK)  # 5 chunks: ranks hold 3 and 2
+    base = dict(prefix_ids=prefix, context_ids=context, suffix_ids=[], max_new_tokens=4)
+    plain = engine.generate(**base, idk=None)
+    argmax = [c.argmax for c in plain.chunks]
+    idk = tok.decode([argmax[plain.chosen[0]]]).strip()  # the unfiltered winner says IDK: the filter must act
+    pattern = ids(CHUNK)
+    same = dict(prefix_ids=prefix, context_ids=pattern * 5, suffix_ids=[], max_new_tokens=4)
+    all_idk = tok.decode([engine.generate(**same, idk=None).chunks[0].argmax]).strip()  # identical chunks
+    assert idk and all_idk, f"{model_type}: pick another seed (an argmax decodes to whitespace)"
+    return [
+        ("entropy_idk", dict(base, idk=idk)),
+        ("entropy_no_idk", dict(base, idk=None)),
+        ("decode_all", dict(base, idk=None, decode="all")),
+        ("top_k", dict(base, idk=idk, decode="top_k", num_decode=2)),
+        ("all_idk_answer", dict(same, idk=all_idk)),
+        ("all_idk_min_entropy", dict(same, idk=all_idk, idk_fallback="min_entropy")),
+    ]
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        from tiny_models import tiny_model
+        from tiny_tokenizer import tiny_tokenizer
+
+        from oprm import OPRM
+        from oprm.parallel import ChunkParallel
+
+        tok = tiny_tokenizer()
+        out = {}
+        for model_type in ("mamba2", "mamba"):
+            model = tiny_model(model_type).double()  # fp64: batch composition cannot move an entropy 1e-6
+            model.resize_token_embeddings(len(tok), mean_resizing=False)
+            single = OPRM(model, tok, chunk_size=CHUNK, max_batch_tokens=3 * (6 + CHUNK))  # several micro-batches
+            parallel = OPRM(model, tok, chunk_size=CHUNK, max_batch_tokens=3 * (6 + CHUNK),
+                            chunk_parallel=ChunkParallel())
+            for name, kwargs in _cases(model_type, tok, single):
+                out[f"{model_type}/{name}"] = {"single": _summary(single.generate(**kwargs)),
+                                               "parallel": _summary(parallel.generate(**kwargs))}
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def distributed_results(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("dist")
+    mp.start_processes(_worker, args=(WORLD, _free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn")
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+CASES = [f"{m}/{c}" for m in ("mamba2", "mamba") for c in ("entropy_idk", "entropy_no_idk", "decode_all", "top_k",
+                                                            "all_idk_answer", "all_idk_min_entropy")]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_chunk_parallel_equals_one_process(distributed_results, case):
+    for rank, results in enumerate(distributed_results):
+        single, parallel = results[case]["single"], results[case]["parallel"]
+        assert parallel["chosen"] == single["chosen"], (rank, case)
+        assert parallel["token_ids"] == single["token_ids"], (rank, case)
+        assert parallel["answer_chunks"] == single["answer_chunks"]
+        assert parallel["is_idk"] == single["is_idk"]
+        assert parallel["idk_fallback_used"] == single["idk_fallback_used"]
+        assert parallel["tokens_processed"] == single["tokens_processed"], (rank, case)
+        assert len(parallel["entropies"]) == len(single["entropies"]) == 5
+        for a, b in zip(parallel["entropies"], single["entropies"]):
+            assert abs(a - b) <= 1e-6
+    assert distributed_results[0][case] == distributed_results[1][case]  # every rank returns the same result
+
+
+def test_cases_exercise_the_idk_filter(distributed_results):
+    for model_type in ("mamba2", "mamba"):
+        res = distributed_results[0]
+        filtered = res[f"{model_type}/entropy_idk"]["single"]
+        assert any(filtered["is_idk"]) and not all(filtered["is_idk"])
+        assert filtered["chosen"] != res[f"{model_type}/entropy_no_idk"]["single"]["chosen"]
+        assert res[f"{model_type}/all_idk_answer"]["single"]["idk_fallback_used"]
+        assert res[f"{model_type}/all_idk_answer"]["single"]["chosen"] == []
+        assert res[f"{model_type}/all_idk_min_entropy"]["single"]["chosen"] != []
+        assert res[f"{model_type}/decode_all"]["single"]["answer_chunks"] == [0, 1, 2, 3, 4]
+
+
+# --- data-parallel eval: shard the samples, merge the per-rank prediction files ------------------------------------
+def _run_shards(samples, world, tmp_path):
+    parts = []
+    for rank in range(world):
+        path = tmp_path / f"pred.rank{rank}.jsonl"
+        with open(path, "w") as f:
+            for s in shard_samples(samples, rank, world):
+                f.write(json.dumps({"_id": s["_id"], "pred": s["_id"].upper()}) + "\n")
+        parts.append(path)
+    return parts
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_shards_are_disjoint_and_complete(world):
+    samples = [{"_id": f"s{i}"} for i in range(10)]
+    shards = [shard_samples(samples, r, world) for r in range(world)]
+    ids = [s["_id"] for shard in shards for s in shard]
+    assert sorted(ids) == sorted(s["_id"] for s in samples) and len(ids) == len(set(ids))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError):
+        shard_samples(samples, world, world)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_merge_restores_every_prediction_once_in_order(tmp_path, world):
+    samples = [{"_id": f"s{i}"} for i in range(8)]
+    parts = _run_shards(samples, world, tmp_path)
+    out = tmp_path / "merged" / "pred.jsonl"
+    assert merge_prediction_files(parts, out) == 8
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["_id"] for r in rows] == [s["_id"] for s in samples]
+    order = [s["_id"] for s in reversed(samples)]
+    assert merge_prediction_files(parts, out, order=order) == 8
+    assert [json.loads(line)["_id"] for line in out.read_text().splitlines()] == order
+
+
+def test_merge_dedups_resumed_records_and_reports_problems(tmp_path):
+    samples = [{"_id": f"s{i}"} for i in range(4)]
+    parts = _run_shards(samples, 2, tmp_path)
+    with open(parts[1], "a") as f:  # a resumed rank wrote one record twice
+        f.write(json.dumps({"_id": "s1", "pred": "S1"}) + "\n")
+    assert merge_prediction_files(parts, tmp_path / "m.jsonl") == 4
+    with pytest.raises(ValueError, match="missing"):  # a rank that died early: a sample is lost
+        merge_prediction_files(parts[:1], tmp_path / "m.jsonl", order=[s["_id"] for s in samples])
+    with open(parts[0], "a") as f:
+        f.write(json.dumps({"_id": "s1", "pred": "different"}) + "\n")
+    with pytest.raises(ValueError, match="conflicting"):
+        merge_prediction_files(parts, tmp_path / "m.jsonl")
