@@ -194,9 +194,12 @@ def _run_sample(engine, task: Task, sample: dict, cfg: RunConfig, max_new_tokens
     template = sample.get("template") or task.template_for("oprm" if mode == "oracle" else mode, idk_prompt,
                                                            prompt_style)
     context = sample["context"].strip() if task.suite == "longbench_v2" else sample["context"]
-    fields = {k: v for k, v in sample.items() if isinstance(v, str) and k not in ("context", "template", "gold")}
+    fields = {k: v for k, v in sample.items()
+              if isinstance(v, str) and k not in ("context", "template", "gold", "answer_prefix")}
     chunk_size = cfg.chunk_size or getattr(engine, "chunk_size", None) or DEFAULT_CHUNK_SIZE
     kw: dict[str, Any] = {"template": template, "fields": fields, "max_new_tokens": max_new_tokens}
+    if sample.get("answer_prefix"):
+        kw["answer_prefix"] = sample["answer_prefix"]
     if chat == "on":
         kw["chat"] = True
     elif chat == "off":

@@ -40,6 +40,8 @@ NIAH_TEMPLATE_SINGULAR = (
     "I will quiz you about the {type_v} afterwards.\n{{context}}\n"
     "What is the special magic {type_v} for {{input}} mentioned in the provided text?"
 )
+# RULER appends this after the chat template's assistant header, so the model continues it
+NIAH_ANSWER_PREFIX = "The special magic {type_v} for {{input}} mentioned in the provided text {verb}"
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?。！？])\s+")
@@ -56,6 +58,7 @@ class NIAHEpisode:
     answers: list[str]
     needles: list[str]  # the needle sentences holding the answers, in document order
     template: str  # prompt template with {context} and {input}
+    answer_prefix: str  # RULER's answer prefix (a template with {input}), continued by the model
     depth: float  # depth (percent) of the first answer needle
     length: int  # size of the context in ``count`` units
     variant: str
@@ -146,6 +149,8 @@ def make_niah_episode(
         raise ValueError(f"unknown NIAH variant {variant!r} (single, multikey, multivalue)")
     singular = variant != "multivalue"
     template = (NIAH_TEMPLATE_SINGULAR if singular else NIAH_TEMPLATE).format(type_v=type_v[:-1] if singular else type_v)
+    answer_prefix = NIAH_ANSWER_PREFIX.format(type_v=type_v[:-1] if singular else type_v,
+                                              verb="is" if singular else "are")
 
     # haystack: consecutive sentences (cycling) from a random start until the target size is reached
     all_needles = needles + distractors
@@ -173,4 +178,5 @@ def make_niah_episode(
         out.insert(min(pos, len(out)), all_needles[j])
     context = " ".join(out)
     return NIAHEpisode(context=context, question=key, answers=answers, needles=[n for n in out if n in needles],
+                       answer_prefix=answer_prefix,
                        template=template, depth=first_depth, length=count(context), variant=variant, distractors=distractors)

@@ -98,6 +98,7 @@ def synthetic_samples(task: Task, limit: int | None = None, seed: int = 42, opti
                     "_id": f"{task.name}-L{length}-{i}-s{seed}", "context": ep.context, "input": ep.question,
                     "answers": ep.answers, "all_classes": None, "length": len(ep.context.split()),
                     "dataset": task.name, "language": "en", "gold": ep.needles[0], "template": ep.template,
+                    "answer_prefix": ep.answer_prefix,
                     "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
                 })
         return out
