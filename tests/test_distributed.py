@@ -59,12 +59,32 @@ def _cases(model_type: str, tok, engine):
     ]
 
 
+def _cli_outputs(out_dir: str) -> dict:
+    """What ``oprm ask --json`` prints on this rank, alone and with --chunk-parallel (as under torchrun)."""
+    import contextlib
+    import io
+
+    from oprm.cli import main
+
+    args = ["ask", "--model", os.path.join(out_dir, "model"), "--context", os.path.join(out_dir, "context.txt"),
+            "--question", "What is the code?", "--chunk-size", "24", "--max-new-tokens", "4", "--dtype", "float64",
+            "--threads", "1", "--json"]
+    outputs = {}
+    for name, extra in (("single", []), ("parallel", ["--chunk-parallel"])):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert main(args + extra) == 0
+        outputs[name] = buf.getvalue()
+    return outputs
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank))  # what torchrun sets; the CLI reads WORLD_SIZE
     try:
         from tiny_models import tiny_model
         from tiny_tokenizer import tiny_tokenizer
@@ -83,6 +103,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
             for name, kwargs in _cases(model_type, tok, single):
                 out[f"{model_type}/{name}"] = {"single": _summary(single.generate(**kwargs)),
                                                "parallel": _summary(parallel.generate(**kwargs))}
+        out["cli"] = _cli_outputs(out_dir)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
     finally:
@@ -91,7 +112,16 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def distributed_results(tmp_path_factory):
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
     out_dir = tmp_path_factory.mktemp("dist")
+    tok, model = tiny_tokenizer(), tiny_model("mamba2")  # a model folder for `oprm ask --chunk-parallel`
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out_dir / "model")
+    tok.save_pretrained(out_dir / "model")
+    (out_dir / "context.txt").write_text("The code of the amber falcon is 4821. The weather was calm. " * 6)
     mp.start_processes(_worker, args=(WORLD, _free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn")
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
@@ -176,3 +206,14 @@ def test_merge_dedups_resumed_records_and_reports_problems(tmp_path):
         f.write(json.dumps({"_id": "s1", "pred": "different"}) + "\n")
     with pytest.raises(ValueError, match="conflicting"):
         merge_prediction_files(parts, tmp_path / "m.jsonl")
+
+
+def test_ask_chunk_parallel_rank0_prints_the_one_process_answer(distributed_results):
+    rank0, rank1 = (r["cli"] for r in distributed_results)
+    assert rank1["parallel"] == ""  # only rank 0 prints
+    single, parallel = json.loads(rank0["single"]), json.loads(rank0["parallel"])
+    assert len(single["chunks"]) > 2
+    for key in ("text", "token_ids", "chosen", "tokens_processed", "idk_fallback_used"):
+        assert parallel[key] == single[key], key
+    for a, b in zip(parallel["chunks"], single["chunks"]):
+        assert a["index"] == b["index"] and a["is_idk"] == b["is_idk"] and abs(a["entropy"] - b["entropy"]) <= 1e-6
