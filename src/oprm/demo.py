@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=SHIPPED_MODEL,
                    help=f"shipped model name or folder (default {SHIPPED_MODEL}); 'smollm2' for the GGUF "
                         "context-extension demo")
-    p.add_argument("--samples", type=int, default=10, help="episodes per point (default 10)")
+    p.add_argument("--samples", type=int, default=None, help="episodes per point (default 10; smollm2: 2)")
     p.add_argument("--multiples", default=None, help="context lengths as multiples of the training length "
                                                      "(default 1,2,4,8,16,32,64)")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the model's training length")
@@ -63,6 +63,8 @@ def run_demo(args) -> int:
     from .cli import _threads
     from .errors import OPRMUsageError
 
+    if args.samples is None:
+        args.samples = 2 if args.model == "smollm2" else 10
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
     if args.chunk_size is not None and args.chunk_size <= 0:
@@ -137,8 +139,7 @@ def _demo_context_extension(args) -> int:
     chunk_size = args.chunk_size or 2000
     engine = OPRM.from_pretrained("smollm2", chunk_size=chunk_size)
     window = engine.model.config.max_position_embeddings
-    lengths = [int(m * window) for m in (0.5, 1.5, 3)] if not args.multiples else \
-        [int(m * window) for m in _parse_multiples(args.multiples)]
+    lengths = [int(m * window) for m in ((0.5, 1.5) if not args.multiples else _parse_multiples(args.multiples))]
     print(f"SmolLM2-135M-Instruct: a transformer with a {window}-position window; OPRM chunk size {chunk_size}")
     results = evaluate(engine, "niah_single", modes=("vanilla", "oprm"), chunk_sizes=[chunk_size],
                        output_path=args.output_path, seed=args.seed, model_name="smollm2", max_new_tokens=16,

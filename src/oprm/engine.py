@@ -190,12 +190,16 @@ class OPRM:
                 generation_options.get("seed", self.seed))
         run = _Run(self, prompt, config, generator, streamer, output_logits,
                    max_batch_tokens or self.max_batch_tokens)
-        if mode == "oprm":
-            result = run.oprm(chunk_size or self.chunk_size, self.overlap if overlap is None else overlap,
-                              selection or self.selection, idk, idk_fallback or self.idk_fallback,
-                              decode or self.decode, num_decode or self.num_decode, gold_chunk, gold_text)
-        else:
-            result = run.single(mode, max_input_tokens)
+        try:
+            if mode == "oprm":
+                result = run.oprm(chunk_size or self.chunk_size, self.overlap if overlap is None else overlap,
+                                  selection or self.selection, idk, idk_fallback or self.idk_fallback,
+                                  decode or self.decode, num_decode or self.num_decode, gold_chunk, gold_text)
+            else:
+                result = run.single(mode, max_input_tokens)
+        finally:
+            if streamer is not None:
+                streamer.end()
         result.timings["total"] = time.perf_counter() - start_time
         return result
 
@@ -215,7 +219,6 @@ class OPRM:
                 self.generate(*args, streamer=streamer, **kwargs)
             except BaseException as e:  # surface worker errors in the caller
                 errors.append(e)
-                streamer.end()
 
         thread = Thread(target=work, daemon=True)
         thread.start()
@@ -237,6 +240,7 @@ class _Run:
         self.tokens_processed = 0
         self.timings = {"prefill": 0.0, "selection": 0.0, "decode": 0.0}
         self.logits: list[torch.Tensor] | None = None
+        self.streamed = False
 
     def tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.adapter.device)
@@ -273,8 +277,9 @@ class _Run:
         tokenizer = self.engine.tokenizer
         keep_logits = self.output_logits and self.logits is None
         logits_list = [] if keep_logits else None
-        if self.streamer is not None:
+        if self.streamer is not None and not self.streamed:  # transformers' streamers skip the first put (prompt)
             self.streamer.put(torch.tensor(prompt_ids))
+            self.streamed = True
         tokens = []
         for step in decode(self.adapter, state, first_logits, prompt_ids, len(prompt_ids), self.config, tokenizer,
                            self.generator):
@@ -283,8 +288,6 @@ class _Run:
                 logits_list.append(step.logits)
             if self.streamer is not None:
                 self.streamer.put(torch.tensor([step.token]))
-        if self.streamer is not None:
-            self.streamer.end()
         if keep_logits:
             self.logits = logits_list
         self.tokens_processed += max(0, len(tokens) - 1)
