@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from oprm.errors import OPRMUsageError
+from oprm.parallel import merge_prediction_files, shard_samples
 from oprm.metrics.longbench import BUCKETS, DATASET2METRIC, length_bucket, score_sample
 from oprm.metrics.longbench_v2 import V2_COLUMNS, extract_answer, score_v2
 from oprm.tasks import Task, expand_tasks, load_task_samples
@@ -480,7 +481,7 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
              max_new_tokens_budget: str = "official", download: bool = False,
              synthetic_options: dict | None = None, chat: str = "auto", progress: bool = True, plots: bool = True,
              bm25_chunk_words: int = 200, max_new_tokens: int | None = None, prompt_style: str = "longbench",
-             log: Callable[[str], None] | None = None) -> dict:
+             log: Callable[[str], None] | None = None, data_parallel=None) -> dict:
     """Run ``tasks`` x configs through ``engine`` and write predictions, results.json, results.md and plots.
 
     ``tasks``: names/groups (``"longbench_e,ar"``) or Task objects. ``idk``: True, False, or [True, False] for the
@@ -544,11 +545,16 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
             path = root / cfg.name / task.pred_subdir / fname
             path.parent.mkdir(parents=True, exist_ok=True)
             done = {r.get("_id"): r for r in _read_records(path)}
-            todo = [smp for smp in samples if smp["_id"] not in done]
+            mine, write_path = samples, path
+            if data_parallel is not None:  # torchrun: this rank's shard, into its own part file
+                mine = shard_samples(samples, data_parallel.rank, data_parallel.world_size)
+                write_path = _part_path(path, data_parallel.rank, data_parallel.world_size)
+                done.update({r.get("_id"): r for r in _read_records(write_path)})
+            todo = [smp for smp in mine if smp["_id"] not in done]
             budget = int(max_new_tokens) if max_new_tokens else task.budget(max_new_tokens_budget)
-            bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{cfg.name}/{task.name}",
+            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{cfg.name}/{task.name}",
                        disable=not progress, leave=False) if tqdm else None
-            with open(path, "a", encoding="utf-8") as f:
+            with open(write_path, "a", encoding="utf-8") as f:
                 for sample in todo:
                     rec = _run_sample(engine, task, sample, cfg, budget, chat, bm25_chunk_words, count_tokens,
                                       prompt_style)
@@ -559,17 +565,38 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
                         bar.update(1)
             if bar is not None:
                 bar.close()
+            if data_parallel is not None:
+                done = _merge_parts(data_parallel, path, samples)
             records = [done[smp["_id"]] for smp in samples if smp["_id"] in done]
             results["configs"][cfg.name]["tasks"][task.name] = agg = aggregate(task, records)
             log(f"{cfg.name}/{task.name}: {_fmt(agg['score'])} (n={len(records)})")
         del samples
-        results = _write_summary(results, root)  # partial summaries are readable while a long run goes on
+        if data_parallel is None or data_parallel.rank == 0:
+            results = _write_summary(results, root)  # partial summaries are readable while a long run goes on
 
     results["paths"] = {"root": str(root), "results_json": str(root / "results.json"),
                         "results_md": str(root / "results.md")}
-    if plots:
+    if plots and (data_parallel is None or data_parallel.rank == 0):
         results["paths"]["plots"] = [str(p) for p in make_plots(results, root / "plots")]
     return results
+
+
+def _part_path(path: Path, rank: int, world: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank}-of-{world}{path.suffix}")
+
+
+def _merge_parts(parallel, path: Path, samples: list[dict]) -> dict:
+    """Data-parallel: once every rank has finished its shard, rank 0 merges the part files into ``path`` (nothing
+    lost, nothing duplicated) and removes them; every rank then reads the merged predictions."""
+    world = parallel.world_size
+    parallel.gather(None)  # barrier: every shard is written
+    if parallel.rank == 0:
+        parts = [path] + [_part_path(path, r, world) for r in range(world)]
+        merge_prediction_files(parts, path, order=[smp["_id"] for smp in samples])
+        for part in parts[1:]:
+            part.unlink(missing_ok=True)
+    parallel.gather(None)  # barrier: the merged file is there
+    return {r.get("_id"): r for r in _read_records(path)}
 
 
 def _write_summary(results: dict, root: Path) -> dict:
@@ -822,12 +849,20 @@ def run_eval(args, engine=None) -> int:
                                       device=getattr(args, "device", None),
                                       trust_remote_code=getattr(args, "trust_remote_code", False),
                                       chunk_size=chunk_sizes[0] if chunk_sizes else DEFAULT_CHUNK_SIZE)
+    data_parallel = None
+    from oprm.parallel import ChunkParallel, init_from_env  # noqa: PLC0415
+
+    if init_from_env():  # torchrun: samples are sharded across ranks, rank 0 merges and reports
+        data_parallel = ChunkParallel()
     results = evaluate(engine, tasks, args.modes, chunk_sizes or None, selections or None, idk, args.limit,
                        args.data_dir, args.output_path, args.seed, model_name=args.model,
                        max_new_tokens_budget=args.max_new_tokens_budget, download=args.download,
                        synthetic_options=synthetic_options, chat=args.chat, progress=not args.quiet,
                        plots=not args.no_plots, max_new_tokens=args.max_new_tokens,
-                       prompt_style=args.prompt_style, log=lambda m: print(m, file=sys.stderr) if not args.quiet else None)
+                       prompt_style=args.prompt_style, log=lambda m: print(m, file=sys.stderr) if not args.quiet else None,
+                       data_parallel=data_parallel)
+    if data_parallel is not None and data_parallel.rank != 0:
+        return 0
     print(results_markdown(results))
     print(f"results: {results['paths']['results_json']}")
     return 0

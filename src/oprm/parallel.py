@@ -23,7 +23,7 @@ class ChunkParallel:
 
     def share(self, items: list) -> list:
         """This rank's items: round-robin, so ranks get equal numbers of chunks."""
-        return items[self.rank::self.world_size]
+        return shard_samples(items, self.rank, self.world_size)
 
     def gather(self, obj) -> list:
         """``obj`` from every rank, in rank order (on every rank)."""
