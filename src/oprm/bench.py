@@ -369,7 +369,10 @@ def make_plots(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.set_xlabel("context tokens N")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=120)
         plt.close(fig)

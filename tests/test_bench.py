@@ -1,0 +1,91 @@
+"""`oprm bench` plumbing on a short input, in-process: cells, medians, the tokens floor, the table and the plots.
+
+No timings are asserted (the bench is a measurement, not a test).
+"""
+
+import pytest
+
+from oprm import bench
+from oprm.cli import build_parser
+from oprm.errors import OPRMUsageError
+
+
+def _args(**over):
+    ns = build_parser().parse_args(["bench", "--model", "tiny-mamba2", "--lengths", "300", "--chunk-size", "128",
+                                    "--repeats", "1", "--threads", "1", "--max-new-tokens", "3",
+                                    "--prefix-tokens", "5", "--suffix-tokens", "4"])
+    for k, v in over.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_bench_is_a_subcommand():
+    args = _args()
+    assert args.func is bench.run_bench and args.modes == "vanilla,oprm"
+
+
+def test_plan_interleaves_modes_and_measures_memory_per_mode():
+    specs = bench.plan(_args(lengths="300,600", threads="1,2"))
+    assert [(s["kind"], s["length"], s["threads"], s.get("mode")) for s in specs[:3]] == [
+        ("timing", 300, 1, None), ("memory", 300, 1, "vanilla"), ("memory", 300, 1, "oprm")]
+    assert len(specs) == 2 * 2 * 3 and specs[0]["modes"] == ["vanilla", "oprm"]
+    assert all(s["kind"] == "timing" for s in bench.plan(_args(no_memory=True)))
+    for bad in (dict(modes="vanilla,fast"), dict(lengths="0"), dict(lengths="1k"), dict(chunk_size=0)):
+        with pytest.raises(OPRMUsageError):
+            bench.plan(_args(**bad))
+
+
+@pytest.fixture(scope="module")
+def cells():
+    specs = bench.plan(_args())
+    return [bench.run_timing(specs[0]), bench.run_memory(specs[1]), bench.run_memory(specs[2])]
+
+
+def test_rows_count_tokens_against_the_floor(cells):
+    rows = {r["mode"]: r for r in bench.rows_from_cells(cells)}
+    o, v = rows["oprm"], rows["vanilla"]
+    b = 3  # ceil(300 / 128) chunks
+    assert o["num_chunks"] == b and v["num_chunks"] == 1
+    assert o["floor"] == 300 + b * 4 + 5 and v["floor"] == 300 + 4 + 5
+    assert v["prefill_tokens"] == v["floor"]
+    # the last chunk is the final 128 tokens (it overlaps its neighbour): b*L = 384 context tokens, not 300
+    assert o["prefill_tokens"] == 5 + b * (128 + 4) and o["floor_ratio"] == pytest.approx(401 / 317)
+    for r in (o, v):
+        assert r["ttft_s"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mb"] >= r["rss_loaded_mb"] > 0
+        assert r["threads"] == 1 and r["repeats"] == 1
+
+
+def test_timing_cell_alternates_modes(cells):
+    assert [r["mode"] for r in cells[0]["runs"]] == ["vanilla", "oprm"]
+    assert cells[0]["torch_threads"] == 1
+
+
+def test_outputs(cells, tmp_path):
+    meta = bench._meta(_args())
+    rows = bench._write(tmp_path, meta, cells, plots=True)
+    assert {r["mode"] for r in rows} == {"vanilla", "oprm"}
+    table = (tmp_path / "bench.md").read_text()
+    assert "| tiny-mamba2 | oprm | 300 | 1 | 1 |" in table and "OPRM/vanilla TTFT" in table
+    assert (tmp_path / "bench_time.png").stat().st_size > 0 and (tmp_path / "bench_memory.png").stat().st_size > 0
+    comparison = bench.compare(rows)[0]
+    assert comparison["length"] == 300 and comparison["ttft_ratio"] > 0
+
+
+def test_cli_bench_end_to_end_in_subprocesses(tmp_path, capsys):
+    from oprm.cli import main
+
+    args = ["bench", "--model", "tiny-rwkv", "--lengths", "64", "--chunk-size", "32", "--repeats", "1",
+            "--threads", "1", "--max-new-tokens", "2", "--prefix-tokens", "2", "--suffix-tokens", "2",
+            "--no-memory", "--output-path", str(tmp_path)]
+    assert main(args) == 0
+    assert "| tiny-rwkv | oprm | 64 |" in capsys.readouterr().out
+    assert (tmp_path / "bench.json").exists()
+
+
+def test_bad_model_fails_in_one_line():
+    with pytest.raises(OPRMUsageError):
+        bench.load_model("./no/such/model")
+
+
+def test_ints_parses_scientific_lengths():
+    assert bench._ints("1024,1e6", "--lengths") == [1024, 1000000]
