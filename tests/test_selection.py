@@ -158,3 +158,10 @@ def test_first_token_stats():
     entropy, argmax, max_prob, top_i, top_p = first_token_stats(logits, top_k=2)
     assert argmax[0] == 3 and max_prob[0] == pytest.approx(0.5)
     assert entropy[1] == pytest.approx(math.log(V), rel=1e-6)  # uniform: the largest entropy
+
+
+def test_zero_or_negative_sizes_are_errors_not_defaults():
+    table = [dist(50, 0.6), dist(60, 0.9)]
+    for kwargs in ({"chunk_size": 0}, {"chunk_size": -4}, {"max_batch_tokens": 0}):
+        with pytest.raises(OPRMUsageError):
+            run(table, **kwargs)

@@ -188,13 +188,16 @@ class OPRM:
         if config.do_sample:
             generator = torch.Generator(device=self.adapter.device).manual_seed(
                 generation_options.get("seed", self.seed))
-        run = _Run(self, prompt, config, generator, streamer, output_logits,
-                   max_batch_tokens or self.max_batch_tokens)
+        pick = lambda value, default: default if value is None else value  # noqa: E731 - 0 is not "unset"
+        max_batch_tokens = pick(max_batch_tokens, self.max_batch_tokens)
+        if max_batch_tokens <= 0:
+            raise OPRMUsageError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        run = _Run(self, prompt, config, generator, streamer, output_logits, max_batch_tokens)
         try:
             if mode == "oprm":
-                result = run.oprm(chunk_size or self.chunk_size, self.overlap if overlap is None else overlap,
-                                  selection or self.selection, idk, idk_fallback or self.idk_fallback,
-                                  decode or self.decode, num_decode or self.num_decode, gold_chunk, gold_text)
+                result = run.oprm(pick(chunk_size, self.chunk_size), pick(overlap, self.overlap),
+                                  pick(selection, self.selection), idk, pick(idk_fallback, self.idk_fallback),
+                                  pick(decode, self.decode), pick(num_decode, self.num_decode), gold_chunk, gold_text)
             else:
                 result = run.single(mode, max_input_tokens)
         finally:
@@ -323,6 +326,8 @@ class _Run:
              gold_text) -> OPRMResult:
         _check_choice("idk_fallback", idk_fallback, IDK_FALLBACKS)
         _check_choice("decode", decode_mode, DECODES)
+        if decode_mode == "top_k" and num_decode < 1:
+            raise OPRMUsageError(f"num_decode must be at least 1, got {num_decode}")
         engine, p = self.engine, self.prompt
         chunks = make_chunks(len(p.context_ids), chunk_size, overlap, p.context_offsets)
         selector = make_selector(selection, seed=engine.seed, gold_chunks=self.gold_chunks(chunks, gold_chunk, gold_text))
