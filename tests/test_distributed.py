@@ -202,6 +202,10 @@ def test_merge_dedups_resumed_records_and_reports_problems(tmp_path):
     assert merge_prediction_files(parts, tmp_path / "m.jsonl") == 4
     with pytest.raises(ValueError, match="missing"):  # a rank that died early: a sample is lost
         merge_prediction_files(parts[:1], tmp_path / "m.jsonl", order=[s["_id"] for s in samples])
+    ids = [s["_id"] for s in samples]
+    assert merge_prediction_files(parts, tmp_path / "m.jsonl", order=ids[:3]) == 4  # an earlier, larger run: kept
+    assert [json.loads(x)["_id"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == ["s0", "s1", "s2", "s3"]
+    assert merge_prediction_files(parts + [tmp_path / "absent.jsonl"], tmp_path / "m.jsonl") == 4
     with open(parts[0], "a") as f:
         f.write(json.dumps({"_id": "s1", "pred": "different"}) + "\n")
     with pytest.raises(ValueError, match="conflicting"):

@@ -298,7 +298,7 @@ def _write(out_dir: Path, meta: dict, cells, plots: bool = False) -> list[dict]:
     comparisons = compare(rows)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "summary": rows, "oprm_vs_vanilla": comparisons,
                                                     "cells": cells}, indent=1))
-    (out_dir / "bench.md").write_text(markdown_table(rows, comparisons, meta) + "\n")
+    (out_dir / "bench.md").write_text(markdown_table(rows, comparisons, meta) + "\n\n" + compact_table(rows) + "\n")
     if plots:
         make_plots(rows, out_dir)
     return rows
@@ -345,6 +345,27 @@ def markdown_table(rows: list[dict], comparisons: list[dict], meta: dict | None 
                      f"{_fmt(r['ttft_s'])} | {rel} | {_fmt(r['prefill_tok_s'])} | {_fmt(r['decode_tok_s'])} | "
                      f"{mem} | {_fmt(r['above_loaded_mb'], 4)} | "
                      f"{r['prefill_tokens']:,} / {r['floor']:,} = {r['floor_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def compact_table(rows: list[dict]) -> str:
+    """One line per (model, N, threads): vanilla | OPRM side by side (the README's format)."""
+    by_key: dict = {}
+    for r in rows:
+        by_key.setdefault((r["model"], r["length"], r["threads"]), {})[r["mode"]] = r
+    lines = ["| model | N | threads | TTFT s vanilla / OPRM | OPRM/vanilla TTFT wall (CPU) | prefill tok/s vanilla / "
+             "OPRM | decode tok/s vanilla / OPRM | peak RSS above loaded MB vanilla / OPRM | OPRM tokens / floor |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def pair(g, key, digits=3):
+        return " / ".join(_fmt(g[m][key], digits) if m in g else "-" for m in ("vanilla", "oprm"))
+
+    for (model, length, threads), g in by_key.items():
+        v, o = g.get("vanilla"), g.get("oprm")
+        rel = (f"{o['ttft_s'] / v['ttft_s']:.2f} ({o['ttft_cpu_s'] / v['ttft_cpu_s']:.2f})" if v and o else "-")
+        floor = f"{o['floor_ratio']:.3f}" if o else "-"
+        lines.append(f"| {model} | {length:,} | {threads} | {pair(g, 'ttft_s')} | {rel} | {pair(g, 'prefill_tok_s')} | "
+                     f"{pair(g, 'decode_tok_s')} | {pair(g, 'above_loaded_mb', 4)} | {floor} |")
     return "\n".join(lines)
 
 

@@ -61,8 +61,9 @@ def merge_prediction_files(parts: list, out, key: str = "_id", order: list | Non
 
     A record whose ``key`` appears in several parts is kept once when the copies are equal (a resumed run) and is
     an error when they differ. With ``order`` (the sample ids in their original order) the output follows it and
-    every id must be present; without it the records follow the round-robin order of ``shard_samples`` (part 0's
-    first record, part 1's first, ...).
+    every id must be present (a missing one is an error: a rank died or skipped it); records of other ids (an
+    earlier run with more samples) are kept after them. Without ``order`` the records follow the round-robin order
+    of ``shard_samples`` (part 0's first record, part 1's first, ...). Parts that do not exist count as empty.
     """
     import json
     from pathlib import Path
@@ -90,11 +91,10 @@ def merge_prediction_files(parts: list, out, key: str = "_id", order: list | Non
         merged[k] = rec
     if order is not None:
         missing = [k for k in order if k not in merged]
-        extra = set(merged) - set(order)
-        if missing or extra:
-            raise ValueError(f"merged predictions do not match the samples: {len(missing)} missing "
-                             f"(first {missing[:3]}), {len(extra)} unexpected")
-        records = [merged[k] for k in order]
+        if missing:
+            raise ValueError(f"{len(missing)} sample(s) missing from the merged predictions (first {missing[:3]})")
+        wanted = set(order)
+        records = [merged[k] for k in dict.fromkeys(order)] + [r for k, r in merged.items() if k not in wanted]
     else:
         records = list(merged.values())
     out = Path(out)
