@@ -89,3 +89,11 @@ def test_bad_model_fails_in_one_line():
 
 def test_ints_parses_scientific_lengths():
     assert bench._ints("1024,1e6", "--lengths") == [1024, 1000000]
+
+
+def test_bench_loads_a_model_folder(tmp_path):
+    from tiny_models import tiny_model
+
+    tiny_model("mamba2").save_pretrained(tmp_path / "m")
+    model = bench.load_model(str(tmp_path / "m"))
+    assert model.config.model_type == "mamba2" and model.generation_config.eos_token_id is None
