@@ -332,7 +332,7 @@ def markdown_table(rows: list[dict], comparisons: list[dict], meta: dict | None 
         lines.append(f"`oprm bench` {meta['date']}: model {meta['model']}, {meta['device']} {meta['dtype']}, "
                      f"{meta['cpu_count']} cores, chunk {meta['chunk_size']}, |P|={meta['prefix_tokens']}, "
                      f"|S|={meta['suffix_tokens']}, {meta['max_new_tokens']} new tokens, max_batch_tokens "
-                     f"{meta['max_batch_tokens']}; medians of the repeats (modes interleaved in one process); "
+                     f"{meta['max_batch_tokens'] or 'default'}; medians of the repeats (modes interleaved in one process); "
                      f"memory from one call in a fresh process per mode\n")
     lines.append("| model | mode | N | threads | runs | TTFT s | OPRM/vanilla TTFT (wall; CPU) | prefill tok/s | "
                  "decode tok/s | peak RSS MB | above loaded MB | tokens / floor |")
@@ -430,7 +430,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--prefix-tokens", type=int, default=32, help="|P|")
     p.add_argument("--suffix-tokens", type=int, default=32, help="|S|")
-    p.add_argument("--max-batch-tokens", type=int, default=32768, help="tokens per prefill micro-batch")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="tokens per prefill micro-batch (default: the engine's, 8192 on CPU and 32768 on GPU)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default=None)
     p.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory processes")

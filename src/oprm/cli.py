@@ -41,7 +41,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     idk.add_argument("--no-idk", action="store_true", help="no IDK instruction and no IDK filter")
     p.add_argument("--idk-fallback", default="answer", choices=("answer", "min_entropy"),
                    help="when every chunk says IDK: answer the IDK word, or decode the lowest-entropy chunk")
-    p.add_argument("--max-batch-tokens", type=int, default=32768, help="tokens per prefill micro-batch")
+    p.add_argument("--max-batch-tokens", type=int, default=None,
+                   help="tokens per prefill micro-batch (default 8192 on CPU, 32768 on GPU)")
     p.add_argument("--no-chat", action="store_true", help="do not apply the tokenizer's chat template")
 
 

@@ -836,6 +836,11 @@ def run_eval(args, engine=None) -> int:
     synthetic_options = _synthetic_options(args)
     if args.limit is not None and args.limit <= 0:
         raise OPRMUsageError(f"--limit must be positive, got {args.limit}")
+    data_parallel = None
+    from oprm.parallel import ChunkParallel, init_from_env  # noqa: PLC0415
+
+    if init_from_env():  # torchrun: samples are sharded across ranks (before loading: each rank picks its GPU)
+        data_parallel = ChunkParallel()
     if engine is None:
         from oprm.engine import OPRM  # noqa: PLC0415
 
@@ -849,11 +854,6 @@ def run_eval(args, engine=None) -> int:
                                       device=getattr(args, "device", None),
                                       trust_remote_code=getattr(args, "trust_remote_code", False),
                                       chunk_size=chunk_sizes[0] if chunk_sizes else DEFAULT_CHUNK_SIZE)
-    data_parallel = None
-    from oprm.parallel import ChunkParallel, init_from_env  # noqa: PLC0415
-
-    if init_from_env():  # torchrun: samples are sharded across ranks, rank 0 merges and reports
-        data_parallel = ChunkParallel()
     results = evaluate(engine, tasks, args.modes, chunk_sizes or None, selections or None, idk, args.limit,
                        args.data_dir, args.output_path, args.seed, model_name=args.model,
                        max_new_tokens_budget=args.max_new_tokens_budget, download=args.download,
