@@ -35,11 +35,31 @@ TRAIN_MIX = dict(
     present_prob=0.6,           # 40 % IDK episodes
     slice_edges_prob=0.7,
     hard_negative_prob=0.5,
-    extra_questions=(0, 3),     # extra question turns on the same document (denser supervision)
+    extra_questions=(2, 6),     # extra question turns on the same document (denser supervision)
+    curriculum=(3, 0.4),        # max num_facts starts at 3 and reaches the full range at 40 % of the budget
 )
 
 # what was tried on the way to the shipped model (copied into the model card)
-CARD_NOTES: list[str] = []
+CARD_NOTES: list[str] = [
+    "Run 1 (conv 4; whole documents only, 0-3 extra questions, no curriculum, prompt tokenized as one string): "
+    "answer loss stuck at ~1.7 (no retrieval) for 500 steps; stopped. The prompt was then tokenized as P, C, S "
+    "separately (exactly as the OPRM engine does) and the template changed to `Text:\\n{context}` so no space "
+    "token sits between P and C.",
+    "Run 2 (+ token-window slices of longer documents, like OPRM chunks): still on the ~1.7 plateau at 450 steps "
+    "(shared machine, ~3K tokens/s); stopped.",
+    "Run 3 (+ curriculum: at most 3 facts at first, the full 1-16 range at 40 % of the budget; 2-6 extra question "
+    "turns per document): left the plateau at ~350 steps; by 1750 steps (24 min) it copied the digits after the "
+    "first one almost perfectly but picked the right fact for the first digit only with 1 fact "
+    "(held-out exact match 0.12).",
+    "Runs 4-7 continued run 3 (fewer hard negatives 0.3, 4-10 extra questions, shorter documents first, "
+    "and a 4-layer model grown from the 2-layer one with identity-initialised new layers): exact match "
+    "stayed at 0.1-0.17 in 10-25 more minutes each. Diagnosis: the value is found only when the document has a "
+    "single fact; with 2 facts the model picks one of them at about chance, i.e. the queried key barely "
+    "reaches the answer position (7 chat-markup tokens after the key) in a 2-layer model with a width-4 conv.",
+    "Run 8 (this model, from scratch): conv width 10, so that one layer's B/C projections see a whole key next to "
+    "its value and at the answer position; otherwise the run-3 recipe with 4-8 extra questions and hard "
+    "negatives 0.3.",
+]
 
 
 def render_chat(user: str, answer: str | None = None) -> str:
@@ -94,19 +114,43 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 4096, n_docs: int = 6000):
 
 # --------------------------------------------------------------------------- model
 def build_model(tok, hidden: int = 128, layers: int = 2, state: int = 64, head_dim: int = 64,
-                chunk_size: int = 64, seed: int = 0):
+                chunk_size: int = 64, seed: int = 0, conv_kernel: int = 4):
     import torch
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Mamba2Config(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, state_size=state,
-        expand=2, head_dim=head_dim, num_heads=2 * hidden // head_dim, n_groups=1, conv_kernel=4,
+        expand=2, head_dim=head_dim, num_heads=2 * hidden // head_dim, n_groups=1, conv_kernel=conv_kernel,
         chunk_size=chunk_size, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, tie_word_embeddings=False, use_cache=True,
         rescale_prenorm_residual=False,
     )
     return Mamba2ForCausalLM(cfg)
+
+
+def grow_layers(model, layers: int, seed: int = 0):
+    """A deeper copy of ``model``: its layers keep their weights and are spread out evenly, the new layers in
+    between start as identities (output projection zeroed), so the grown model computes the same function."""
+    import torch
+    from transformers import Mamba2ForCausalLM
+
+    old_n = model.config.num_hidden_layers
+    cfg = model.config.__class__.from_dict({**model.config.to_dict(), "num_hidden_layers": layers})
+    torch.manual_seed(seed)
+    new = Mamba2ForCausalLM(cfg)
+    place = {i: round(i * layers / old_n) for i in range(old_n)}   # old layer i -> new position
+    sd = new.state_dict()
+    for k, v in model.state_dict().items():
+        if k.startswith("backbone.layers."):
+            parts = k.split(".")
+            parts[2] = str(place[int(parts[2])])
+            k = ".".join(parts)
+        sd[k] = v
+    for j in set(range(layers)) - set(place.values()):
+        sd[f"backbone.layers.{j}.mixer.out_proj.weight"].zero_()
+    new.load_state_dict(sd)
+    return new
 
 
 # --------------------------------------------------------------------------- data
@@ -138,7 +182,7 @@ def _window(rng: random.Random, ids, offs, width: int, span: tuple[int, int] | N
     return a, a + width
 
 
-def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRAIN_MIX):
+def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRAIN_MIX, progress: float = 1.0):
     """One training sequence ``[P, C, S] answer <|im_end|>`` (+ extra question turns) as (input_ids, labels);
     labels = -100 except on the answers. With probability ``slice_edges_prob`` the context C is a random
     token window of a longer document (like an OPRM chunk); otherwise a whole document of <= max_ctx_tokens."""
@@ -146,11 +190,14 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     from .synthetic.ar import extra_question
 
     lo, hi = mix["num_facts"]
+    start, until = mix.get("curriculum", (hi, 0.0))
+    cur = min(1.0, progress / until) if until > 0 else 1.0
+    hi = max(lo, round(start + (hi - start) * cur))
     n = rng.randint(lo, hi)
     fr = rng.choice(mix["filler_ratio"])
     present = rng.random() < mix["present_prob"]
     sliced = rng.random() < mix["slice_edges_prob"]
-    width = rng.randint(max_ctx_tokens // 4, max_ctx_tokens)
+    width = rng.randint(max_ctx_tokens // 4, max(max_ctx_tokens // 4, round(max_ctx_tokens * max(cur, 0.25))))
     while True:
         ep = make_ar_episode(rng.getrandbits(48), max(n, 1 if present else 0), filler_ratio=fr, present=present,
                              hard_negative_prob=mix["hard_negative_prob"])
@@ -191,11 +238,12 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     return ids, labels
 
 
-def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int, mix=TRAIN_MIX):
+def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int, mix=TRAIN_MIX,
+                 progress: float = 1.0):
     """Length-bucketed, right-padded batches (right padding never affects earlier positions)."""
     import torch
 
-    exs = [sample_example(rng, tok, max_ctx_tokens, mix) for _ in range(n_examples)]
+    exs = [sample_example(rng, tok, max_ctx_tokens, mix, progress) for _ in range(n_examples)]
     exs.sort(key=lambda e: len(e[0]))
     batches = []
     for i in range(0, len(exs), batch_size):
@@ -278,9 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--state", type=int, default=64)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--conv-kernel", type=int, default=4,
+                    help="causal conv width; > 4 lets one layer see a whole key next to its value (CPU/torch path)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-measure", action="store_true", help="skip the measurement / model card numbers")
+    ap.add_argument("--init-from", default=None, help="continue training a saved model folder (stage 2)")
+    ap.add_argument("--schedule-steps", type=int, default=None,
+                    help="cosine schedule over this many steps (default: over the wall-clock budget)")
+    ap.add_argument("--hard-negative-prob", type=float, default=TRAIN_MIX["hard_negative_prob"])
+    ap.add_argument("--extra-questions", default="%d,%d" % TRAIN_MIX["extra_questions"])
+    ap.add_argument("--curriculum", default="%d,%g" % TRAIN_MIX["curriculum"],
+                    help="START,FRAC: max facts starts at START and reaches the full range at FRAC of training")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -292,8 +349,23 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = build_tokenizer(args.seed)
-    model = build_model(tok, args.hidden, args.layers, args.state, args.head_dim, seed=args.seed)
+    mix = dict(TRAIN_MIX, hard_negative_prob=args.hard_negative_prob,
+               extra_questions=tuple(int(x) for x in args.extra_questions.split(",")),
+               curriculum=(int(args.curriculum.split(",")[0]), float(args.curriculum.split(",")[1])))
+    if args.init_from:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.init_from)
+        model = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        if args.layers > model.config.num_hidden_layers:
+            model = grow_layers(model, args.layers, seed=args.seed)
+        prior = Path(args.init_from) / "training_meta.json"
+        prior_meta = json.loads(prior.read_text()) if prior.exists() else None
+    else:
+        tok = build_tokenizer(args.seed)
+        model = build_model(tok, args.hidden, args.layers, args.state, args.head_dim, seed=args.seed,
+                            conv_kernel=args.conv_kernel)
+        prior_meta = None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train-ar] vocab={len(tok)} params={n_params:,} out={out}", flush=True)
 
@@ -312,16 +384,17 @@ def main(argv: list[str] | None = None) -> int:
     ema = None
     history = []
     model.train()
-    while step < args.max_steps:
+    while step < min(args.max_steps, args.schedule_steps or args.max_steps):
         elapsed = time.time() - t0
         if elapsed > budget:
             break
-        frac = min(1.0, elapsed / budget)
+        frac = min(1.0, step / args.schedule_steps if args.schedule_steps else elapsed / budget)
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         if not queue:
-            queue = make_batches(rng, tok, args.batch_size * 16, args.batch_size, args.max_ctx_tokens)
+            queue = make_batches(rng, tok, args.batch_size * 8, args.batch_size, args.max_ctx_tokens, mix,
+                                 progress=frac)
         ids, lab = queue.pop()
         loss = model(input_ids=ids, labels=lab, use_cache=False).loss
         loss.backward()
@@ -350,8 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = dict(seed=args.seed, steps=step, tokens=n_tok, train_minutes=round(train_min, 1), params=n_params,
                 vocab=len(tok), notes=CARD_NOTES,
                 max_ctx_tokens=args.max_ctx_tokens, batch_size=args.batch_size, lr=args.lr,
-                hidden=args.hidden, layers=args.layers, state=args.state, head_dim=args.head_dim,
-                mix={k: list(v) if isinstance(v, tuple) else v for k, v in TRAIN_MIX.items()},
+                hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
+                state=model.config.state_size, head_dim=model.config.head_dim, conv_kernel=model.config.conv_kernel,
+                mix={k: list(v) if isinstance(v, tuple) else v for k, v in mix.items()},
+                init_from=args.init_from, prior_stage=prior_meta,
                 final_heldout=dict(present_acc=acc, absent_idk=idk), history=history,
                 command="python -m oprm.train_ar " + " ".join(argv if argv is not None else sys.argv[1:]))
     (out / "training_meta.json").write_text(json.dumps(meta, indent=1))

@@ -144,6 +144,7 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "and how OPRM (arXiv 2505.07793) prevents it: split the long document into chunks of about the training "
         "length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident one.",
         "",
+        *([f"**Status:** {meta['status']}", ""] if meta.get("status") else []),
         "## Task",
         "",
         "A document mixes fact sentences (`The code of the amber falcon is 4821.`, `Maria Lopez lives in Oslo.`, "
@@ -166,8 +167,10 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "## Model",
         "",
         f"- `Mamba2ForCausalLM`: hidden {meta['hidden']}, {meta['layers']} layers, state size {meta['state']}, "
-        f"head dim {meta['head_dim']} ({2 * meta['hidden'] // meta['head_dim']} heads), expand 2, conv 4, "
-        "chunk_size 64, untied embeddings.",
+        f"head dim {meta['head_dim']} ({2 * meta['hidden'] // meta['head_dim']} heads), expand 2, "
+        f"conv width {meta.get('conv_kernel', 4)}, chunk_size 64, untied embeddings."
+        + (" A conv width above 4 runs on the pure-PyTorch path (CPU, or GPU without `causal_conv1d`); the "
+           "`causal_conv1d` CUDA kernel only supports widths 2-4." if meta.get("conv_kernel", 4) > 4 else ""),
         f"- Parameters: {meta['params']:,}. Byte-level BPE tokenizer with single digits "
         f"(vocab {meta.get('vocab', '?')}), trained here; `Error` and ` Error` are single tokens; "
         "eos = pad-free `<|im_end|>`, pad = `<|pad|>`.",
@@ -181,7 +184,10 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "document (like an OPRM chunk), the rest are whole documents; extra question turns on the same document "
         "densify the supervision. Loss on the answer tokens and `<|im_end|>` only.",
         f"- AdamW lr {meta['lr']} (warm-up, cosine), batch {meta['batch_size']}, {meta['steps']} steps, "
-        f"{meta['tokens']:,} tokens, {meta['train_minutes']} min on one CPU thread, seed {meta['seed']}.",
+        f"{meta['tokens']:,} tokens, {meta['train_minutes']} min on one CPU thread, seed {meta['seed']}"
+        + (" (last stage; see *Reproduce* for the earlier stages)." if meta.get("reproduce") else "."),
+        *([f"- Total training time over all stages: about {meta['total_minutes']} min on one CPU thread."]
+          if meta.get("total_minutes") else []),
         f"- Held-out during training (teacher-forced, 256 episodes each): accuracy "
         f"{meta['final_heldout']['present_acc']:.3f}, IDK on absent keys {meta['final_heldout']['absent_idk']:.3f}.",
         "",
@@ -213,8 +219,11 @@ def write_card(folder: str, meta: dict, res: dict | None):
     lines += [
         "## Reproduce",
         "",
+        "From the repository root with the package installed (`pip install -e .`), one CPU thread:",
+        "",
         "```bash",
-        f"OMP_NUM_THREADS=1 {meta['command']}",
+        "export OMP_NUM_THREADS=1",
+        *meta.get("reproduce", [meta["command"]]),
         "python -m oprm.synthetic.measure --model src/oprm/models/oprm-ar-mamba2 --write-card",
         "```",
         "",
