@@ -170,7 +170,8 @@ def run_memory(spec: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     run = _call(engine, spec, spec["mode"], prefix, context, suffix)
-    peak_kb = max(_rss_kb("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # a high-water mark is never below an earlier reading (the two counters are sampled differently by the kernel)
+    peak_kb = max(_rss_kb("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_loaded)
     out = dict(spec, kind="memory", run=run, rss_loaded_mb=rss_loaded / 1024, peak_rss_mb=peak_kb / 1024,
                weights_mb=sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20)
     if cuda:
