@@ -34,14 +34,10 @@ def add_parser(sub) -> None:
 
 
 def training_length(folder: str | Path, default: int = 256) -> int:
-    """The context length the shipped model was trained on, from its training metadata."""
-    for name in ("oprm_training.json", "training_args.json"):
-        path = Path(folder) / name
-        if path.is_file():
-            meta = json.loads(path.read_text())
-            for key in ("train_len", "train_length", "max_ctx_tokens"):
-                if key in meta:
-                    return int(meta[key])
+    """The context length the shipped model was trained on (``max_ctx_tokens`` of its training_meta.json)."""
+    path = Path(folder) / "training_meta.json"
+    if path.is_file():
+        return int(json.loads(path.read_text()).get("max_ctx_tokens", default))
     return default
 
 
