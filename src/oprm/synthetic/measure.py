@@ -173,14 +173,14 @@ def write_card(folder: str, meta: dict, res: dict | None):
            "`causal_conv1d` CUDA kernel only supports widths 2-4." if meta.get("conv_kernel", 4) > 4 else ""),
         f"- Parameters: {meta['params']:,}. Byte-level BPE tokenizer with single digits "
         f"(vocab {meta.get('vocab', '?')}), trained here; `Error` and ` Error` are single tokens; "
-        "eos = pad-free `<|im_end|>`, pad = `<|pad|>`.",
+        "eos = `<|im_end|>`, pad = `<|pad|>`.",
         "",
         "## Training",
         "",
         f"- Training length: contexts of **at most {meta['max_ctx_tokens']} tokens** (plus ~45 prompt tokens).",
         f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
-        "whose key is present (the rest answer `Error`, half of them with a key sharing one word with a "
-        "present key); `slice_edges_prob` = share of contexts that are a random token window of a longer "
+        "whose key is present (the rest answer `Error`; a share `hard_negative_prob` of those asks for a key sharing one word with "
+        "a present key); `slice_edges_prob` = share of contexts that are a random token window of a longer "
         "document (like an OPRM chunk), the rest are whole documents; extra question turns on the same document "
         "densify the supervision. Loss on the answer tokens and `<|im_end|>` only.",
         f"- AdamW lr {meta['lr']} (warm-up, cosine), batch {meta['batch_size']}, {meta['steps']} steps, "
@@ -228,7 +228,9 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "```",
         "",
         f"Trained and measured with oprm {__version__}, transformers, torch on CPU (1 thread). "
-        "Deterministic given the seed up to floating-point non-associativity across machines.",
+        "The learning-rate schedule and the curriculum follow the wall-clock budget (`--minutes`), so a re-run on "
+        "a faster or slower machine takes a different number of steps; pass `--schedule-steps N` for a step-exact "
+        "schedule. Data and initialisation are fixed by the seed.",
         "",
     ]
     if meta.get("notes"):
@@ -245,11 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--filler-ratio", type=float, default=1.0)
     ap.add_argument("--write-card", action="store_true")
+    ap.add_argument("--card-only", action="store_true", help="rewrite README.md from results.json, no measuring")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     folder = Path(args.model)
     meta_path = folder / "training_meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if args.card_only:
+        write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
+        return 0
     res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
                   meta.get("max_ctx_tokens", 256), args.chunk_size, args.filler_ratio)
     (folder / "results.json").write_text(json.dumps(res, indent=1))
