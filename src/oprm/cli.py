@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oprm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_ask(sub)
+    # listed for --help; main() hands its arguments to the training script untouched
+    sub.add_parser("train-ar", add_help=False,
+                   help="train the shipped associative-recall model (oprm train-ar --help for its options)")
     for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench", "oprm.train_ar"):  # each room adds its commands
         try:
             module = __import__(module_name, fromlist=["add_parser"])
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading bars would break one-line errors and piped output
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-ar"]:
+        from .train_ar import main as train_ar
+
+        return train_ar(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
