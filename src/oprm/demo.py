@@ -119,8 +119,7 @@ def _demo_overflow(args) -> int:
                "walkthrough": {"question": episode.question, "gold": episode.answer, "vanilla": vanilla.text,
                                "oprm": oprm.text, "chosen": oprm.chosen}}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
-    plot = _plot(points, out / "demo_accuracy_vs_facts.png", f"{args.model}: associative recall",
-                 "number of facts (context length)")
+    plot = next(p for p in results["paths"]["plots"] if p.endswith("ar_accuracy_vs_facts.png"))
     print(f"\nwrote {out / 'demo.json'}, {plot} and the predictions under {out}  "
           f"({summary['seconds']:.0f}s)")
     return 0
@@ -154,25 +153,3 @@ def _demo_context_extension(args) -> int:
                                                "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     print(f"wrote {out / 'demo.json'} and the predictions under {out}")
     return 0
-
-
-def _plot(points: list[dict], path: Path, title: str, xlabel: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [p["num_facts"] for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(xs, [p["vanilla"] for p in points], marker="o", label="vanilla")
-    ax.plot(xs, [p["oprm"] for p in points], marker="o", label="OPRM")
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

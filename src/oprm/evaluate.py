@@ -461,6 +461,10 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
                     xs = sorted(bs, key=float)
                     label = cname if len(group) == 1 else f"{cname} / {n}"
                     ax.plot([float(x) for x in xs], [bs[x] for x in xs], marker="o", label=label)
+        xs_all = [float(x) for c in cfgs.values() for n in group
+                  for x in ((c["tasks"].get(n) or {}).get("by_setting") or {})]
+        if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 10:
+            ax.set_xscale("log")  # fact counts and lengths sweep by doubling
         ax.set_xlabel(xlabel)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(-2, 102)
