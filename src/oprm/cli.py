@@ -14,14 +14,6 @@ import sys
 from .errors import OPRMUsageError
 
 
-def _threads(value: int | None) -> None:
-    import torch
-
-    from .engine import default_threads
-
-    torch.set_num_threads(value or default_threads())
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="hub id, local folder, .gguf file, or a shipped model's name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16 or auto")
@@ -47,9 +39,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def engine_from_args(args):
-    from .engine import OPRM
+    from .engine import OPRM, set_threads
 
-    _threads(args.threads)
+    set_threads(args.threads)
     if args.chunk_size <= 0:
         raise OPRMUsageError(f"--chunk-size must be positive, got {args.chunk_size}")
     return OPRM.from_pretrained(

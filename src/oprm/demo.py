@@ -56,7 +56,7 @@ def _parse_multiples(text: str | None) -> list[int]:
 
 
 def run_demo(args) -> int:
-    from .cli import _threads
+    from .engine import set_threads
     from .errors import OPRMUsageError
 
     if args.samples is None:
@@ -65,7 +65,7 @@ def run_demo(args) -> int:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
     if args.chunk_size is not None and args.chunk_size <= 0:
         raise OPRMUsageError(f"--chunk-size must be positive, got {args.chunk_size}")
-    _threads(args.threads)
+    set_threads(args.threads)
     if args.model == "smollm2":
         return _demo_context_extension(args)
     return _demo_overflow(args)

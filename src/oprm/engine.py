@@ -479,3 +479,8 @@ def default_threads() -> int:
     """Torch CPU threads: 1 on small machines, where the recurrent scans run 2-25x faster single-threaded."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else max(1, math.floor(cores / 2))
+
+
+def set_threads(value: int | None = None) -> None:
+    """Set torch's CPU thread count (``None``: the measured default)."""
+    torch.set_num_threads(value or default_threads())

@@ -846,14 +846,9 @@ def run_eval(args, engine=None) -> int:
     if init_from_env():  # torchrun: samples are sharded across ranks (before loading: each rank picks its GPU)
         data_parallel = ChunkParallel()
     if engine is None:
-        from oprm.engine import OPRM  # noqa: PLC0415
+        from oprm.engine import OPRM, set_threads  # noqa: PLC0415
 
-        try:
-            from oprm.cli import _threads  # noqa: PLC0415
-
-            _threads(getattr(args, "threads", None))
-        except ImportError:  # pragma: no cover
-            pass
+        set_threads(getattr(args, "threads", None))
         engine = OPRM.from_pretrained(args.model, dtype=getattr(args, "dtype", "float32"),
                                       device=getattr(args, "device", None),
                                       trust_remote_code=getattr(args, "trust_remote_code", False),
