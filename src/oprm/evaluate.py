@@ -292,8 +292,13 @@ def _read_records(path: Path) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(cut)
         data = data[:cut]
+    return _parse_jsonl(data.decode("utf-8"))
+
+
+def _parse_jsonl(text: str) -> list:
+    """The JSON values of the non-empty lines of ``text``; unreadable lines are skipped."""
     out = []
-    for line in data.decode("utf-8").splitlines():
+    for line in text.splitlines():
         if line.strip():
             try:
                 out.append(json.loads(line))
@@ -708,15 +713,7 @@ def score_dir(path: str | Path, map_idk: bool = True) -> dict[str, dict]:
 
 
 def _read_jsonl_lenient(path: Path) -> list:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return rows
+    return _parse_jsonl(path.read_text(encoding="utf-8"))
 
 
 def score_table(scores: dict[str, dict]) -> str:
