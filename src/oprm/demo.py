@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", default=SHIPPED_MODEL,
                    help=f"shipped model name or folder (default {SHIPPED_MODEL}); 'smollm2' for the GGUF "
                         "context-extension demo")
-    p.add_argument("--samples", type=int, default=None, help="episodes per point (default 10; smollm2: 2)")
+    p.add_argument("--samples", type=int, default=None, help="episodes per point (default 25; smollm2: 2)")
     p.add_argument("--multiples", default=None, help="context lengths as multiples of the training length "
                                                      "(default 1,2,4,8,16,32,64)")
     p.add_argument("--chunk-size", type=int, default=None, help="default: the model's training length")
@@ -60,7 +60,7 @@ def run_demo(args) -> int:
     from .errors import OPRMUsageError
 
     if args.samples is None:
-        args.samples = 2 if args.model == "smollm2" else 10
+        args.samples = 2 if args.model == "smollm2" else 25
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
     if args.chunk_size is not None and args.chunk_size <= 0:
@@ -105,7 +105,8 @@ def _demo_overflow(args) -> int:
     # one example, chunk by chunk, at 16x the training length (or the longest point below it)
     m = max([x for x in multiples if x <= 16] or multiples[:1])
     episode = make_ar_episode(random.Random(f"{args.seed}-walkthrough"), facts[multiples.index(m)])
-    kwargs = dict(context=episode.context, query=episode.question, template=AR_TEMPLATE, max_new_tokens=8)
+    kwargs = dict(context=episode.context, query=episode.question, template=AR_TEMPLATE,
+                  answer_prefix=episode.answer_prefix, max_new_tokens=8)
     vanilla = engine.generate(mode="vanilla", **kwargs)
     oprm = engine.generate(**kwargs)
     print(f"\nOne example at {m}x the training length ({len(oprm.chunks)} chunks of {chunk_size} tokens)")

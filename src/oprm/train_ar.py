@@ -41,24 +41,37 @@ TRAIN_MIX = dict(
 
 # what was tried on the way to the shipped model (copied into the model card)
 CARD_NOTES: list[str] = [
+    "First task design (the previous checkpoint): 7 numeric and 4 place fact sentence forms, questions worded "
+    "differently from the facts, and the reply starting with the value right after the chat markup.",
     "Run 1 (conv 4; whole documents only, 0-3 extra questions, no curriculum, prompt tokenized as one string): "
     "answer loss stuck at ~1.7 (no retrieval) for 500 steps; stopped. The prompt was then tokenized as P, C, S "
     "separately (exactly as the OPRM engine does) and the template changed to `Text:\\n{context}` so no space "
     "token sits between P and C.",
-    "Run 2 (+ token-window slices of longer documents, like OPRM chunks): still on the ~1.7 plateau at 450 steps "
-    "(shared machine, ~3K tokens/s); stopped.",
+    "Run 2 (+ token-window slices of longer documents, like OPRM chunks): still on the ~1.7 plateau at 450 steps; "
+    "stopped.",
     "Run 3 (+ curriculum: at most 3 facts at first, the full 1-16 range at 40 % of the budget; 2-6 extra question "
-    "turns per document): left the plateau at ~350 steps; by 1750 steps (24 min) it copied the digits after the "
-    "first one almost perfectly but picked the right fact for the first digit only with 1 fact "
-    "(held-out exact match 0.12).",
-    "Runs 4-7 continued run 3 (fewer hard negatives 0.3, 4-10 extra questions, shorter documents first, "
-    "and a 4-layer model grown from the 2-layer one with identity-initialised new layers): exact match "
-    "stayed at 0.1-0.17 in 10-25 more minutes each. Diagnosis: the value is found only when the document has a "
-    "single fact; with 2 facts the model picks one of them at about chance, i.e. the queried key barely "
-    "reaches the answer position (7 chat-markup tokens after the key) in a 2-layer model with a width-4 conv.",
-    "Run 8 (this model, from scratch): conv width 10, so that one layer's B/C projections see a whole key next to "
-    "its value and at the answer position; otherwise the run-3 recipe with 4-8 extra questions and hard "
-    "negatives 0.3.",
+    "turns per document): left the plateau at ~350 steps; exact match 0.12 after 24 min.",
+    "Runs 4-8 (fewer hard negatives, more extra questions, a 4-layer model grown from the 2-layer one, conv width "
+    "10 from scratch, 17 more minutes): exact match 0.10-0.28. The value was found reliably only in single-fact "
+    "documents: the queried key sat 7 chat-markup tokens before the answer position and was worded differently "
+    "from its fact, so matching it to the right fact had to be learned across varying distances and phrasings.",
+    "Second design (this model): one fact form `The <attribute> of <key> is <value>.`, the question "
+    "`What is the <attribute> of <key>?`, no place values, and the reply opens with the answer prefix "
+    "`The <attribute> of <key> is ` (RULER's convention), so the value is predicted right after the same words "
+    "that precede it in its fact: a copy task a 2-layer recurrent model learns (induction). 12-minute probes: "
+    "conv width 4 left the plateau at ~450 steps and reached 0.25 exact match; conv width 10 stayed on the "
+    "plateau; 8-16 extra questions per document (batch 16 or 8) left it later (0.01-0.06 at 12 min).",
+    "Full runs of the second design (held-out teacher-forced exact match / IDK on absent keys, 256-token training "
+    "length unless noted): defaults, 55 min planned: 0.63 / 0.54 at 25 min, OPRM 0/10 at 16x (stopped); "
+    "8 heads of dim 32: 0.69 / 0.56 at 22 min (stopped); 4 B/C groups with 50 % absent keys: 0.14 / 0.89 at "
+    "18 min (stopped); 4 groups, state 128, 50 % absent, 50 min: 0.73 / 0.71, OPRM 1/12 at 16x; "
+    "128-token training length, 45 min: see the results below (the shipped model). "
+    "In every run retrieval kept improving while the IDK decision stalled at 0.55-0.75: the first-token "
+    "P(Error) separates absent from present keys with an AUC of only 0.83-0.88, and at 16x about one key-less "
+    "chunk in six answers a value (rarely a chunk holding a key that shares a word with the query), so "
+    "entropy selection often picks a wrong chunk. A plausible cause: Mamba2's gated RMSNorm normalises the "
+    "retrieved vector, so 'nothing matched' cannot show as a small read-out; the model must learn it against "
+    "the skip term. Next: longer training (GPU), a larger state, or a Mamba1 model (no norm on the read-out).",
 ]
 
 
@@ -85,8 +98,8 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 4096, n_docs: int = 6000):
     for i in range(n_docs):
         ep = make_ar_episode(rng, rng.randint(1, 12), filler_ratio=rng.choice([0.5, 1.0, 2.0]),
                              present=rng.random() < 0.6, slice_edges=rng.random() < 0.5)
-        texts.append(render_chat(ep.user_message(AR_TEMPLATE), ep.answer))
-    vocab_words = (W.COLOURS + W.ADJECTIVES + W.ANIMALS + W.OBJECTS + W.FIRST_NAMES + W.SURNAMES + W.PLACES
+        texts.append(render_chat(ep.user_message(AR_TEMPLATE), ep.answer_prefix + ep.answer))
+    vocab_words = (W.COLOURS + W.ADJECTIVES + W.ANIMALS + W.OBJECTS + W.FIRST_NAMES + W.SURNAMES
                    + W.ATTRIBUTES + W.PEOPLE + W.SETTINGS + W.INTRANSITIVE + W.TRANSITIVE + W.ADVERBS
                    + W.FEELINGS)
     for _ in range(50):  # every word with and without a leading space, capitalised too
@@ -114,14 +127,14 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 4096, n_docs: int = 6000):
 
 # --------------------------------------------------------------------------- model
 def build_model(tok, hidden: int = 128, layers: int = 2, state: int = 64, head_dim: int = 64,
-                chunk_size: int = 64, seed: int = 0, conv_kernel: int = 4):
+                chunk_size: int = 64, seed: int = 0, conv_kernel: int = 4, groups: int = 1):
     import torch
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
     torch.manual_seed(seed)
     cfg = Mamba2Config(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, state_size=state,
-        expand=2, head_dim=head_dim, num_heads=2 * hidden // head_dim, n_groups=1, conv_kernel=conv_kernel,
+        expand=2, head_dim=head_dim, num_heads=2 * hidden // head_dim, n_groups=groups, conv_kernel=conv_kernel,
         chunk_size=chunk_size, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, tie_word_embeddings=False, use_cache=True,
         rescale_prenorm_residual=False,
@@ -157,14 +170,16 @@ def grow_layers(model, layers: int, seed: int = 0):
 _MARK = "\u0000CONTEXT\u0000"
 
 
-def prompt_parts(tok, question: str, template: str | None = None) -> tuple[list[int], list[int]]:
+def prompt_parts(tok, question: str, template: str | None = None, answer_prefix: str = ""
+                 ) -> tuple[list[int], list[int]]:
     """Token ids of the OPRM prefix P and suffix S around the context, tokenized separately exactly as
-    ``oprm.prompts.build_prompt`` does (chat template rendered, split at the context)."""
+    ``oprm.prompts.build_prompt`` does (chat template rendered, split at the context, answer prefix appended)."""
     from .synthetic import AR_TEMPLATE
 
     before, after = (template or AR_TEMPLATE).split("{context}")
     rendered = render_chat(before + _MARK + after.replace("{input}", question))
     p, s_ = rendered.split(_MARK)
+    s_ += answer_prefix
     return tok.encode(p, add_special_tokens=False), tok.encode(s_, add_special_tokens=False)
 
 
@@ -217,7 +232,7 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
         n = max(1, int(n * 0.8))
         fr = fr * 0.8
     visible = tok.decode(ctx)
-    pre, suf = prompt_parts(tok, ep.question)
+    pre, suf = prompt_parts(tok, ep.question, answer_prefix=ep.answer_prefix)
     ids = pre + ctx + suf
     labels = [-100] * len(ids)
     ans = tok.encode(ep.answer + IM_END + "\n", add_special_tokens=False)
@@ -227,11 +242,11 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     k = rng.randint(*mix["extra_questions"])
     if k:
         from .synthetic.ar import AREpisode
-        vis = AREpisode(visible, ep.question, ep.answer, ep.key, ep.needle, ep.facts,
+        vis = AREpisode(visible, ep.question, ep.answer, ep.key, ep.needle, ep.answer_prefix, ep.facts,
                         [r for r, f in zip(ep.records, ep.facts) if f in visible])
         for _ in range(k):
-            q, a_ = extra_question(rng, vis)
-            turn = tok.encode(f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n", add_special_tokens=False)
+            q, a_pre, a_ = extra_question(rng, vis, mix["present_prob"])
+            turn = tok.encode(f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n{a_pre}", add_special_tokens=False)
             ans = tok.encode(a_ + IM_END + "\n", add_special_tokens=False)
             ids += turn + ans
             labels += [-100] * len(turn) + ans[:-1] + [-100]
@@ -277,7 +292,7 @@ def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
             grp = episodes[i:i + batch_size]
             seqs, spans = [], []
             for ep in grp:
-                pre, suf = prompt_parts(tok, ep.question, template)
+                pre, suf = prompt_parts(tok, ep.question, template, ep.answer_prefix)
                 p = pre + tok.encode(ep.context, add_special_tokens=False) + suf
                 a = tok.encode(ep.answer + IM_END, add_special_tokens=False)
                 seqs.append(p + a)
@@ -326,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--state", type=int, default=64)
     ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--groups", type=int, default=1,
+                    help="Mamba2 n_groups: heads per group share the B/C projections (the state's keys and queries)")
     ap.add_argument("--conv-kernel", type=int, default=4,
                     help="causal conv width; > 4 lets one layer see a whole key next to its value (CPU/torch path)")
     ap.add_argument("--eval-every", type=int, default=250)
@@ -334,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-from", default=None, help="continue training a saved model folder (stage 2)")
     ap.add_argument("--schedule-steps", type=int, default=None,
                     help="cosine schedule over this many steps (default: over the wall-clock budget)")
+    ap.add_argument("--present-prob", type=float, default=TRAIN_MIX["present_prob"],
+                    help="share of episodes whose key is in the document (the rest answer Error)")
     ap.add_argument("--hard-negative-prob", type=float, default=TRAIN_MIX["hard_negative_prob"])
     ap.add_argument("--extra-questions", default="%d,%d" % TRAIN_MIX["extra_questions"])
     ap.add_argument("--curriculum", default="%d,%g" % TRAIN_MIX["curriculum"],
@@ -349,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    mix = dict(TRAIN_MIX, hard_negative_prob=args.hard_negative_prob,
+    mix = dict(TRAIN_MIX, present_prob=args.present_prob, hard_negative_prob=args.hard_negative_prob,
                extra_questions=tuple(int(x) for x in args.extra_questions.split(",")),
                curriculum=(int(args.curriculum.split(",")[0]), float(args.curriculum.split(",")[1])))
     if args.init_from:
@@ -364,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tok = build_tokenizer(args.seed)
         model = build_model(tok, args.hidden, args.layers, args.state, args.head_dim, seed=args.seed,
-                            conv_kernel=args.conv_kernel)
+                            conv_kernel=args.conv_kernel, groups=args.groups)
         prior_meta = None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train-ar] vocab={len(tok)} params={n_params:,} out={out}", flush=True)
@@ -424,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 vocab=len(tok), notes=CARD_NOTES,
                 max_ctx_tokens=args.max_ctx_tokens, batch_size=args.batch_size, lr=args.lr,
                 hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
-                state=model.config.state_size, head_dim=model.config.head_dim, conv_kernel=model.config.conv_kernel,
+                state=model.config.state_size, head_dim=model.config.head_dim, groups=model.config.n_groups, conv_kernel=model.config.conv_kernel,
                 mix={k: list(v) if isinstance(v, tuple) else v for k, v in mix.items()},
                 init_from=args.init_from, prior_stage=prior_meta,
                 final_heldout=dict(present_acc=acc, absent_idk=idk), history=history,

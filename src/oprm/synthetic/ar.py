@@ -12,7 +12,9 @@ Everything is deterministic given the seed: pass an ``int`` seed or a ``random.R
 
 ``AR_TEMPLATE`` is the user-message text shared by training, the engine, the demo and ``oprm eval``.
 Everything before ``{context}`` is the OPRM prefix P, everything after it (IDK instruction + question) the
-suffix S. The question comes last so that the queried key sits right before the answer position.
+suffix S. The assistant's reply opens with ``episode.answer_prefix`` ("The code of the amber falcon is "), as
+RULER's prompts do, so the first generated token is the value's first digit or "Error", and it is predicted right
+after the same words that precede the value in its fact sentence.
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ class AREpisode:
     answer: str
     key: str                      # e.g. "amber falcon" or "Maria Lopez"
     needle: str | None            # the fact sentence holding the answer; None when the key is absent
+    answer_prefix: str = ""       # opens the assistant's reply: "The code of the amber falcon is "
     facts: list[str] = field(default_factory=list)  # all (complete) fact sentences, in document order
-    # structured view of ``facts``: (key, relation, value) with relation an attribute name or "place"
+    # structured view of ``facts``: (key, attribute, value)
     records: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
 
     @property
@@ -94,34 +97,14 @@ def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
 
-def _fact_sentence(rng: random.Random, k: _Key, rel: str, v: str) -> str:
-    r = k.ref
-    if rel == "place":
-        return rng.choice([
-            f"{_cap(r)} lives in {v}.",
-            f"The home of {r} is {v}.",
-            f"{_cap(r)} is based in {v}.",
-            f"The city of {r} is {v}.",
-        ])
-    a = rel
-    return rng.choice([
-        f"The {a} of {r} is {v}.",
-        f"{_cap(r)} has {a} {v}.",
-        f"{_cap(r)}'s {a} is {v}.",
-        f"For {r}, the {a} is {v}.",
-        f"{_cap(a)} of {r}: {v}.",
-        f"Remember that the {a} of {r} is {v}.",
-        f"{_cap(r)} was given {a} {v}.",
-    ])
+def _fact_sentence(k: _Key, attr: str, v: str) -> str:
+    return f"{_cap(f'the {attr} of {k.ref}')} is {v}."
 
 
-def _question(rng: random.Random, k: _Key, rel: str) -> str:
-    r = k.ref
-    if rel == "place":
-        return rng.choice([f"Where does {r} live?", f"In which city does {r} live?",
-                           f"What is the home city of {r}?"])
-    return rng.choice([f"What is the {rel} of {r}?", f"What {rel} does {r} have?",
-                       f"Tell me the {rel} of {r}."])
+def _question(k: _Key, attr: str) -> tuple[str, str]:
+    """The question and the answer prefix that opens the assistant's reply (as in RULER): the prefix repeats
+    the key, so the value is predicted right after the same words that precede it in the fact."""
+    return f"What is the {attr} of {k.ref}?", f"The {attr} of {k.ref} is "
 
 
 def _cut_tail(rng: random.Random, s: str) -> str:
@@ -145,7 +128,6 @@ def make_ar_episode(
     *,
     needle_pos: float | None = None,
     hard_negative_prob: float = 0.5,
-    place_prob: float = 0.15,
     person_prob: float = 0.2,
     value_digits: tuple[int, int] = (3, 4),
     slice_edges: bool = False,
@@ -158,7 +140,7 @@ def make_ar_episode(
     needle_pos:    relative position (0..1) of the needle among the facts; None = uniform at random.
     hard_negative_prob: for absent keys, the probability that the queried key shares a word with a
                    key of the document (e.g. "amber lamp" when "amber falcon" is present).
-    place_prob / person_prob: share of "lives in <city>" facts / of person-name keys.
+    person_prob:   share of person-name keys ("Maria Lopez") among the keys.
     value_digits:  (min, max) digits of numeric values.
     slice_edges:   start and end the document mid-sentence, like an arbitrary slice of a longer text.
     """
@@ -173,9 +155,9 @@ def make_ar_episode(
         if k.text not in used:
             used.add(k.text)
             keys.append(k)
-    rels = ["place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES) for _ in keys]
-    vals = [rng.choice(W.PLACES) if rel == "place" else _random_number(rng, value_digits) for rel in rels]
-    facts = [_fact_sentence(rng, k, rel, v) for k, rel, v in zip(keys, rels, vals)]
+    rels = [rng.choice(W.ATTRIBUTES) for _ in keys]
+    vals = [_random_number(rng, value_digits) for _ in keys]
+    facts = [_fact_sentence(k, rel, v) for k, rel, v in zip(keys, rels, vals)]
 
     if present:
         if needle_pos is None:
@@ -194,7 +176,7 @@ def make_ar_episode(
                 qkey = cand
                 break
         assert qkey is not None
-        qrel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
+        qrel = rng.choice(W.ATTRIBUTES)
         answer, needle = IDK, None
 
     def clean_filler() -> str:
@@ -216,29 +198,28 @@ def make_ar_episode(
 
     if slice_edges:
         # a partial sentence at the start and/or the end; a partial fact never mentions the queried key
+        def edge_source() -> str:
+            return clean_filler() if rng.random() < 0.7 else _distractor_fact(rng, qkey, used, person_prob,
+                                                                             value_digits)
+
         if rng.random() < 0.8:
-            src = clean_filler() if rng.random() < 0.7 else _distractor_fact(rng, qkey, used, person_prob,
-                                                                            place_prob, value_digits)
-            sents.insert(0, _cut_tail(rng, src))
+            sents.insert(0, _cut_tail(rng, edge_source()))
         if rng.random() < 0.8:
-            src = clean_filler() if rng.random() < 0.7 else _distractor_fact(rng, qkey, used, person_prob,
-                                                                            place_prob, value_digits)
-            sents.append(_cut_head(rng, src))
+            sents.append(_cut_head(rng, edge_source()))
 
     context = " ".join(sents)
-    return AREpisode(context=context, question=_question(rng, qkey, qrel), answer=answer, key=qkey.text,
-                     needle=needle, facts=facts,
+    question, answer_prefix = _question(qkey, qrel)
+    return AREpisode(context=context, question=question, answer=answer, key=qkey.text, needle=needle,
+                     answer_prefix=answer_prefix, facts=facts,
                      records=[(k.text, rel, v) for k, rel, v in zip(keys, rels, vals)])
 
 
-def _distractor_fact(rng, qkey, used, person_prob, place_prob, digits) -> str:
+def _distractor_fact(rng, qkey, used, person_prob, digits) -> str:
     while True:
         k = _random_key(rng, person_prob)
         if k.text != qkey.text and k.text not in used:
             break
-    rel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
-    v = rng.choice(W.PLACES) if rel == "place" else _random_number(rng, digits)
-    return _fact_sentence(rng, k, rel, v)
+    return _fact_sentence(k, rng.choice(W.ATTRIBUTES), _random_number(rng, digits))
 
 
 def _poisson_like(rng: random.Random, mean: float) -> int:
@@ -255,18 +236,17 @@ def _key_from_text(text: str) -> _Key:
 
 
 def extra_question(rng: random.Random, ep: AREpisode, present_prob: float = 0.6,
-                   person_prob: float = 0.2, place_prob: float = 0.15) -> tuple[str, str]:
-    """Another (question, answer) pair about the same document: a random fact of it, or an absent key."""
+                   person_prob: float = 0.2) -> tuple[str, str, str]:
+    """Another (question, answer prefix, answer) about the same document: a random fact of it, or an absent key."""
     if ep.records and rng.random() < present_prob:
         k, rel, v = rng.choice(ep.records)
-        return _question(rng, _key_from_text(k), rel), v
+        return (*_question(_key_from_text(k), rel), v)
     keys = [_key_from_text(k) for k, _, _ in ep.records]
     while True:
         cand = _near_key(rng, rng.choice(keys)) if keys and rng.random() < 0.5 else _random_key(rng, person_prob)
         if cand.text not in ep.context:
             break
-    rel = "place" if rng.random() < place_prob else rng.choice(W.ATTRIBUTES)
-    return _question(rng, cand, rel), IDK
+    return (*_question(cand, rng.choice(W.ATTRIBUTES)), IDK)
 
 
 def ar_messages(ep: AREpisode, template: str = AR_TEMPLATE) -> list[dict]:

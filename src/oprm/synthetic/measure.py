@@ -50,17 +50,15 @@ def long_episodes(tok, target_tokens: int, n: int, seed: int, filler_ratio: floa
     return [make_ar_episode(rng, num_facts, filler_ratio=filler_ratio, present=present) for _ in range(n)], num_facts
 
 
-def run_engine(engine, ep, mode: str, chunk_size: int | None = None):
+def run_engine(engine, ep, mode: str):
     from .ar import AR_TEMPLATE
 
-    kw = dict(template=AR_TEMPLATE, mode=mode, max_new_tokens=8, do_sample=False)
-    if chunk_size:
-        kw["chunk_size"] = chunk_size
-    return engine.generate(context=ep.context, query=ep.question, **kw)
+    return engine.generate(context=ep.context, query=ep.question, template=AR_TEMPLATE,
+                           answer_prefix=ep.answer_prefix, mode=mode, max_new_tokens=8, do_sample=False)
 
 
 def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_MULTS, train_len: int = 256,
-            chunk_size: int | None = None, filler_ratio: float = 1.0, log=print) -> dict:
+            chunk_size: int | None = None, filler_ratio: float = 1.0, overlap: int = 0, log=print) -> dict:
     import torch
 
     from .. import OPRM
@@ -69,9 +67,9 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
     torch.set_num_threads(1)
     model, tok = load(folder)
     chunk_size = chunk_size or train_len
-    engine = OPRM(model, tok, chunk_size=chunk_size)
+    engine = OPRM(model, tok, chunk_size=chunk_size, overlap=overlap)
     idk_id = tok.convert_tokens_to_ids("Error")
-    res: dict = {"train_len": train_len, "chunk_size": chunk_size, "filler_ratio": filler_ratio}
+    res: dict = {"train_len": train_len, "chunk_size": chunk_size, "overlap": overlap, "filler_ratio": filler_ratio}
     t0 = time.time()
 
     # (a) in-distribution vanilla accuracy (whole documents of <= train_len context tokens)
@@ -92,7 +90,7 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
     eps16, _ = long_episodes(tok, 16 * train_len, 20, 20_016, filler_ratio)
     n_chunks = n_idk = n_gold = n_gold_ok = 0
     for ep in eps16:
-        r = run_engine(engine, ep, "oprm", chunk_size)
+        r = run_engine(engine, ep, "oprm")
         s0 = ep.context.index(ep.needle)
         s1 = s0 + len(ep.needle)
         for rec in r.chunks:
@@ -115,7 +113,7 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
         eps, nf = long_episodes(tok, m * train_len, n_curve, 21_000 + m, filler_ratio)
         ctx_tokens = sum(len(tok.encode(ep.context, add_special_tokens=False)) for ep in eps) / len(eps)
         van = sum(run_engine(engine, ep, "vanilla").text.strip() == ep.answer for ep in eps) / len(eps)
-        opr = sum(run_engine(engine, ep, "oprm", chunk_size).text.strip() == ep.answer for ep in eps) / len(eps)
+        opr = sum(run_engine(engine, ep, "oprm").text.strip() == ep.answer for ep in eps) / len(eps)
         curve.append(dict(mult=m, num_facts=nf, ctx_tokens=round(ctx_tokens), vanilla=van, oprm=opr, n=len(eps)))
         log(f"[measure] {m:>3}x  facts {nf:>4}  ctx {ctx_tokens:7.0f} tok  vanilla {van:.3f}  OPRM {opr:.3f}  "
             f"({time.time() - t0:.0f}s)")
@@ -147,11 +145,12 @@ def write_card(folder: str, meta: dict, res: dict | None):
         *([f"**Status:** {meta['status']}", ""] if meta.get("status") else []),
         "## Task",
         "",
-        "A document mixes fact sentences (`The code of the amber falcon is 4821.`, `Maria Lopez lives in Oslo.`, "
-        "7 numeric and 4 place sentence forms, 10 numeric attributes, keys = colour/adjective + animal/object or "
-        "first name + surname, 3–4 digit values or city names) with filler sentences from a small English grammar. "
-        "The question asks for one key's value; if the key is not in the document the answer is `Error`. "
-        "The prompt is `oprm.synthetic.AR_TEMPLATE` inside the chat template:",
+        "A document mixes fact sentences (`The code of the amber falcon is 4821.`: 10 numeric attributes, keys = "
+        "colour/adjective + animal/object or first name + surname, 3–4 digit values) with filler sentences from a "
+        "small English grammar that reuses the key words. The question asks for one key's value; if the key is not "
+        "in the document the answer is `Error` (some absent keys share a word with a present one). The prompt is "
+        "`oprm.synthetic.AR_TEMPLATE` inside the chat template, and the reply opens with the episode's answer "
+        "prefix (as in RULER), so the first generated token is the value's first digit or `Error`:",
         "",
         "```",
         "<|im_start|>user",
@@ -160,14 +159,17 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "Text:",
         "{context}",
         "",
-        "Answer with the value only, or \"Error\" if the text does not say. Question: {input}<|im_end|>",
+        "Answer with the value only, or \"Error\" if the text does not say. "
+        "Question: What is the code of the amber falcon?<|im_end|>",
         "<|im_start|>assistant",
+        "The code of the amber falcon is ",
         "```",
         "",
         "## Model",
         "",
         f"- `Mamba2ForCausalLM`: hidden {meta['hidden']}, {meta['layers']} layers, state size {meta['state']}, "
-        f"head dim {meta['head_dim']} ({2 * meta['hidden'] // meta['head_dim']} heads), expand 2, "
+        f"head dim {meta['head_dim']} ({2 * meta['hidden'] // meta['head_dim']} heads, {meta.get('groups', 1)} B/C "
+        f"group{'s' if meta.get('groups', 1) > 1 else ''}), expand 2, "
         f"conv width {meta.get('conv_kernel', 4)}, chunk_size 64, untied embeddings."
         + (" A conv width above 4 runs on the pure-PyTorch path (CPU, or GPU without `causal_conv1d`); the "
            "`causal_conv1d` CUDA kernel only supports widths 2-4." if meta.get("conv_kernel", 4) > 4 else ""),
@@ -196,7 +198,8 @@ def write_card(folder: str, meta: dict, res: dict | None):
         lines += [
             "## Results",
             "",
-            f"Greedy decoding, exact match on the value; OPRM = `oprm.OPRM(model, tok, chunk_size={res['chunk_size']})` "
+            f"Greedy decoding, exact match on the value; OPRM = `oprm.OPRM(model, tok, chunk_size={res['chunk_size']}"
+            + (f", overlap={res['overlap']}" if res.get("overlap") else "") + ")` "
             "(entropy selection, IDK filter on). Documents in the curve use filler ratio "
             f"{res['filler_ratio']} and a uniformly placed needle; {res['curve'][0]['n']} episodes per point.",
             "",
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mults", default=",".join(map(str, DEFAULT_MULTS)))
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--filler-ratio", type=float, default=1.0)
+    ap.add_argument("--overlap", type=int, default=0, help="OPRM chunk overlap in tokens")
     ap.add_argument("--write-card", action="store_true")
     ap.add_argument("--card-only", action="store_true", help="rewrite README.md from results.json, no measuring")
     args = ap.parse_args(argv)
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
         return 0
     res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
-                  meta.get("max_ctx_tokens", 256), args.chunk_size, args.filler_ratio)
+                  meta.get("max_ctx_tokens", 256), args.chunk_size, args.filler_ratio,
+                  args.overlap)
     (folder / "results.json").write_text(json.dumps(res, indent=1))
     if args.write_card and meta:
         write_card(str(folder), meta, res)

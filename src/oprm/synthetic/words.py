@@ -1,7 +1,7 @@
 """Word lists for the synthetic associative-recall (AR) task and its filler grammar.
 
 All lists were written by hand for oprm. Keys of the AR task are two-word phrases (modifier + noun, or
-first name + surname); values are numbers or place names. The filler grammar reuses some nouns so that
+first name + surname); values are numbers. The filler grammar reuses some nouns so that
 distractor mentions of key words appear in text that is *not* a fact.
 """
 
@@ -53,14 +53,6 @@ SURNAMES = [
     "Ito", "Jensen", "Khan", "Kim", "Lee", "Lopez", "Martin", "Meyer", "Moreau", "Novak",
     "Park", "Patel", "Quinn", "Reed", "Rossi", "Silva", "Smith", "Stone", "Torres", "Walker",
     "Ward", "Weber", "Young",
-]
-
-PLACES = [
-    "Athens", "Berlin", "Bogota", "Boston", "Cairo", "Chicago", "Delhi", "Dublin", "Geneva", "Hanoi",
-    "Havana", "Istanbul", "Jakarta", "Kyoto", "Lagos", "Lima", "Lisbon", "London", "Madrid", "Manila",
-    "Melbourne", "Milan", "Montreal", "Moscow", "Mumbai", "Nairobi", "Naples", "Oslo", "Paris", "Prague",
-    "Quito", "Riga", "Rome", "Santiago", "Seoul", "Sydney", "Tokyo", "Toronto", "Vienna", "Warsaw",
-    "Zurich",
 ]
 
 # numeric attributes a key can have ("The code of the amber falcon is 4821.")

@@ -77,7 +77,8 @@ def synthetic_samples(task: Task, limit: int | None = None, seed: int = 42, opti
                 out.append({
                     "_id": f"ar-f{nf}-{i}-s{seed}", "context": ep.context, "input": ep.question,
                     "answers": [ep.answer], "all_classes": None, "length": len(ep.context.split()),
-                    "dataset": "ar", "language": "en", "gold": ep.needle, "setting": {"num_facts": int(nf)},
+                    "dataset": "ar", "language": "en", "gold": ep.needle, "answer_prefix": ep.answer_prefix,
+                    "setting": {"num_facts": int(nf)},
                     "present": ep.needle is not None,
                 })
         return out
