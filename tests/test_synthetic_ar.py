@@ -192,3 +192,17 @@ def test_training_tokenizes_prompts_exactly_as_the_engine(shipped):
     # only answers and their <|im_end|> are supervised: never a prompt token such as <|im_start|>
     assert tok.convert_tokens_to_ids("<|im_start|>") not in supervised
     assert tok.convert_tokens_to_ids("<|im_end|>") in supervised
+
+
+@needs_model
+def test_demo_prints_the_table_and_writes_plot_and_json(tmp_path, capsys):
+    from oprm.cli import main
+
+    assert main(["demo", "--samples", "2", "--multiples", "1,4", "--output-path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| length | facts | ≈ tokens | vanilla acc % | OPRM acc % |" in out and "| 4x |" in out
+    assert "vanilla answer:" in out and "OPRM answer:" in out
+    summary = json.loads((tmp_path / "oprm-ar-mamba2" / "demo.json").read_text())
+    train_len = json.loads((MODEL_DIR / "training_meta.json").read_text())["max_ctx_tokens"]
+    assert [p["multiple"] for p in summary["points"]] == [1, 4] and summary["chunk_size"] == train_len
+    assert (tmp_path / "oprm-ar-mamba2" / "plots" / "ar_accuracy_vs_facts.png").stat().st_size > 0

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_demo)
 
 
-def training_length(folder: str | Path, default: int = 256) -> int:
+def training_length(folder: str | Path, default: int = 128) -> int:
     """The context length the shipped model was trained on (``max_ctx_tokens`` of its training_meta.json)."""
     path = Path(folder) / "training_meta.json"
     if path.is_file():

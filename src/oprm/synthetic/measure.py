@@ -57,7 +57,7 @@ def run_engine(engine, ep, mode: str):
                            answer_prefix=ep.answer_prefix, mode=mode, max_new_tokens=8, do_sample=False)
 
 
-def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_MULTS, train_len: int = 256,
+def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_MULTS, train_len: int = 128,
             chunk_size: int | None = None, filler_ratio: float = 1.0, overlap: int = 0, log=print) -> dict:
     import torch
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
         return 0
     res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
-                  meta.get("max_ctx_tokens", 256), args.chunk_size, args.filler_ratio,
+                  meta.get("max_ctx_tokens", 128), args.chunk_size, args.filler_ratio,
                   args.overlap)
     (folder / "results.json").write_text(json.dumps(res, indent=1))
     if args.write_card and meta:
