@@ -67,8 +67,8 @@ CARD_NOTES: list[str] = [
     "18 min (stopped); 4 groups, state 128, 50 % absent, 50 min: 0.73 / 0.71, OPRM 1/12 at 16x; "
     "128-token training length, 45 min: see the results below (the shipped model). "
     "In every run retrieval kept improving while the IDK decision stalled at 0.55-0.75: the first-token "
-    "P(Error) separates absent from present keys with an AUC of only 0.83-0.88, and at 16x about one key-less "
-    "chunk in six answers a value (rarely a chunk holding a key that shares a word with the query), so "
+    "P(Error) separates absent from present keys with an AUC of only 0.83-0.88, and at 16x one key-less chunk in "
+    "six to ten answers a value (rarely a chunk holding a key that shares a word with the query), so "
     "entropy selection often picks a wrong chunk. A plausible cause: Mamba2's gated RMSNorm normalises the "
     "retrieved vector, so 'nothing matched' cannot show as a small read-out; the model must learn it against "
     "the skip term. Next: longer training (GPU), a larger state, or a Mamba1 model (no norm on the read-out).",
@@ -443,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
                 vocab=len(tok), notes=CARD_NOTES,
                 max_ctx_tokens=args.max_ctx_tokens, batch_size=args.batch_size, lr=args.lr,
                 hidden=model.config.hidden_size, layers=model.config.num_hidden_layers,
-                state=model.config.state_size, head_dim=model.config.head_dim, groups=model.config.n_groups, conv_kernel=model.config.conv_kernel,
+                state=model.config.state_size, head_dim=model.config.head_dim, groups=model.config.n_groups,
+                conv_kernel=model.config.conv_kernel,
                 mix={k: list(v) if isinstance(v, tuple) else v for k, v in mix.items()},
                 init_from=args.init_from, prior_stage=prior_meta,
                 final_heldout=dict(present_acc=acc, absent_idk=idk), history=history,
