@@ -106,6 +106,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         out["cli"] = _cli_outputs(out_dir)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
+        dist.barrier()  # rank 0 hosts the rendezvous store: tearing it down while rank 1 still runs aborts rank 1
     finally:
         dist.destroy_process_group()
 

@@ -31,6 +31,7 @@ def _worker(rank, world, port, out_dir):
         from oprm.parallel import ChunkParallel
 
         _run(out_dir, ChunkParallel())
+        dist.barrier()  # rank 0 hosts the rendezvous store: tearing it down while rank 1 still runs aborts rank 1
     finally:
         dist.destroy_process_group()
 
