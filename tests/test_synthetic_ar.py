@@ -167,8 +167,7 @@ def test_shipped_model_overflows_and_oprm_recovers(shipped):
     episodes, _ = long_episodes(tok, 8 * train_len, 8, seed=4242)
     vanilla = oprm = 0
     for ep in episodes:
-        kw = dict(context=ep.context, query=ep.question, template=AR_TEMPLATE, answer_prefix=ep.answer_prefix,
-                  max_new_tokens=8)
+        kw = dict(ep.prompt_kwargs(), max_new_tokens=8)
         vanilla += engine.generate(mode="vanilla", **kw).text.strip() == ep.answer
         oprm += engine.generate(**kw).text.strip() == ep.answer
     assert vanilla <= 2 and oprm >= vanilla + 3, (oprm, vanilla)

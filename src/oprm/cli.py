@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands its arguments to the training script untouched
     sub.add_parser("train-ar", add_help=False,
                    help="train the shipped associative-recall model (oprm train-ar --help for its options)")
-    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench", "oprm.train_ar"):  # each room adds its commands
+    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench"):  # each room adds its commands
         try:
             module = __import__(module_name, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

@@ -76,7 +76,7 @@ def _demo_overflow(args) -> int:
     from .evaluate import evaluate
     from .models import resolve_model
     from .report import explain, markdown_table
-    from .synthetic.ar import AR_TEMPLATE, make_ar_episode
+    from .synthetic.ar import make_ar_episode
     from .synthetic.measure import tokens_per_fact
 
     start = time.perf_counter()
@@ -105,8 +105,7 @@ def _demo_overflow(args) -> int:
     # one example, chunk by chunk, at 16x the training length (or the longest point below it)
     m = max([x for x in multiples if x <= 16] or multiples[:1])
     episode = make_ar_episode(random.Random(f"{args.seed}-walkthrough"), facts[multiples.index(m)])
-    kwargs = dict(context=episode.context, query=episode.question, template=AR_TEMPLATE,
-                  answer_prefix=episode.answer_prefix, max_new_tokens=8)
+    kwargs = dict(episode.prompt_kwargs(), max_new_tokens=8)
     vanilla = engine.generate(mode="vanilla", **kwargs)
     oprm = engine.generate(**kwargs)
     print(f"\nOne example at {m}x the training length ({len(oprm.chunks)} chunks of {chunk_size} tokens)")

@@ -52,6 +52,10 @@ class AREpisode:
     def user_message(self, template: str = AR_TEMPLATE) -> str:
         return template.format(context=self.context, input=self.question)
 
+    def prompt_kwargs(self, template: str = AR_TEMPLATE) -> dict:
+        """The prompt arguments of ``OPRM.generate`` for this episode."""
+        return dict(context=self.context, query=self.question, template=template, answer_prefix=self.answer_prefix)
+
 
 # --------------------------------------------------------------------------- keys and values
 @dataclass(frozen=True)

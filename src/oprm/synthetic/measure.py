@@ -51,10 +51,7 @@ def long_episodes(tok, target_tokens: int, n: int, seed: int, filler_ratio: floa
 
 
 def run_engine(engine, ep, mode: str):
-    from .ar import AR_TEMPLATE
-
-    return engine.generate(context=ep.context, query=ep.question, template=AR_TEMPLATE,
-                           answer_prefix=ep.answer_prefix, mode=mode, max_new_tokens=8, do_sample=False)
+    return engine.generate(**ep.prompt_kwargs(), mode=mode, max_new_tokens=8, do_sample=False)
 
 
 def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_MULTS, train_len: int = 128,
