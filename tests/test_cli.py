@@ -80,7 +80,7 @@ def test_bad_inputs(model_dir, context_file, tmp_path, capsys):
     template = tmp_path / "template.txt"
     template.write_text("Question: {input}")
     one_line_error(capsys, ask(model_dir, context_file, "--prompt-template", str(template)), "{context}")
-    one_line_error(capsys, ask(model_dir, context_file, "--idk", ""), "tokenizes to nothing")
+    one_line_error(capsys, ask(model_dir, context_file, "--idk", ""), "IDK word")
     one_line_error(capsys, ask(tmp_path / "no-model", context_file), "not found")
 
 

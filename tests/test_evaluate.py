@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from oprm.config import OPRMConfig
 from oprm.errors import OPRMUsageError
 from oprm.evaluate import (RunConfig, add_eval_arguments, add_score_arguments, bm25_context, build_configs, evaluate,
                            run_eval, run_score, score_dir)
@@ -39,7 +40,7 @@ class FakeResult:
 class FakeEngine:
     """Answers from a lookup on the question (OPRM modes) or a fixed wrong answer (vanilla); records every call."""
 
-    chunk_size = 2000
+    config = OPRMConfig(chunk_size=2000)
     tokenizer = None
 
     def __init__(self, answers=None, vanilla_answer="I do not know"):

@@ -22,33 +22,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    from .selection import SELECTIONS
-
-    p.add_argument("--chunk-size", type=int, default=2000, help="tokens per chunk (default 2000)")
-    p.add_argument("--overlap", type=int, default=0, help="tokens shared by neighbouring chunks")
-    p.add_argument("--selection", default="entropy", choices=SELECTIONS)
-    idk = p.add_mutually_exclusive_group()
-    idk.add_argument("--idk", default="Error", help='the IDK word of the prompt and filter (default "Error")')
-    idk.add_argument("--no-idk", action="store_true", help="no IDK instruction and no IDK filter")
-    p.add_argument("--idk-fallback", default="answer", choices=("answer", "min_entropy"),
-                   help="when every chunk says IDK: answer the IDK word, or decode the lowest-entropy chunk")
-    p.add_argument("--max-batch-tokens", type=int, default=None,
-                   help="tokens per prefill micro-batch (default 8192 on CPU, 32768 on GPU)")
-    p.add_argument("--no-chat", action="store_true", help="do not apply the tokenizer's chat template")
-
-
-def engine_from_args(args):
+def engine_from_args(args, **extra):
+    """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag."""
+    from .config import config_from_args
     from .engine import OPRM, set_threads
 
     set_threads(args.threads)
-    if args.chunk_size <= 0:
-        raise OPRMUsageError(f"--chunk-size must be positive, got {args.chunk_size}")
-    return OPRM.from_pretrained(
-        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-        chunk_size=args.chunk_size, overlap=args.overlap, selection=args.selection,
-        idk=None if args.no_idk else args.idk, idk_fallback=args.idk_fallback,
-        max_batch_tokens=args.max_batch_tokens, chat=not args.no_chat)
+    return OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                trust_remote_code=args.trust_remote_code, config=config_from_args(args), **extra)
 
 
 def read_text(path: str, what: str) -> str:
@@ -65,6 +46,8 @@ def read_text(path: str, what: str) -> str:
 
 # --- ask ----------------------------------------------------------------------------------------------------------
 def add_ask(sub) -> None:
+    from .config import add_config_arguments, add_generation_arguments
+
     p = sub.add_parser("ask", help="answer a question about a long text with OPRM")
     add_model_arguments(p)
     p.add_argument("--context", required=True, help="text file with the context, or - for standard input")
@@ -72,47 +55,39 @@ def add_ask(sub) -> None:
     p.add_argument("--prompt-template", default=None,
                    help="file with a template holding {context} and {input} (default: a QA template with the IDK "
                         "instruction)")
-    add_engine_arguments(p)
-    p.add_argument("--mode", default="oprm", choices=("oprm", "vanilla", "truncate"))
-    p.add_argument("--max-input-tokens", type=int, default=None, help="truncate mode: token budget")
-    p.add_argument("--decode", default="one", choices=("one", "all", "top_k"))
-    p.add_argument("--num-decode", type=int, default=1, help="decode=top_k: how many chunks")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--do-sample", action="store_true")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=None)
-    p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gold-text", default=None, help="--selection oracle: decode from the chunk holding this text")
     p.add_argument("--chunk-parallel", action="store_true",
                    help="under torchrun: share the chunks among the ranks (rank 0 prints)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--explain", action="store_true", help="print the chunk table and the chosen chunk")
     out.add_argument("--json", action="store_true", help="print the whole result as JSON")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    add_config_arguments(p)
+    add_generation_arguments(p)
     p.set_defaults(func=run_ask)
 
 
 def run_ask(args) -> int:
+    from .config import generation_from_args
+
     context = read_text(args.context, "context")
     if not context.strip():
         raise OPRMUsageError("the context is empty")
+    if not args.question.strip():
+        raise OPRMUsageError("the question is empty")
     template = read_text(args.prompt_template, "prompt template") if args.prompt_template else None
     if template is not None and "{context}" not in template:
         raise OPRMUsageError("the prompt template must contain {context}")
+    if args.selection == "oracle" and not args.gold_text:
+        raise OPRMUsageError("--selection oracle needs --gold-text (the text the right chunk holds)")
     parallel = None
     if args.chunk_parallel:  # torchrun --nproc_per_node N -m oprm ask ... --chunk-parallel
         from .parallel import ChunkParallel, init_from_env
 
         parallel = ChunkParallel() if init_from_env() else None
-    engine = engine_from_args(args)
-    engine.chunk_parallel = parallel
-    kwargs = dict(context=context, query=args.question, template=template, mode=args.mode,
-                  max_input_tokens=args.max_input_tokens, decode=args.decode, num_decode=args.num_decode,
-                  max_new_tokens=args.max_new_tokens, do_sample=args.do_sample or None,
-                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                  repetition_penalty=args.repetition_penalty, stop_strings=args.stop, seed=args.seed)
+    engine = engine_from_args(args, chunk_parallel=parallel)
+    kwargs = dict(context=context, query=args.question, template=template, gold_text=args.gold_text,
+                  **generation_from_args(args))
     if parallel is not None and parallel.rank != 0:  # every rank takes part; rank 0 prints
         engine.generate(**kwargs)
         return 0

@@ -7,11 +7,14 @@ Greedy by default. Sampling options (temperature, top_k, top_p), repetition_pena
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
+
+from .errors import model_failures
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     RepetitionPenaltyLogitsProcessor,
@@ -26,9 +29,9 @@ GENERATION_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "to
 
 def make_generation_config(model, generation_config: GenerationConfig | None = None, **options) -> GenerationConfig:
     """Our defaults (greedy, 64 new tokens, the model's eos ids), then ``generation_config``, then ``options``."""
-    unknown = set(options) - set(GENERATION_OPTIONS) - {"seed"}
+    unknown = set(options) - set(GENERATION_OPTIONS)
     if unknown:
-        raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     config = GenerationConfig(max_new_tokens=64, do_sample=False)
     model_config = getattr(model, "generation_config", None)
     if model_config is not None and model_config.eos_token_id is not None:
@@ -39,7 +42,7 @@ def make_generation_config(model, generation_config: GenerationConfig | None = N
             if value is not None:
                 setattr(config, key, value)
     for key, value in options.items():
-        if value is not None and key != "seed":
+        if value is not None:
             setattr(config, key, value)
     return config
 
@@ -103,3 +106,50 @@ def decode(adapter, state, first_logits: torch.Tensor, prompt_ids: list[int], po
             seen = torch.cat([seen, token_tensor], dim=1)
         logits, state = adapter.step(token_tensor, state, position)
         position += 1
+
+
+@dataclass
+class Answer:
+    """The decoded answer of one chunk (or of the whole prompt in vanilla/truncate mode)."""
+
+    chunk: int | None
+    text: str
+    token_ids: list[int]
+
+
+class AnswerDecoder:
+    """Decodes the answers of one ``generate`` call: counts tokens and time, feeds a streamer, keeps the logits of
+    the first answer when asked (``output_logits``)."""
+
+    def __init__(self, adapter, config: GenerationConfig, tokenizer, generator, streamer, output_logits: bool, stats,
+                 model_name: str = "model"):
+        self.adapter, self.config, self.tokenizer, self.generator = adapter, config, tokenizer, generator
+        self.model_name = model_name
+        self.streamer, self.stats = streamer, stats
+        self.logits: list[torch.Tensor] | None = None
+        self.want_logits = output_logits
+        self.streamed = False
+
+    def answer(self, chunk: int | None, state, first_logits: torch.Tensor, prompt_ids: list[int]) -> Answer:
+        t = time.perf_counter()
+        keep = self.want_logits and self.logits is None
+        logits = [] if keep else None
+        if self.streamer is not None and not self.streamed:  # transformers' streamers skip the first put (prompt)
+            self.streamer.put(torch.tensor(prompt_ids))
+            self.streamed = True
+        tokens = []
+        steps = decode(self.adapter, state, first_logits, prompt_ids, len(prompt_ids), self.config, self.tokenizer,
+                       self.generator)
+        with model_failures(self.model_name):
+            for step in steps:
+                tokens.append(step.token)
+                if keep:
+                    logits.append(step.logits)
+                if self.streamer is not None:
+                    self.streamer.put(torch.tensor([step.token]))
+        if keep:
+            self.logits = logits
+        self.stats.tokens_processed += max(0, len(tokens) - 1)
+        self.stats.timings["decode"] += time.perf_counter() - t
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip() if self.tokenizer else ""
+        return Answer(chunk, text, tokens)

@@ -197,7 +197,7 @@ def _run_sample(engine, task: Task, sample: dict, cfg: RunConfig, max_new_tokens
     context = sample["context"].strip() if task.suite == "longbench_v2" else sample["context"]
     fields = {k: v for k, v in sample.items()
               if isinstance(v, str) and k not in ("context", "template", "gold", "answer_prefix")}
-    chunk_size = cfg.chunk_size or getattr(engine, "chunk_size", None) or DEFAULT_CHUNK_SIZE
+    chunk_size = cfg.chunk_size or engine.config.chunk_size or DEFAULT_CHUNK_SIZE
     kw: dict[str, Any] = {"template": template, "fields": fields, "max_new_tokens": max_new_tokens}
     if sample.get("answer_prefix"):
         kw["answer_prefix"] = sample["answer_prefix"]
@@ -519,7 +519,7 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
     if not task_list:
         raise OPRMUsageError("no tasks given (e.g. --tasks longbench_e,ar)")
     configs = build_configs(modes, chunk_sizes, selections, idk,
-                            default_chunk_size=getattr(engine, "chunk_size", None) or DEFAULT_CHUNK_SIZE)
+                            default_chunk_size=engine.config.chunk_size or DEFAULT_CHUNK_SIZE)
     model_name = model_name or getattr(getattr(getattr(engine, "model", None), "config", None), "_name_or_path", None) \
         or "model"
     root = Path(output_path) / _safe_name(str(model_name))

@@ -49,3 +49,55 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
         if not gguf_file:
             raise OPRMUsageError(f"{name} has no config.json: not a transformers model folder")
     return os.path.expanduser(name), gguf_file
+
+
+def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_file: str | None = None,
+               trust_remote_code: bool = False):
+    """(model, tokenizer) the transformers way, with every failure as one clear line."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, gguf_file = resolve_model(name, gguf_file)
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype == "auto" else getattr(torch, str(dtype), None)
+    if not (isinstance(torch_dtype, torch.dtype) or torch_dtype == "auto"):
+        raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
+    device = check_device(device)
+    kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+    except OPRMUsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - one clear line for the user, whatever transformers raised
+        first = first_line(e)
+        if "Unrecognized configuration class" in first:
+            from .adapters import SUPPORTED
+
+            raise OPRMUsageError(f"unsupported architecture: {name!r} is not a causal LM; "
+                                 f"supported: {', '.join(SUPPORTED)}") from None
+        raise OPRMUsageError(f"could not load model {name!r}: {first}") from e
+    if device:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def check_device(device: str | None) -> str | None:
+    """``device`` if this machine has it; one clear line otherwise (e.g. ``cuda`` without a GPU)."""
+    if not device:
+        return device
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise OPRMUsageError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise OPRMUsageError(f"device {device!r} is not available here (CUDA devices: {torch.cuda.device_count()})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OPRMUsageError("device 'mps' is not available here")
+    return device
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -31,6 +31,19 @@ class ChunkParallel:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def merge_selection(self, records: list, candidates: list, fallbacks: list) -> tuple[list, list, list]:
+        """Every rank's chunk records (in chunk order) and selection keys, so every rank picks the same winners."""
+        parts = self.gather((records, candidates, fallbacks))
+        return (sorted((r for part in parts for r in part[0]), key=lambda r: r.index),
+                [c for part in parts for c in part[1]], [c for part in parts for c in part[2]])
+
+    def merge_answers(self, answers: list, tokens_processed: int, prefix_tokens: int) -> tuple[list, int]:
+        """Every rank's decoded answers, and the tokens processed with the shared prefix counted once (as one
+        process counts it: each rank ran it)."""
+        parts = self.gather((answers, tokens_processed))
+        total = sum(part[1] for part in parts) - (self.world_size - 1) * prefix_tokens
+        return [a for part in parts for a in part[0]], total
+
 
 def init_from_env(backend: str | None = None) -> bool:
     """Initialise the default process group when launched by torchrun; returns True when running distributed."""

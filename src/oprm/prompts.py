@@ -9,19 +9,17 @@ never merge tokens across P/C/S.
 
 from __future__ import annotations
 
-import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .config import IDK_WORD
 from .errors import OPRMUsageError
-
-IDK_DEFAULT = "Error"
 
 # The default question template of `oprm ask`: the paper's prompts tell the model to answer the IDK word when the
 # text lacks the answer, which is what lets the IDK filter drop irrelevant chunks.
 _QA_INSTRUCTION = "Answer the question based on the given text. Only give me the answer and do not output any other words."
 
 
-def default_qa_template(idk: str | None = IDK_DEFAULT) -> str:
+def default_qa_template(idk: str | None = IDK_WORD) -> str:
     idk_instruction = f' If the answer does not exist in the text, return "{idk}".' if idk else ""
     return (f"{_QA_INSTRUCTION}\n\nText:\n{{context}}\n\n{_QA_INSTRUCTION}{idk_instruction}\n\n"
             "Question: {input}\nAnswer:")
@@ -45,9 +43,11 @@ class PromptParts:
     def full_ids(self) -> list[int]:
         return self.prefix_ids + self.context_ids + self.suffix_ids
 
-
-def template_fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    def context_tail(self, num_tokens: int) -> "PromptParts":
+        """The same prompt with only the context's last ``num_tokens`` tokens (LongBench lcc under OPRM)."""
+        cut = max(0, len(self.context_ids) - num_tokens)
+        return replace(self, context_ids=self.context_ids[cut:],
+                       context_offsets=self.context_offsets[cut:] if self.context_offsets else None)
 
 
 def _fill(part: str, fields: dict) -> str:

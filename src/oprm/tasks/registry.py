@@ -25,9 +25,6 @@ from oprm.metrics.longbench import get_metric, score_sample
 __all__ = ["Task", "get_task", "expand_tasks", "list_tasks", "longbench_table", "TASK_GROUPS", "LONGBENCH_DATASETS",
            "LONGBENCH_E_DATASETS", "LONGBENCH_EN_DATASETS"]
 
-IDK_WORD = "Error"
-
-
 @lru_cache(maxsize=1)
 def longbench_table() -> dict:
     text = resources.files("oprm.tasks").joinpath("longbench_tasks.json").read_text(encoding="utf-8")

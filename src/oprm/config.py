@@ -1,0 +1,200 @@
+"""``OPRMConfig``: every engine option in one place — its default, its check and its help text.
+
+The engine, ``oprm ask``, ``oprm eval``, ``oprm bench``, ``oprm demo`` and the server all build their options from
+this dataclass, the way transformers builds generation options from ``GenerationConfig``:
+
+    config = OPRMConfig(chunk_size=1000)                 # checked on construction
+    config = config.replace(selection="query_likelihood")  # per-call overrides give a new, checked config
+    add_config_arguments(parser)                          # the CLI flags, generated from the fields
+    config = config_from_args(args)
+
+``OPRMConfig.paper()`` is the paper's own configuration (token chunks, first-token entropy, the IDK filter), kept by
+name so results can be reproduced and compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import OPRMUsageError
+
+IDK_WORD = "Error"  # the paper's "I don't know" answer, as in the official OPRM prompts
+MODES = ("oprm", "vanilla", "truncate")
+CHUNKINGS = ("tokens",)
+SELECTIONS = ("entropy", "query_likelihood", "max_prob", "random", "oracle")
+IDK_FALLBACKS = ("answer", "min_entropy")
+DECODES = ("one", "all", "top_k")
+
+
+def option(default, help: str, *, choices: tuple | None = None, minimum: int | None = None, flag: str | None = None,
+           negate: str | None = None):
+    """A config field with its CLI help, allowed values and lower bound.
+
+    ``negate`` names a ``--no-...`` flag that sets the field to ``None`` (IDK) or ``False`` (booleans).
+    """
+    meta = {"help": help, "choices": choices, "minimum": minimum, "flag": flag, "negate": negate}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class OPRMConfig:
+    mode: str = option("oprm", "oprm (chunks), vanilla (the whole prompt in one pass) or truncate (LongBench's "
+                               "middle truncation to --max-input-tokens)", choices=MODES)
+    chunk_size: int = option(2000, "tokens per chunk (L)", minimum=1)
+    overlap: int = option(0, "tokens shared by neighbouring chunks", minimum=0)
+    chunking: str = option("tokens", "where chunks start and end", choices=CHUNKINGS)
+    selection: str = option("entropy", "how the chunk to decode from is chosen (entropy: the paper's lowest "
+                                       "first-token entropy)", choices=SELECTIONS)
+    idk: str | None = option(IDK_WORD, 'the IDK word of the prompt and of the filter (default "Error")',
+                             negate="no-idk")
+    idk_fallback: str = option("answer", "when every chunk says IDK: answer the IDK word, or decode the "
+                                         "lowest-entropy chunk", choices=IDK_FALLBACKS)
+    decode: str = option("one", "decode the chosen chunk, every chunk (summaries; joined in order) or the "
+                                "--num-decode best", choices=DECODES)
+    num_decode: int = option(1, "decode=top_k: how many chunks", minimum=1)
+    max_input_tokens: int | None = option(None, "truncate mode: the token budget of the prompt", minimum=1)
+    max_batch_tokens: int | None = option(None, "tokens per prefill micro-batch (default 8192 on CPU, 32768 on GPU)",
+                                          minimum=1)
+    shared_prefix: bool = option(True, "prefill the prefix P once and continue every chunk from its state (where "
+                                       "the architecture continues a state exactly)", negate="no-shared-prefix")
+    chat: bool = option(True, "wrap the prompt in the tokenizer's chat template", negate="no-chat")
+    system_prompt: str | None = option(None, "a system message for the chat template")
+    top_k_tokens: int = option(5, "first-token alternatives reported per chunk", minimum=1)
+    seed: int = option(0, "seed of random selection and of sampling")
+
+    def __post_init__(self):
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta["choices"] and value not in meta["choices"]:
+                raise OPRMUsageError(f"unknown {f.name} {value!r}; choose one of: {', '.join(meta['choices'])}")
+            if meta["minimum"] is not None and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise OPRMUsageError(f"{f.name} must be an integer, got {value!r}")
+                if value < meta["minimum"]:
+                    what = "positive" if meta["minimum"] == 1 else f"at least {meta['minimum']}"
+                    raise OPRMUsageError(f"{f.name} must be {what}, got {value}")
+        if self.overlap >= self.chunk_size:
+            raise OPRMUsageError(f"overlap must be smaller than the chunk size, got {self.overlap} with chunk size "
+                                 f"{self.chunk_size}")
+        if self.idk is not None and not (isinstance(self.idk, str) and self.idk.strip()):
+            raise OPRMUsageError("the IDK word must be a non-empty text (or None for no IDK filter)")
+
+    @classmethod
+    def paper(cls, **overrides) -> "OPRMConfig":
+        """The paper's configuration: token chunks of 2000, first-token entropy, the IDK filter with "Error"."""
+        return cls(chunking="tokens", chunk_size=2000, overlap=0, selection="entropy", idk=IDK_WORD).replace(**overrides)
+
+    def replace(self, **overrides) -> "OPRMConfig":
+        """A new config with ``overrides`` applied and checked; unknown names are an error."""
+        unknown = set(overrides) - set(self.names())
+        if unknown:
+            raise OPRMUsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def split_options(options: dict) -> tuple[dict, dict]:
+    """(OPRMConfig fields, the rest) of keyword options: the rest are generation options."""
+    names = set(OPRMConfig.names())
+    return ({k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names})
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+def _flag(f) -> str:
+    return "--" + (f.metadata["flag"] or f.name.replace("_", "-"))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
+                         grid: tuple[str, ...] = (), defaults: dict | None = None) -> None:
+    """Add one flag per OPRMConfig field (minus ``exclude``). ``grid`` fields take comma-separated lists (an
+    ablation grid in ``oprm eval``); ``defaults`` replaces the dataclass defaults shown and used."""
+    base = OPRMConfig(**(defaults or {}))
+    group = parser.add_argument_group("OPRM options")
+    for f in fields(OPRMConfig):
+        if f.name in exclude:
+            continue
+        meta, default = f.metadata, getattr(base, f.name)
+        help_text = meta["help"] + ("" if default in (None, True, False) else f" (default {default})")
+        if f.name in grid:
+            choices = f" from {', '.join(meta['choices'])}" if meta["choices"] else ""
+            group.add_argument(_flag(f), dest=f.name, default=None,
+                               help=f"{meta['help']}; comma-separated for an ablation grid{choices} (default {default})")
+        elif isinstance(default, bool):
+            group.add_argument("--" + meta["negate"], dest=f.name, action="store_false", default=default, help=help_text)
+        else:
+            kind = int if meta["minimum"] is not None or isinstance(default, int) else str
+            if meta["negate"]:
+                exclusive = group.add_mutually_exclusive_group()
+                exclusive.add_argument(_flag(f), dest=f.name, type=kind, default=default, help=help_text)
+                exclusive.add_argument("--" + meta["negate"], dest=f.name, action="store_const", const=None,
+                                       help=f"no {f.name.replace('_', ' ')}")
+            else:
+                group.add_argument(_flag(f), dest=f.name, type=kind, default=default, choices=meta["choices"],
+                                   help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, base: OPRMConfig | None = None, grid: tuple[str, ...] = ()) -> OPRMConfig:
+    """The OPRMConfig the flags describe; ``grid`` fields (lists, see ``grid_values``) keep ``base``'s values."""
+    values = {name: getattr(args, name) for name in OPRMConfig.names() if hasattr(args, name) and name not in grid}
+    return (base or OPRMConfig()).replace(**values)
+
+
+def grid_values(args: argparse.Namespace, name: str) -> list:
+    """The values of a grid flag (``--chunk-size 1000,2000``), each checked as the field's type; [] if not given."""
+    raw = getattr(args, name, None)
+    if raw in (None, ""):
+        return []
+    f = next(f for f in fields(OPRMConfig) if f.name == name)
+    kind = int if f.metadata["minimum"] is not None else str
+    values = []
+    for item in str(raw).split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise OPRMUsageError(f"{_flag(f)} takes comma-separated {kind.__name__}s, got {item!r}") from None
+        OPRMConfig().replace(**{name: values[-1]})  # checked like a single value
+    return values
+
+
+# --- generation options (transformers' GenerationConfig names) ----------------------------------------------------
+GENERATION_FLAGS = (
+    ("max_new_tokens", int, 64, "tokens to generate at most"),
+    ("do_sample", bool, None, "sample instead of greedy decoding"),
+    ("temperature", float, None, "sampling temperature"),
+    ("top_p", float, None, "nucleus sampling"),
+    ("top_k", int, None, "top-k sampling"),
+    ("repetition_penalty", float, None, "transformers' repetition penalty"),
+)
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int | None = 64) -> None:
+    group = parser.add_argument_group("generation options (GenerationConfig)")
+    for name, kind, default, help_text in GENERATION_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            default = max_new_tokens if name == "max_new_tokens" else default
+            group.add_argument(flag, type=kind, default=default, help=help_text)
+    group.add_argument("--stop", dest="stop_strings", action="append", default=None, help="stop string (repeatable)")
+
+
+def generation_from_args(args: argparse.Namespace) -> dict:
+    """The generation options the flags set (unset ones are left to the model's defaults)."""
+    names = [name for name, *_ in GENERATION_FLAGS] + ["stop_strings"]
+    out = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if out.get("max_new_tokens") is not None and out["max_new_tokens"] <= 0:
+        raise OPRMUsageError(f"--max-new-tokens must be positive, got {out['max_new_tokens']}")
+    return out

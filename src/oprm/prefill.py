@@ -1,0 +1,82 @@
+"""Speculative prefill: the prompts [P, C_i, S] of every chunk, run in micro-batches.
+
+All rows of a micro-batch have the same length (every chunk is exactly L tokens), so nothing is ever padded. Where
+the architecture continues a cached state exactly, P is run once and its state is broadcast to the rows, which then
+hold only [C_i, S]. A micro-batch holds at most ``max_batch_tokens`` tokens, so memory is bounded by one micro-batch
+whatever the number of chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .chunking import Chunk
+from .errors import model_failures
+
+
+@dataclass
+class RunStats:
+    """What one ``generate`` call did: tokens run through the model and seconds per phase."""
+
+    tokens_processed: int = 0
+    timings: dict = field(default_factory=lambda: {"prefill": 0.0, "selection": 0.0, "decode": 0.0})
+
+
+@dataclass
+class MicroBatch:
+    chunks: list[Chunk]
+    logits: torch.Tensor  # [B, num_logits, V] float32: the last positions of each row (the last predicts the answer)
+    state: object  # the batched model state after each row
+
+
+class Prefiller:
+    """Runs token rows through an adapter, counting tokens and time."""
+
+    def __init__(self, adapter, stats: RunStats, max_batch_tokens: int, model_name: str = "model"):
+        self.adapter, self.stats, self.max_batch_tokens = adapter, stats, max_batch_tokens
+        self.model_name = model_name
+        self.shared_prefix_tokens = 0  # tokens of P run once for all rows (chunk parallelism counts them once)
+
+    def tensor(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long, device=self.adapter.device)
+
+    def forward(self, rows: list[list[int]], state=None, start: int = 0, num_logits: int = 1):
+        t = time.perf_counter()
+        ids = self.tensor(rows)
+        with model_failures(self.model_name):
+            logits, state = self.adapter.prefill(ids, state, start=start, num_logits=num_logits)
+        self.stats.timings["prefill"] += time.perf_counter() - t
+        self.stats.tokens_processed += ids.numel()
+        return logits, state
+
+    def long(self, ids: list[int], state=None, start: int = 0):
+        """Batch-1 prefill of a long prompt, in segments where continuation is exact (bounded activations).
+
+        Returns (logits [1, V] of the last position, state)."""
+        segment = self.max_batch_tokens if self.adapter.continuation_exact else len(ids)
+        logits = None
+        for offset in range(0, len(ids), max(1, segment)):
+            logits, state = self.forward([ids[offset:offset + segment]], state, start=start + offset)
+        return logits[:, -1], state
+
+    def rows_per_batch(self, row_tokens: int) -> int:
+        return max(1, self.max_batch_tokens // max(1, row_tokens))
+
+    def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
+                      num_logits: int, shared_prefix: bool) -> Iterator[MicroBatch]:
+        """Micro-batches of the rows [P, C_i, S] (P's state computed once and broadcast when ``shared_prefix``)."""
+        shared = shared_prefix and self.adapter.continuation_exact and len(prefix) > 0
+        prefix_state = self.forward([prefix])[1] if shared else None
+        self.shared_prefix_tokens = len(prefix) if shared else 0
+        row_prefix = [] if shared else prefix
+        per_batch = self.rows_per_batch(len(row_prefix) + chunks[0].num_tokens + len(suffix))
+        for b0 in range(0, len(chunks), per_batch):
+            batch = chunks[b0:b0 + per_batch]
+            rows = [row_prefix + context[c.token_start:c.token_end] + suffix for c in batch]
+            start_state = self.adapter.select(prefix_state, [0] * len(batch)) if shared else None
+            logits, state = self.forward(rows, start_state, start=len(prefix) if shared else 0, num_logits=num_logits)
+            yield MicroBatch(batch, logits, state)
