@@ -96,3 +96,33 @@ def test_console_entry_point(model_dir, context_file):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("oprm: error:")
     assert "Traceback" not in proc.stderr
+
+
+def test_encode_then_ask_a_document(model_dir, context_file, tmp_path, capsys):
+    doc = tmp_path / "doc.oprm"
+    assert main(["encode", "--model", str(model_dir), "--context", str(context_file), "--output", str(doc),
+                 "--chunk-size", "24"]) == 0
+    assert "chunks of 24" in capsys.readouterr().out and doc.is_file()
+    assert main(["ask", "--document", str(doc), "--question", "What is the code?", "--max-new-tokens", "4",
+                 "--json"]) == 0  # the model comes from the document
+    from_doc = json.loads(capsys.readouterr().out)
+    assert main(ask(model_dir, context_file, "--json", "--document-cache-bytes", "0")) == 0
+    scratch = json.loads(capsys.readouterr().out)
+    assert from_doc["token_ids"] == scratch["token_ids"] and from_doc["chosen"] == scratch["chosen"]
+    assert from_doc["document"] == {"source": "document"} and scratch["document"] is None
+    assert from_doc["tokens_processed"] < scratch["tokens_processed"]
+    one_line_error(capsys, ["ask", "--document", str(doc), "--question", "Why?", "--chunk-size", "32"], "chunk_size")
+
+
+def test_several_questions_share_one_encoding(model_dir, context_file, tmp_path, capsys):
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is the weather?\n\nWho keeps the box?\n")
+    assert main(ask(model_dir, context_file, "--question", "Where?", "--questions", str(questions), "--json")) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["question"] for r in lines] == ["What is the code?", "Where?", "What is the weather?",
+                                              "Who keeps the box?"]
+    assert [r["document"]["cache"] for r in lines] == ["miss", "hit", "hit", "hit"]
+    assert main(ask(model_dir, context_file, "--question", "Where?")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| question | answer | chunk | seconds |") and "| Where? |" in out
+    one_line_error(capsys, ask(model_dir, context_file, "--question", " "), "question is empty")

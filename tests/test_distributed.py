@@ -30,7 +30,7 @@ def _summary(result) -> dict:
     return {"chosen": result.chosen, "token_ids": result.token_ids, "text": result.text,
             "entropies": [c.entropy for c in result.chunks], "is_idk": [c.is_idk for c in result.chunks],
             "answer_chunks": [a.chunk for a in result.answers], "tokens_processed": result.tokens_processed,
-            "idk_fallback_used": result.idk_fallback_used}
+            "idk_fallback_used": result.idk_fallback_used, "document": result.document}
 
 
 def _cases(model_type: str, tok, engine):
@@ -56,6 +56,7 @@ def _cases(model_type: str, tok, engine):
         ("top_k", dict(base, idk=idk, decode="top_k", num_decode=2)),
         ("all_idk_answer", dict(same, idk=all_idk)),
         ("all_idk_min_entropy", dict(same, idk=all_idk, idk_fallback="min_entropy")),
+        ("with_suffix", dict(base, suffix_ids=ids(4), idk=None)),  # a suffix: the document cache applies
     ]
 
 
@@ -102,7 +103,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                             chunk_parallel=ChunkParallel())
             for name, kwargs in _cases(model_type, tok, single):
                 out[f"{model_type}/{name}"] = {"single": _summary(single.generate(**kwargs)),
-                                               "parallel": _summary(parallel.generate(**kwargs))}
+                                               "parallel": _summary(parallel.generate(**kwargs)),
+                                               "parallel_again": _summary(parallel.generate(**kwargs))}
         out["cli"] = _cli_outputs(out_dir)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(out, f)
@@ -128,7 +130,7 @@ def distributed_results(tmp_path_factory):
 
 
 CASES = [f"{m}/{c}" for m in ("mamba2", "mamba") for c in ("entropy_idk", "entropy_no_idk", "decode_all", "top_k",
-                                                            "all_idk_answer", "all_idk_min_entropy")]
+                                                            "all_idk_answer", "all_idk_min_entropy", "with_suffix")]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -144,6 +146,12 @@ def test_chunk_parallel_equals_one_process(distributed_results, case):
         assert len(parallel["entropies"]) == len(single["entropies"]) == 5
         for a, b in zip(parallel["entropies"], single["entropies"]):
             assert abs(a - b) <= 1e-6
+        again = results[case]["parallel_again"]  # each rank answers again from the chunk states it cached
+        assert again["chosen"] == single["chosen"] and again["token_ids"] == single["token_ids"], (rank, case)
+        assert max(abs(a - b) for a, b in zip(again["entropies"], single["entropies"])) <= 1e-6
+        if case.endswith("with_suffix"):
+            assert parallel["document"]["cache"] == "miss" and again["document"]["cache"] == "hit"
+            assert again["tokens_processed"] < single["tokens_processed"]
     assert distributed_results[0][case] == distributed_results[1][case]  # every rank returns the same result
 
 

@@ -34,7 +34,10 @@ class TableModel(torch.nn.Module):
 class TableAdapter(StateAdapter):
     """Chunk c's context tokens are all equal to c + 10; its first-token logits come from ``table[c]``.
 
-    Query positions get logits from ``query_table[c]`` (a log-probability for every suffix token)."""
+    Query positions get logits from ``query_table[c]`` (a log-probability for every suffix token). It cannot
+    continue a state with several tokens, and says so (no shared prefix, no document cache)."""
+
+    continuation_exact = False
 
     def __init__(self, table, query_table=None):
         super().__init__(TableModel())

@@ -117,7 +117,8 @@ def _setup(spec: dict):
     from .engine import OPRM
 
     model = load_model(spec["model"], spec.get("dtype", "float32"), spec.get("device"))
-    engine = OPRM(model, None, chunk_size=spec["chunk_size"], idk=None, max_batch_tokens=spec["max_batch_tokens"])
+    engine = OPRM(model, None, chunk_size=spec["chunk_size"], idk=None, max_batch_tokens=spec["max_batch_tokens"],
+                  document_cache_bytes=0)  # every timed call prefills from scratch
     vocab = model.get_output_embeddings().weight.shape[0]
     prefix, context, suffix = make_input(vocab, spec["length"], spec["prefix_tokens"], spec["suffix_tokens"])
     return model, engine, (prefix, context, suffix)

@@ -1,6 +1,7 @@
 """The ``oprm`` command: a thin shell over the Python API.
 
-    oprm ask --model PATH --context FILE --question TEXT [--explain | --json]
+    oprm ask --model PATH --context FILE --question TEXT [--question ...] [--explain | --json]
+    oprm encode --model PATH --context FILE --output doc.oprm;  oprm ask --document doc.oprm --question TEXT
     oprm demo | eval | score | bench | train-ar
 """
 
@@ -14,8 +15,8 @@ import sys
 from .errors import OPRMUsageError
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id, local folder, .gguf file, or a shipped model's name")
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="hub id, local folder, .gguf file, or a shipped model's name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: measured best)")
@@ -44,14 +45,18 @@ def read_text(path: str, what: str) -> str:
         raise OPRMUsageError(f"cannot read {what} file {path}: {e}") from None
 
 
-# --- ask ----------------------------------------------------------------------------------------------------------
+# --- ask and encode ---------------------------------------------------------------------------------------------
 def add_ask(sub) -> None:
     from .config import add_config_arguments, add_generation_arguments
 
-    p = sub.add_parser("ask", help="answer a question about a long text with OPRM")
-    add_model_arguments(p)
-    p.add_argument("--context", required=True, help="text file with the context, or - for standard input")
-    p.add_argument("--question", required=True)
+    p = sub.add_parser("ask", help="answer questions about a long text with OPRM")
+    add_model_arguments(p, required=False)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--context", help="text file with the context, or - for standard input")
+    source.add_argument("--document", help="a document made by `oprm encode` (its --model is the default)")
+    p.add_argument("--question", action="append", default=[], help="the question (repeatable: all are answered "
+                                                                    "from one encoding of the context)")
+    p.add_argument("--questions", default=None, help="file with one question per line")
     p.add_argument("--prompt-template", default=None,
                    help="file with a template holding {context} and {input} (default: a QA template with the IDK "
                         "instruction)")
@@ -60,51 +65,132 @@ def add_ask(sub) -> None:
                    help="under torchrun: share the chunks among the ranks (rank 0 prints)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--explain", action="store_true", help="print the chunk table and the chosen chunk")
-    out.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    out.add_argument("--json", action="store_true", help="print the result as JSON (one line per question when "
+                                                         "there are several)")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     add_config_arguments(p)
     add_generation_arguments(p)
     p.set_defaults(func=run_ask)
 
 
-def run_ask(args) -> int:
-    from .config import generation_from_args
-
-    context = read_text(args.context, "context")
-    if not context.strip():
-        raise OPRMUsageError("the context is empty")
-    if not args.question.strip():
+def _questions(args) -> list[str]:
+    questions = list(args.question)
+    if args.questions:
+        questions += [q.strip() for q in read_text(args.questions, "questions").splitlines() if q.strip()]
+    if not questions:
+        raise OPRMUsageError("give a question (--question TEXT, repeatable, or --questions FILE)")
+    if any(not q.strip() for q in questions):
         raise OPRMUsageError("the question is empty")
+    return questions
+
+
+def _template(args) -> str | None:
     template = read_text(args.prompt_template, "prompt template") if args.prompt_template else None
     if template is not None and "{context}" not in template:
         raise OPRMUsageError("the prompt template must contain {context}")
+    return template
+
+
+def run_ask(args) -> int:
+    from .config import generation_from_args
+
+    questions = _questions(args)
+    template = _template(args)
     if args.selection == "oracle" and not args.gold_text:
         raise OPRMUsageError("--selection oracle needs --gold-text (the text the right chunk holds)")
+    source: dict = {}
+    if args.document:
+        from .config import OPRMConfig
+        from .document import EncodedDocument
+        from .engine import CHUNKING_OPTIONS
+
+        source["document"] = EncodedDocument.load(args.document)
+        args.model = args.model or source["document"].meta["model"]
+        # chunking flags given explicitly must match the document's (it fixes the chunks)
+        source.update({k: getattr(args, k) for k in CHUNKING_OPTIONS if getattr(args, k) != getattr(OPRMConfig(), k)})
+    else:
+        source["context"] = read_text(args.context, "context")
+        if not source["context"].strip():
+            raise OPRMUsageError("the context is empty")
+    if not args.model:
+        raise OPRMUsageError("--model is needed with --context")
     parallel = None
     if args.chunk_parallel:  # torchrun --nproc_per_node N -m oprm ask ... --chunk-parallel
         from .parallel import ChunkParallel, init_from_env
 
         parallel = ChunkParallel() if init_from_env() else None
     engine = engine_from_args(args, chunk_parallel=parallel)
-    kwargs = dict(context=context, query=args.question, template=template, gold_text=args.gold_text,
-                  **generation_from_args(args))
+    kwargs = dict(source, template=template, gold_text=args.gold_text, **generation_from_args(args))
     if parallel is not None and parallel.rank != 0:  # every rank takes part; rank 0 prints
-        engine.generate(**kwargs)
+        for q in questions:
+            engine.generate(query=q, **kwargs)
         return 0
+    if len(questions) > 1:
+        return _answer_many(engine, questions, kwargs, args)
     if args.stream:
-        for piece in engine.stream(**kwargs):
+        for piece in engine.stream(query=questions[0], **kwargs):
             print(piece, end="", flush=True)
         print()
         return 0
-    result = engine.generate(**kwargs)
+    result = engine.generate(query=questions[0], **kwargs)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
     elif args.explain:
         from .report import explain
 
-        print(explain(result, context))
+        print(explain(result, source.get("context") or source["document"].context_text))
     else:
         print(result.text)
+    return 0
+
+
+def _answer_many(engine, questions: list[str], kwargs: dict, args) -> int:
+    """Several questions on one context: the first encodes it (the document cache), the others reuse it."""
+    from tqdm import tqdm
+
+    from .report import markdown_table
+
+    rows = []
+    for q in tqdm(questions, desc="questions", unit="q", file=sys.stderr, disable=len(questions) < 3):
+        result = engine.generate(query=q, **kwargs)
+        if args.json:
+            print(json.dumps({"question": q, **result.to_dict()}, ensure_ascii=False), flush=True)
+        rows.append([q.replace("|", "\\|"), result.text.replace("|", "\\|").replace("\n", " "),
+                     ",".join(map(str, result.chosen)) or "-", f"{result.timings['total']:.2f}"])
+    if not args.json:
+        print(markdown_table(["question", "answer", "chunk", "seconds"], rows))
+    return 0
+
+
+def add_encode(sub) -> None:
+    from .config import add_config_arguments
+
+    p = sub.add_parser("encode", help="prefill a long text once and save its chunk states (for `oprm ask --document`)")
+    add_model_arguments(p)
+    p.add_argument("--context", required=True, help="text file with the context, or - for standard input")
+    p.add_argument("--output", required=True, help="the document file to write (e.g. report.oprm)")
+    p.add_argument("--prompt-template", default=None, help="file with a template holding {context} and {input}; "
+                                                           "questions must use the same one")
+    add_config_arguments(p, exclude=("mode", "decode", "num_decode", "selection", "idk_fallback", "max_input_tokens",
+                                     "top_k_tokens", "seed", "document_cache_bytes", "cache_dir"))
+    p.set_defaults(func=run_encode)
+
+
+def run_encode(args) -> int:
+    import time
+
+    context = read_text(args.context, "context")
+    if not context.strip():
+        raise OPRMUsageError("the context is empty")
+    template = _template(args)
+    engine = engine_from_args(args)
+    start = time.perf_counter()
+    doc = engine.encode(context, template=template)
+    seconds = time.perf_counter() - start
+    path = doc.save(args.output)
+    print(f"{path}: {len(doc.context_ids):,} context tokens, {len(doc.chunks)} chunks of {doc.meta['chunk_size']}, "
+          f"{os.path.getsize(path) / 2**20:.1f} MB ({doc.nbytes / max(1, len(doc.held)) / 2**10:.1f} KB of state per "
+          f"chunk), encoded in {seconds:.1f} s")
     return 0
 
 
@@ -117,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oprm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_ask(sub)
+    add_encode(sub)
     # listed for --help; main() hands its arguments to the training script untouched
     sub.add_parser("train-ar", add_help=False,
                    help="train the shipped associative-recall model (oprm train-ar --help for its options)")

@@ -62,6 +62,10 @@ class OPRMConfig:
                                        "the architecture continues a state exactly)", negate="no-shared-prefix")
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template", negate="no-chat")
     system_prompt: str | None = option(None, "a system message for the chat template")
+    document_cache_bytes: int = option(2**30, "bytes of encoded documents kept in memory, so a second question on "
+                                              "the same context skips its prefill (0: off)", minimum=0)
+    cache_dir: str | None = option(None, "folder where encoded documents are also written and found by later "
+                                         "processes (default: $OPRM_CACHE_DIR, else none)")
     top_k_tokens: int = option(5, "first-token alternatives reported per chunk", minimum=1)
     seed: int = option(0, "seed of random selection and of sampling")
 

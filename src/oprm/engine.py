@@ -21,9 +21,10 @@ from .adapters import get_adapter
 from .chunking import make_chunks
 from .config import OPRMConfig, split_options
 from .decoding import Answer, AnswerDecoder, make_generation_config
+from .document import DocumentCache, EncodedDocument, document_key, fingerprint
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
-from .prompts import PromptParts, build_prompt, default_qa_template, idk_token_ids
+from .prompts import PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .selection import CandidatePolicy, ChunkRecord, chunk_records, make_selector, query_logprobs
 
 __all__ = ["OPRM", "OPRMResult", "Answer", "default_max_batch_tokens", "default_threads", "set_threads"]
@@ -44,6 +45,7 @@ class OPRMResult:
     tokens_processed: int = 0
     timings: dict = field(default_factory=dict)  # seconds: prefill, selection, decode, total
     logits: list[torch.Tensor] | None = None  # raw logits of each generated token (output_logits=True, one answer)
+    document: dict | None = None  # encoded-document reuse: {"source": "document"|"cache", "cache": "hit"|...}
 
     @property
     def chosen_spans(self) -> list[dict]:
@@ -71,7 +73,10 @@ class OPRM:
         self.config = (config or OPRMConfig()).replace(**options)
         self.generation_config = generation_config
         self.chunk_parallel = chunk_parallel  # a parallel.ChunkParallel: shard chunks across torch.distributed ranks
+        self.documents = DocumentCache()  # the automatic cache of encoded documents (config.document_cache_bytes)
         self._idk_ids: dict[str, set[int]] = {}
+        self._fingerprint: dict | None = None
+        self._state_template = None
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
@@ -96,6 +101,11 @@ class OPRM:
         if self.tokenizer is None:
             raise OPRMUsageError("text input needs a tokenizer; pass prefix_ids/context_ids/suffix_ids instead")
         config = config or self.config
+        template, fields = self._template(query, template, fields, config)
+        return build_prompt(self.tokenizer, context, template, fields, chat=config.chat,
+                            system_prompt=config.system_prompt, answer_prefix=answer_prefix)
+
+    def _template(self, query, template, fields, config) -> tuple[str, dict]:
         fields = dict(fields or {})
         if query is not None:
             if not query.strip():
@@ -105,8 +115,7 @@ class OPRM:
             if "input" not in fields:
                 raise OPRMUsageError("a question is needed (query=...) or a template with {context}")
             template = default_qa_template(config.idk)
-        return build_prompt(self.tokenizer, context, template, fields, chat=config.chat,
-                            system_prompt=config.system_prompt, answer_prefix=answer_prefix)
+        return template, fields
 
     def idk_ids(self, idk: str) -> set[int]:
         if idk not in self._idk_ids:
@@ -127,7 +136,8 @@ class OPRM:
 
     # --- answering --------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, context: str | None = None, query: str | None = None, *, template: str | None = None,
+    def generate(self, context: str | None = None, query: str | None = None, *,
+                 document: EncodedDocument | None = None, template: str | None = None,
                  fields: dict | None = None, answer_prefix: str | None = None, prompt: PromptParts | None = None,
                  prefix_ids: list[int] | None = None, context_ids: list[int] | None = None,
                  suffix_ids: list[int] | None = None, query_span: tuple[int, int] | None = None,
@@ -137,6 +147,7 @@ class OPRM:
         optionally an ``answer_prefix`` the answer continues), a ready ``prompt``, or pre-tokenized
         ``prefix_ids``/``context_ids``/``suffix_ids``.
 
+        ``document`` is an :meth:`encode`-d context: only S is run on top of its chunk states.
         ``options`` are OPRMConfig fields (chunk_size, selection, idk, decode, mode, ...) for this call, and
         GenerationConfig fields: max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
         eos_token_id, stop_strings. ``gold_chunk``/``gold_text`` serve ``selection="oracle"``;
@@ -145,7 +156,11 @@ class OPRM:
         start_time = time.perf_counter()
         overrides, generation_options = split_options(options)
         config = self.config.replace(**overrides)
-        if prompt is None:
+        if document is not None:
+            config = self._document_config(document, overrides, config)
+            prompt = self._document_prompt(document, query, template, fields, answer_prefix, suffix_ids, query_span,
+                                           config)
+        elif prompt is None:
             prompt = self._prompt(context, query, template, fields, answer_prefix, prefix_ids, context_ids,
                                   suffix_ids, query_span, config)
         if context_tail_tokens:
@@ -162,7 +177,7 @@ class OPRM:
                                 model_name=self.name)
         try:
             if config.mode == "oprm":
-                result = _ChunkRun(self, prompt, config, prefiller, decoder).run(gold_chunk, gold_text)
+                result = self._answer_from_chunks(prompt, config, prefiller, decoder, document, gold_chunk, gold_text)
             else:
                 result = self._whole_prompt(prompt, config, prefiller, decoder)
         finally:
@@ -170,6 +185,100 @@ class OPRM:
                 streamer.end()
         result.timings["total"] = time.perf_counter() - start_time
         return result
+
+    def _answer_from_chunks(self, prompt, config, prefiller, decoder, document, gold_chunk, gold_text) -> OPRMResult:
+        """OPRM on the chunks, reusing an encoded document (given, or from the automatic cache) when there is one."""
+        info, key, keep = None, None, None
+        if document is not None:
+            info = {"source": "document"}
+        else:
+            document, info, key = self._cached_document(prompt, config)
+            keep = {} if key is not None and document is None else None  # a miss: keep the states while answering
+        if document is not None and not document.held:
+            document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
+        result = _ChunkRun(self, prompt, config, prefiller, decoder, document, keep).run(gold_chunk, gold_text)
+        if keep:
+            new = EncodedDocument({**self.fingerprint, **chunking_of(config)}, prompt.prefix_ids, prompt.context_ids,
+                                  _ChunkRun.chunks_of(prompt, config), prompt.context_text, states=keep)
+            info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
+        result.document = info
+        return result
+
+    def _cached_document(self, prompt, config) -> tuple[EncodedDocument | None, dict | None, str | None]:
+        """(document, what the cache did, key) for the automatic document cache; (None, None, None) when off."""
+        folder = cache_folder(config)
+        if not (self.adapter.continuation_exact and (config.document_cache_bytes or folder) and reusable(prompt, config)):
+            return None, None, None
+        key = document_key(self.fingerprint, chunking_of(config), prompt.prefix_ids, prompt.context_ids)
+        document, status = self.documents.get(key, folder)
+        return document, {"source": "cache", "cache": status}, key
+
+    @property
+    def fingerprint(self) -> dict:
+        """What encoded documents depend on (model, tokenizer, dtype, oprm version)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.model, self.tokenizer)
+        return self._fingerprint
+
+    def state_template(self):
+        """A batch-1 state of this model: the layout that states read from disk are rebuilt into."""
+        if self._state_template is None:
+            ids = torch.zeros(1, 1, dtype=torch.long, device=self.adapter.device)
+            self._state_template = self.adapter.prefill(ids)[1]
+        return self._state_template
+
+    @torch.no_grad()
+    def encode(self, context: str | None = None, *, template: str | None = None, fields: dict | None = None,
+               prefix_ids: list[int] | None = None, context_ids: list[int] | None = None,
+               **options) -> EncodedDocument:
+        """Prefill [P, C_i] of every chunk once and keep the states; ask questions with
+        ``generate(document=..., query=...)``. The template's part before ``{context}`` (P) must not hold the
+        question."""
+        config = self.config.replace(**options)
+        if context_ids is not None:
+            prompt = self._prompt(None, None, None, None, None, prefix_ids, context_ids, [], None, config)
+        else:
+            template, fields = self._template("?", template, fields, config)
+            if "{input}" in template.split("{context}")[0]:
+                raise OPRMUsageError("this template asks the question before {context}: a document encoded with it "
+                                     "could not be reused across questions")
+            prompt = build_prompt(self.tokenizer, context, template, fields, chat=config.chat,
+                                  system_prompt=config.system_prompt)
+        chunks = _ChunkRun.chunks_of(prompt, config)
+        parallel = self.chunk_parallel
+        states = {}
+        if self.adapter.continuation_exact:  # elsewhere questions recompute [P, C_i, S] from the kept tokens
+            prefiller = Prefiller(self.adapter, RunStats(), config.max_batch_tokens or
+                                  default_max_batch_tokens(self.adapter.device), model_name=self.name)
+            states = prefiller.chunk_states(prompt.prefix_ids, prompt.context_ids,
+                                            parallel.share(chunks) if parallel else chunks, config.shared_prefix)
+        return EncodedDocument({**self.fingerprint, **chunking_of(config)}, prompt.prefix_ids, prompt.context_ids,
+                               chunks, prompt.context_text, states=states)
+
+    def _document_config(self, document: EncodedDocument, overrides: dict, config: OPRMConfig) -> OPRMConfig:
+        """The document's chunking wins; asking for another one in the same call is an error."""
+        document.check(self.fingerprint, {k: v for k, v in overrides.items() if k in CHUNKING_OPTIONS})
+        return config.replace(**{k: document.meta[k] for k in CHUNKING_OPTIONS})
+
+    def _document_prompt(self, document, query, template, fields, answer_prefix, suffix_ids, query_span,
+                         config) -> PromptParts:
+        if suffix_ids is not None:
+            frame = PromptParts(document.prefix_ids, [], list(suffix_ids), query_span=query_span)
+        else:
+            if self.tokenizer is None:
+                raise OPRMUsageError("text input needs a tokenizer; pass suffix_ids instead")
+            template, fields = self._template(query, template, fields, config)
+            frame = prompt_frame(self.tokenizer, template, fields, chat=config.chat, system_prompt=config.system_prompt,
+                                 answer_prefix=answer_prefix)
+            if frame.prefix_ids != document.prefix_ids:
+                raise OPRMUsageError("this prompt's prefix P differs from the encoded document's: use the template, "
+                                     "chat setting and system prompt it was encoded with")
+        prompt = PromptParts(document.prefix_ids, document.context_ids, frame.suffix_ids, document.context_text,
+                             query_span=frame.query_span)
+        if not reusable(prompt, config):
+            raise OPRMUsageError("a question on an encoded document needs a non-empty suffix S whose first token is "
+                                 "not a query token scored by query_likelihood (the context's last logits are not kept)")
+        return prompt
 
     def _whole_prompt(self, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
                       decoder: AnswerDecoder) -> OPRMResult:
@@ -217,10 +326,28 @@ class _ChunkRun:
     the merge across ranks under chunk parallelism, and decoding of the winners."""
 
     def __init__(self, engine: OPRM, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
-                 decoder: AnswerDecoder):
+                 decoder: AnswerDecoder, document: EncodedDocument | None = None, keep: dict | None = None):
         self.engine, self.prompt, self.config = engine, prompt, config
         self.prefiller, self.decoder = prefiller, decoder
-        self.chunks = make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets)
+        self.document, self.keep = document, keep
+        self.chunks = document.chunks if document is not None else self.chunks_of(prompt, config)
+
+    @staticmethod
+    def chunks_of(prompt: PromptParts, config: OPRMConfig):
+        return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets)
+
+    def batches(self, chunks, num_logits: int):
+        """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
+        p = self.prompt
+        if self.document is None:
+            return self.prefiller.chunk_prompts(p.prefix_ids, p.context_ids, p.suffix_ids, chunks, num_logits,
+                                                self.config.shared_prefix, keep=self.keep)
+        missing = sorted({c.index for c in chunks} - set(self.document.held))
+        if missing:
+            raise OPRMUsageError(f"the encoded document holds no state for chunk {missing[0]} (encoded by another "
+                                 "rank or world size?)")
+        return self.prefiller.on_document(self.document, chunks, p.suffix_ids, num_logits,
+                                          self.engine.state_template() if self.document.on_disk else None)
 
     def run(self, gold_chunk: int | None, gold_text: str | None) -> OPRMResult:
         config, engine, parallel = self.config, self.engine, self.engine.chunk_parallel
@@ -233,8 +360,7 @@ class _ChunkRun:
 
         records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        for batch in self.prefiller.chunk_prompts(self.prompt.prefix_ids, self.prompt.context_ids,
-                                                  self.prompt.suffix_ids, mine, num_logits, config.shared_prefix):
+        for batch in self.batches(mine, num_logits):
             t = time.perf_counter()
             first = batch.logits[:, -1]
             qlp = None if query_ids is None else query_logprobs(batch.logits[:, :len(query_ids)], query_ids)
@@ -308,6 +434,25 @@ def make_result(mode: str, prompt: PromptParts, stats: RunStats, decoder: Answer
                                                        "context": len(prompt.context_ids),
                                                        "suffix": len(prompt.suffix_ids)},
                       tokens_processed=stats.tokens_processed, timings=stats.timings, logits=decoder.logits, **extra)
+
+
+CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
+
+
+def chunking_of(config: OPRMConfig) -> dict:
+    return {k: getattr(config, k) for k in CHUNKING_OPTIONS}
+
+
+def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
+    """Whether S alone yields every logit selection needs, so chunk states after [P, C_i] can be reused: S is not
+    empty and, for query_likelihood, the query does not open S (its first token is predicted from C_i's end)."""
+    if not prompt.suffix_ids:
+        return False
+    return config.selection != "query_likelihood" or prompt.query_span is None or prompt.query_span[0] > 0
+
+
+def cache_folder(config: OPRMConfig) -> str | None:
+    return config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
 
 
 def default_max_batch_tokens(device) -> int:

@@ -66,17 +66,51 @@ class Prefiller:
     def rows_per_batch(self, row_tokens: int) -> int:
         return max(1, self.max_batch_tokens // max(1, row_tokens))
 
-    def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
-                      num_logits: int, shared_prefix: bool) -> Iterator[MicroBatch]:
-        """Micro-batches of the rows [P, C_i, S] (P's state computed once and broadcast when ``shared_prefix``)."""
+    def chunk_rows(self, prefix: list[int], context: list[int], chunks: list[Chunk], suffix_tokens: int,
+                   shared_prefix: bool):
+        """Micro-batches (chunks, rows [P, C_i], start state, start position); P's state is computed once and
+        broadcast to the rows (which then hold only C_i) where the architecture continues a state exactly."""
         shared = shared_prefix and self.adapter.continuation_exact and len(prefix) > 0
         prefix_state = self.forward([prefix])[1] if shared else None
         self.shared_prefix_tokens = len(prefix) if shared else 0
         row_prefix = [] if shared else prefix
-        per_batch = self.rows_per_batch(len(row_prefix) + chunks[0].num_tokens + len(suffix))
+        per_batch = self.rows_per_batch(len(row_prefix) + chunks[0].num_tokens + suffix_tokens)
         for b0 in range(0, len(chunks), per_batch):
             batch = chunks[b0:b0 + per_batch]
-            rows = [row_prefix + context[c.token_start:c.token_end] + suffix for c in batch]
+            rows = [row_prefix + context[c.token_start:c.token_end] for c in batch]
             start_state = self.adapter.select(prefix_state, [0] * len(batch)) if shared else None
-            logits, state = self.forward(rows, start_state, start=len(prefix) if shared else 0, num_logits=num_logits)
+            yield batch, rows, start_state, len(prefix) if shared else 0
+
+    def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
+                      num_logits: int, shared_prefix: bool, keep: dict | None = None) -> Iterator[MicroBatch]:
+        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep`` (a dict), each row's state after
+        [P, C_i] is stored there by chunk index first and S runs on top in a second forward (what an encoded
+        document holds: the automatic document cache fills it while answering)."""
+        for batch, rows, state, start in self.chunk_rows(prefix, context, chunks, len(suffix), shared_prefix):
+            if keep is None:
+                logits, state = self.forward([row + suffix for row in rows], state, start, num_logits)
+            else:
+                _, state = self.forward(rows, state, start)
+                keep.update({c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)})
+                logits, state = self.forward([suffix] * len(batch), state, start + len(rows[0]), num_logits)
+            yield MicroBatch(batch, logits, state)
+
+    def chunk_states(self, prefix: list[int], context: list[int], chunks: list[Chunk],
+                     shared_prefix: bool) -> dict[int, object]:
+        """Each chunk's batch-1 state after [P, C_i] (``OPRM.encode``)."""
+        states = {}
+        for batch, rows, state, start in self.chunk_rows(prefix, context, chunks, 0, shared_prefix):
+            _, state = self.forward(rows, state, start)
+            states.update({c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)})
+        return states
+
+    def on_document(self, document, chunks: list[Chunk], suffix: list[int], num_logits: int,
+                    template) -> Iterator[MicroBatch]:
+        """Micro-batches of S run on top of an encoded document's states after [P, C_i]."""
+        start = len(document.prefix_ids) + chunks[0].num_tokens
+        per_batch = self.rows_per_batch(start + len(suffix))  # a batch of states is as large as a prefill's
+        for b0 in range(0, len(chunks), per_batch):
+            batch = chunks[b0:b0 + per_batch]
+            state = document.batch_state(self.adapter, [c.index for c in batch], template)
+            logits, state = self.forward([suffix] * len(batch), state, start, num_logits)
             yield MicroBatch(batch, logits, state)

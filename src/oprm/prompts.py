@@ -81,6 +81,17 @@ def build_prompt(tokenizer, context: str, template: str, fields: dict | None = N
     """
     if context is None or not context.strip():
         raise OPRMUsageError("the context is empty")
+    frame = prompt_frame(tokenizer, template, fields, query_field=query_field, chat=chat, system_prompt=system_prompt,
+                         answer_prefix=answer_prefix)
+    context_ids, offsets = tokenize_with_offsets(tokenizer, context)
+    if not context_ids:
+        raise OPRMUsageError("the context tokenizes to no tokens")
+    return replace(frame, context_ids=context_ids, context_text=context, context_offsets=offsets)
+
+
+def prompt_frame(tokenizer, template: str, fields: dict | None = None, *, query_field: str = "input",
+                 chat: bool = True, system_prompt: str | None = None, answer_prefix: str | None = None) -> PromptParts:
+    """P and S of ``template`` (the context left empty): what a question adds to an encoded document."""
     if template.count("{context}") != 1:
         raise OPRMUsageError("the prompt template must contain the placeholder {context} exactly once")
     fields = dict(fields or {})
@@ -115,16 +126,13 @@ def build_prompt(tokenizer, context: str, template: str, fields: dict | None = N
     prefix_text = prefix_text.replace(_QUERY_OPEN, "").replace(_QUERY_CLOSE, "")
 
     prefix_ids = bos + tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
-    context_ids, offsets = tokenize_with_offsets(tokenizer, context)
     suffix_ids, suffix_offsets = tokenize_with_offsets(tokenizer, suffix_text)
     query_span = None
     if query_chars and suffix_offsets is not None:
         inside = [i for i, (s, e) in enumerate(suffix_offsets) if e > query_chars[0] and s < query_chars[1]]
         if inside:
             query_span = (inside[0], inside[-1] + 1)
-    if not context_ids:
-        raise OPRMUsageError("the context tokenizes to no tokens")
-    return PromptParts(prefix_ids, context_ids, suffix_ids, context, offsets, query_span)
+    return PromptParts(prefix_ids, [], suffix_ids, query_span=query_span)
 
 
 def tokenize_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:

@@ -48,6 +48,16 @@ class StateAdapter:
         logits, state = self.prefill(token, state, start=position, num_logits=1)
         return logits[:, -1], state
 
+    def concat(self, states: list):
+        """One batched state whose rows are the given batch-1 states, in order (the inverse of ``select``).
+
+        Generic over every state layout: tensors with a leading batch dimension are concatenated, everything else
+        (flags, offsets) is taken from the first state. The result shares no storage with the inputs."""
+        leaves = [state_leaves(s) for s in states]
+        tensors = [torch.cat(parts) if parts[0].dim() and parts[0].shape[0] == 1 else parts[0].clone()
+                   for parts in zip(*(t for t, _ in leaves))]
+        return state_from_leaves(states[0], tensors, leaves[0][1])
+
     # --- helpers --------------------------------------------------------------------------------------------------
     def position_ids(self, batch: int, length: int, start: int) -> torch.Tensor:
         return torch.arange(start, start + length, device=self.device).unsqueeze(0).expand(batch, -1)
@@ -56,6 +66,61 @@ class StateAdapter:
     def last_logits(logits: torch.Tensor, num_logits: int) -> torch.Tensor:
         # some models (xLSTM) ignore logits_to_keep and return every position
         return logits[:, -num_logits:].float()
+
+
+def _walk(obj, visit_tensor, visit_scalar, seen=None):
+    """Visit the tensors and plain values of a state object in a fixed order (dicts in key order, lists in order,
+    objects by attribute), skipping modules, dtypes and devices."""
+    if isinstance(obj, torch.Tensor):
+        visit_tensor(obj)
+    elif obj is None or isinstance(obj, (bool, int, float, str)):
+        visit_scalar(obj)
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            _walk(value, visit_tensor, visit_scalar)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _walk(value, visit_tensor, visit_scalar)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
+        for value in vars(obj).values():
+            _walk(value, visit_tensor, visit_scalar)
+
+
+def state_leaves(state) -> tuple[list[torch.Tensor], list]:
+    """The tensors and the plain values (flags, offsets) of a state, in a fixed order: with a template state of the
+    same model, ``state_from_leaves`` rebuilds it (documents on disk keep only these)."""
+    tensors, scalars = [], []
+    _walk(state, tensors.append, scalars.append)
+    return tensors, scalars
+
+
+def state_from_leaves(template, tensors: list[torch.Tensor], scalars: list):
+    """A state shaped like ``template`` holding ``tensors`` and ``scalars`` (as ``state_leaves`` lists them)."""
+    tensor_iter, scalar_iter = iter(tensors), iter(scalars)
+
+    def build(obj):
+        if isinstance(obj, torch.Tensor):
+            return next(tensor_iter)
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return next(scalar_iter)
+        if isinstance(obj, dict):
+            return type(obj)((key, build(value)) for key, value in obj.items())
+        if isinstance(obj, (list, tuple)):
+            items = [build(value) for value in obj]
+            return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+        if hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
+            new = copy.copy(obj)
+            new.__dict__.update({key: build(value) for key, value in vars(obj).items()})
+            return new
+        return obj
+
+    state = build(template)
+    if next(tensor_iter, None) is not None or next(scalar_iter, _END) is not _END:
+        raise ValueError("the state does not fit the model's state layout")
+    return state
+
+
+_END = object()
 
 
 def copy_structure(obj):

@@ -20,6 +20,12 @@ class XlstmAdapter(StateAdapter):
         out = self.model(input_ids=input_ids, cache=state, use_cache=True)
         return self.last_logits(out.logits, num_logits), out.cache
 
+    def concat(self, states):
+        merged = copy_structure(states[0])  # seqlen_offset is one counter for the batch, not a row tensor
+        merged.rnn_state = {layer: tuple(torch.cat(parts) for parts in zip(*(s.rnn_state[layer] for s in states)))
+                            for layer in states[0].rnn_state}
+        return merged
+
     def select(self, state, rows):
         index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         selected = copy_structure(state)

@@ -1,0 +1,167 @@
+"""Encoded documents: a question on an encoded document equals OPRM from scratch, for every architecture; on disk;
+in the automatic cache; and every mismatch is one clear error."""
+
+import random
+
+import pytest
+import torch
+from tiny_models import CONFIGS, VOCAB, reference_generate, tiny_model
+from tiny_tokenizer import tiny_tokenizer
+
+from oprm import OPRM, OPRMUsageError
+from oprm.document import EncodedDocument
+
+ARCHS = sorted(CONFIGS)
+NEW = 4
+TOL = 1e-5
+
+
+def prompt(seed=0, n_context=40, n_suffix=6):
+    rng = random.Random(seed)
+    tokens = lambda n: [rng.randrange(3, VOCAB) for _ in range(n)]  # noqa: E731
+    return tokens(5), tokens(n_context), tokens(n_suffix)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def model(request):
+    return tiny_model(request.param)
+
+
+def scratch(model):
+    return OPRM(model, chunk_size=12, idk=None, document_cache_bytes=0)
+
+
+def test_every_chunk_on_a_document_equals_generate(model):
+    P, C, S = prompt()
+    engine = scratch(model)
+    doc = engine.encode(prefix_ids=P, context_ids=C)
+    assert len(doc.chunks) == 4
+    for j in range(4):
+        result = engine.generate(document=doc, suffix_ids=S, selection="oracle", gold_chunk=j, max_new_tokens=NEW,
+                                 output_logits=True)
+        fresh = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, selection="oracle", gold_chunk=j,
+                                max_new_tokens=NEW, output_logits=True)
+        assert result.chosen == [j] and result.document == {"source": "document"}
+        c = result.chunks[j]
+        ref_tokens, ref_logits = reference_generate(model, P + C[c.token_start:c.token_end] + S, NEW)
+        assert result.token_ids == ref_tokens == fresh.token_ids
+        assert max(float((a - b).abs().max()) for a, b in zip(result.logits, ref_logits)) < TOL
+        assert max(abs(a.entropy - b.entropy) for a, b in zip(result.chunks, fresh.chunks)) < TOL
+        if engine.adapter.continuation_exact:  # only S runs: b*|S| prefill tokens, plus the decode steps
+            assert result.tokens_processed == 4 * len(S) + NEW - 1
+
+
+def test_document_answers_many_questions_like_scratch(model):
+    P, C, _ = prompt(1)
+    engine = scratch(model)
+    doc = engine.encode(prefix_ids=P, context_ids=C)
+    for seed in range(3):
+        S = prompt(10 + seed)[2]
+        a = engine.generate(document=doc, suffix_ids=S, max_new_tokens=NEW)
+        b = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW)
+        entropies = sorted(c.entropy for c in b.chunks)
+        if entropies[1] - entropies[0] > 1e-4:  # the choice is determined, not a float-rounding tie
+            assert a.chosen == b.chosen and a.token_ids == b.token_ids
+
+
+def test_saved_document_streams_from_disk(model, tmp_path):
+    P, C, S = prompt(2)
+    engine = scratch(model)
+    doc = engine.encode(prefix_ids=P, context_ids=C)
+    if not doc.held:
+        pytest.skip("this architecture recomputes (no states to save)")
+    path = doc.save(tmp_path / "doc.oprm")
+    loaded = EncodedDocument.load(path)
+    assert loaded.held == doc.held and loaded.context_ids == C and loaded.prefix_ids == P
+    for j in (0, 3):
+        kwargs = dict(suffix_ids=S, selection="oracle", gold_chunk=j, max_new_tokens=NEW, output_logits=True)
+        a, b = engine.generate(document=doc, **kwargs), engine.generate(document=loaded, **kwargs)
+        assert a.token_ids == b.token_ids
+        assert max(float((x - y).abs().max()) for x, y in zip(a.logits, b.logits)) < TOL
+    one_batch = engine.generate(document=loaded, suffix_ids=S, max_new_tokens=NEW)
+    small = engine.generate(document=loaded, suffix_ids=S, max_new_tokens=NEW, max_batch_tokens=20)  # 1 row each
+    assert max(abs(a.entropy - b.entropy) for a, b in zip(one_batch.chunks, small.chunks)) < TOL
+
+
+@pytest.fixture(scope="module")
+def chat_engine():
+    tok = tiny_tokenizer()
+    model = tiny_model("mamba2")
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    return OPRM(model, tok, chunk_size=16)
+
+
+TEXT = "The code of the amber falcon is 4821. The weather was calm and the river ran slowly. " * 8
+
+
+def test_automatic_cache_skips_the_prefill(chat_engine):
+    chat_engine.documents.items.clear()
+    first = chat_engine.generate(context=TEXT, query="What is the code?", max_new_tokens=4)
+    second = chat_engine.generate(context=TEXT, query="What is the weather?", max_new_tokens=4)
+    again = chat_engine.generate(context=TEXT, query="What is the weather?", max_new_tokens=4, document_cache_bytes=0)
+    assert first.document["cache"] == "miss" and first.document["kept"]
+    assert second.document["cache"] == "hit" and again.document is None
+    assert second.token_ids == again.token_ids
+    assert max(abs(a.entropy - b.entropy) for a, b in zip(second.chunks, again.chunks)) < TOL
+    only_suffix = len(second.chunks) * second.prompt_tokens["suffix"] + len(second.token_ids) - 1
+    assert second.tokens_processed == only_suffix < again.tokens_processed
+    other = chat_engine.generate(context=TEXT + " More.", query="What is the code?", max_new_tokens=4)
+    assert other.document["cache"] == "miss"  # another context, another key
+
+
+def test_cache_folder_is_shared_between_engines(chat_engine, tmp_path):
+    other = OPRM(chat_engine.model, chat_engine.tokenizer, chunk_size=16)
+    kwargs = dict(context=TEXT, query="What is the code?", max_new_tokens=4, cache_dir=str(tmp_path))
+    first = OPRM(chat_engine.model, chat_engine.tokenizer, chunk_size=16).generate(**kwargs)
+    second = other.generate(**kwargs)
+    assert first.document["cache"] == "miss" and second.document["cache"] == "disk"
+    assert first.token_ids == second.token_ids and len(list(tmp_path.glob("*.oprm"))) == 1
+
+
+def test_text_document_and_its_errors(chat_engine, tmp_path):
+    doc = chat_engine.encode(TEXT)
+    a = chat_engine.generate(document=doc, query="What is the code?", max_new_tokens=4)
+    b = chat_engine.generate(context=TEXT, query="What is the code?", max_new_tokens=4, document_cache_bytes=0)
+    assert a.token_ids == b.token_ids and a.chosen_spans == b.chosen_spans
+    with pytest.raises(OPRMUsageError, match="chunk_size"):
+        chat_engine.generate(document=doc, query="What?", chunk_size=32)
+    with pytest.raises(OPRMUsageError, match="prefix"):
+        chat_engine.generate(document=doc, query="What?", system_prompt="Be brief.")
+    with pytest.raises(OPRMUsageError, match="before"):
+        chat_engine.encode(TEXT, template="Question: {input}\n{context}\nAnswer:")
+    path = doc.save(tmp_path / "doc.oprm")
+    stranger = OPRM(tiny_model("mamba2", seed=3), chat_engine.tokenizer, chunk_size=16)
+    stranger.model.resize_token_embeddings(len(chat_engine.tokenizer), mean_resizing=False)
+    with pytest.raises(OPRMUsageError, match="encoded with another"):
+        stranger.generate(document=EncodedDocument.load(path), query="What?")
+    (tmp_path / "junk.oprm").write_bytes(b"not a document")
+    with pytest.raises(OPRMUsageError, match="cannot read"):
+        EncodedDocument.load(tmp_path / "junk.oprm")
+    with pytest.raises(OPRMUsageError, match="not found"):
+        EncodedDocument.load(tmp_path / "missing.oprm")
+
+
+def test_cache_is_bounded_in_bytes(chat_engine):
+    chat_engine.documents.items.clear()
+    chat_engine.documents.sizes.clear()
+    small = chat_engine.generate(context=TEXT, query="What?", max_new_tokens=1)
+    size = chat_engine.documents.sizes[next(iter(chat_engine.documents.items))]
+    budget = int(size * 1.5)  # room for one document, not two
+    for i in range(3):
+        chat_engine.generate(context=TEXT + f" Extra {i}.", query="What?", max_new_tokens=1, document_cache_bytes=budget)
+    assert len(chat_engine.documents.items) == 1 and sum(chat_engine.documents.sizes.values()) <= budget
+    tiny = chat_engine.generate(context=TEXT + " Other.", query="What?", max_new_tokens=1, document_cache_bytes=10)
+    assert tiny.document["kept"] is False and small.document["cache"] == "miss"
+
+
+def test_state_layout_round_trip_every_architecture(model):
+    """concat(select(rows)) rebuilds a batch state exactly (what document micro-batches rely on)."""
+    adapter = OPRM(model).adapter
+    ids = torch.randint(3, VOCAB, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, state = adapter.prefill(ids)
+        rebuilt = adapter.concat([adapter.select(state, [r]) for r in range(3)])
+        nxt = torch.randint(3, VOCAB, (3, 4), generator=torch.Generator().manual_seed(1))
+        a, _ = adapter.prefill(nxt, adapter.select(state, [0, 1, 2]), start=10)
+        b, _ = adapter.prefill(nxt, rebuilt, start=10)
+    assert float((a - b).abs().max()) < TOL
