@@ -94,6 +94,7 @@ class Prefiller:
                 keep.update({c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)})
                 logits, state = self.forward([suffix] * len(batch), state, start + len(rows[0]), num_logits)
             yield MicroBatch(batch, logits, state)
+            del logits, state  # before the next forward: one micro-batch of activations and states at a time
 
     def chunk_states(self, prefix: list[int], context: list[int], chunks: list[Chunk],
                      shared_prefix: bool) -> dict[int, object]:
@@ -114,3 +115,4 @@ class Prefiller:
             state = document.batch_state(self.adapter, [c.index for c in batch], template)
             logits, state = self.forward([suffix] * len(batch), state, start, num_logits)
             yield MicroBatch(batch, logits, state)
+            del logits, state

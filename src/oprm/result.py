@@ -1,0 +1,49 @@
+"""What ``OPRM.generate`` returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .decoding import Answer
+from .prefill import RunStats
+from .prompts import PromptParts
+from .selection import ChunkRecord
+
+
+@dataclass
+class OPRMResult:
+    text: str
+    token_ids: list[int]
+    mode: str
+    chosen: list[int]  # indices of the decoded chunks, in document order
+    chunks: list[ChunkRecord]  # one record per chunk (one record for the whole prompt in vanilla/truncate mode)
+    answers: list[Answer]
+    selection: str | None = None
+    idk_fallback_used: bool = False
+    chunk_size: int | None = None
+    prompt_tokens: dict = field(default_factory=dict)  # |P|, |C|, |S|
+    tokens_processed: int = 0
+    timings: dict = field(default_factory=dict)  # seconds: prefill, selection, decode, total
+    logits: list[torch.Tensor] | None = None  # raw logits of each generated token (output_logits=True, one answer)
+    document: dict | None = None  # encoded-document reuse: {"source": "document"|"cache", "cache": "hit"|...}
+
+    @property
+    def chosen_spans(self) -> list[dict]:
+        return [{"chunk": c.index, "token_start": c.token_start, "token_end": c.token_end,
+                 "char_start": c.char_start, "char_end": c.char_end} for c in self.chunks if c.index in self.chosen]
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "logits"}
+        d["chosen_spans"] = self.chosen_spans
+        return d
+
+
+def make_result(mode: str, prompt: PromptParts, stats: RunStats, logits: list | None, answers: list[Answer],
+                chosen: list[int], records: list[ChunkRecord], **extra) -> OPRMResult:
+    return OPRMResult("\n".join(a.text for a in answers), [t for a in answers for t in a.token_ids], mode, chosen,
+                      records, answers, prompt_tokens={"prefix": len(prompt.prefix_ids),
+                                                       "context": len(prompt.context_ids),
+                                                       "suffix": len(prompt.suffix_ids)},
+                      tokens_processed=stats.tokens_processed, timings=stats.timings, logits=logits, **extra)

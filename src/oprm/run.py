@@ -1,0 +1,151 @@
+"""One OPRM answer over the chunks of a context: speculative prefill (micro-batches -> chunk records and kept
+states), the candidate policy, the merge across ranks under chunk parallelism, and decoding of the winners."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from .chunking import make_chunks
+from .config import OPRMConfig
+from .decoding import Answer, AnswerDecoder
+from .document import EncodedDocument
+from .errors import OPRMUsageError
+from .prefill import Prefiller
+from .prompts import PromptParts
+from .result import OPRMResult, make_result
+
+if TYPE_CHECKING:
+    from .engine import OPRM
+from .selection import CandidatePolicy, chunk_records, make_selector, query_logprobs
+
+CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
+
+
+def chunking_of(config: OPRMConfig) -> dict:
+    return {k: getattr(config, k) for k in CHUNKING_OPTIONS}
+
+
+def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
+    """Whether S alone yields every logit selection needs, so chunk states after [P, C_i] can be reused: S is not
+    empty and, for query_likelihood, the query does not open S (its first token is predicted from C_i's end)."""
+    if not prompt.suffix_ids:
+        return False
+    return config.selection != "query_likelihood" or prompt.query_span is None or prompt.query_span[0] > 0
+
+
+def cache_folder(config: OPRMConfig) -> str | None:
+    return config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
+
+class ChunkRun:
+    """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the candidate policy,
+    the merge across ranks under chunk parallelism, and decoding of the winners."""
+
+    def __init__(self, engine: OPRM, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
+                 decoder: AnswerDecoder, document: EncodedDocument | None = None, keep: dict | None = None):
+        self.engine, self.prompt, self.config = engine, prompt, config
+        self.prefiller, self.decoder = prefiller, decoder
+        self.document, self.keep = document, keep
+        self.chunks = document.chunks if document is not None else self.chunks_of(prompt, config)
+
+    @staticmethod
+    def chunks_of(prompt: PromptParts, config: OPRMConfig):
+        return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets)
+
+    def batches(self, chunks, num_logits: int):
+        """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
+        p = self.prompt
+        if self.document is None:
+            return self.prefiller.chunk_prompts(p.prefix_ids, p.context_ids, p.suffix_ids, chunks, num_logits,
+                                                self.config.shared_prefix, keep=self.keep)
+        missing = sorted({c.index for c in chunks} - set(self.document.held))
+        if missing:
+            raise OPRMUsageError(f"the encoded document holds no state for chunk {missing[0]} (encoded by another "
+                                 "rank or world size?)")
+        return self.prefiller.on_document(self.document, chunks, p.suffix_ids, num_logits,
+                                          self.engine.state_template() if self.document.on_disk else None)
+
+    def run(self, gold_chunk: int | None, gold_text: str | None) -> OPRMResult:
+        config, engine, parallel = self.config, self.engine, self.engine.chunk_parallel
+        selector = make_selector(config.selection, seed=config.seed,
+                                 gold_chunks=self.gold_chunks(gold_chunk, gold_text))
+        use_idk = config.idk is not None and selector.uses_idk_filter and config.decode != "all"
+        policy = CandidatePolicy(selector, config.decode, config.num_decode, use_idk, config.idk_fallback)
+        idk_ids = engine.idk_ids(config.idk) if use_idk else set()
+        num_logits, query_ids = self.query_positions(selector.needs_query_logprob)
+
+        records, answers = [], []
+        mine = parallel.share(self.chunks) if parallel else self.chunks
+        for batch in self.batches(mine, num_logits):
+            answers += self.observe(batch, policy, records, idk_ids, query_ids)
+            del batch  # before the next micro-batch runs: one batch of activations and states at a time
+
+        candidates, fallbacks = policy.keys()
+        if parallel:
+            records, candidates, fallbacks = parallel.merge_selection(records, candidates, fallbacks)
+        if config.decode == "all":
+            winners, fallback_used = [c.index for c in self.chunks], False
+        else:
+            choice = policy.choose(candidates, fallbacks)
+            winners, fallback_used = sorted(choice.winners), choice.fallback_used
+            kept = policy.states()  # under chunk parallelism, only the rank holding a winner decodes it
+            answers += [self.decoder.answer(i, *kept[i], self.chunk_prompt(i)) for i in winners if i in kept]
+        if parallel:
+            answers, self.prefiller.stats.tokens_processed = parallel.merge_answers(
+                answers, self.prefiller.stats.tokens_processed, self.prefiller.shared_prefix_tokens)
+        if not winners:  # every chunk said IDK: the answer is the IDK word
+            answers = [Answer(None, config.idk, engine.tokenizer(config.idk, add_special_tokens=False)["input_ids"])]
+        answers.sort(key=lambda a: -1 if a.chunk is None else a.chunk)
+        return make_result("oprm", self.prompt, self.prefiller.stats, self.decoder.logits, answers, winners, records,
+                           selection=config.selection, idk_fallback_used=fallback_used or not winners,
+                           chunk_size=config.chunk_size)
+
+    def observe(self, batch, policy: CandidatePolicy, records: list, idk_ids: set[int], query_ids) -> list[Answer]:
+        """Record one micro-batch's chunks and keep the states that can still win; with ``decode="all"`` decode its
+        chunks at once (summaries: memory stays bounded)."""
+        t = time.perf_counter()
+        engine, config = self.engine, self.config
+        first = batch.logits[:, -1]
+        qlp = None if query_ids is None else query_logprobs(batch.logits[:, :len(query_ids)], query_ids)
+        batch_records = chunk_records(batch.chunks, first, idk_ids, engine.tokenizer, config.top_k_tokens, qlp)
+        records += batch_records
+        decode_now = policy.observe(batch_records, lambda r: (engine.adapter.select(batch.state, [r]),
+                                                              first[r].clone()))
+        self.prefiller.stats.timings["selection"] += time.perf_counter() - t
+        return [self.decoder.answer(rec.index, *kept, self.chunk_prompt(rec.index)) for rec, kept in decode_now]
+
+    def query_positions(self, needed: bool) -> tuple[int, torch.Tensor | None]:
+        """(logits to keep per row, query token ids): the query-likelihood criterion scores the query tokens of S."""
+        suffix = self.prompt.suffix_ids
+        if not needed:
+            return 1, None
+        if self.prompt.query_span is None:
+            raise OPRMUsageError("query_likelihood selection needs to know the query tokens: use a template with "
+                                 "{input} (query=...) or pass query_span for pre-tokenized input")
+        q0, q1 = self.prompt.query_span
+        return len(suffix) - q0 + 1, self.prefiller.tensor([suffix[q0:q1]])[0]
+
+    def chunk_prompt(self, index: int) -> list[int]:
+        p, c = self.prompt, self.chunks[index]
+        return p.prefix_ids + p.context_ids[c.token_start:c.token_end] + p.suffix_ids
+
+    def gold_chunks(self, gold_chunk: int | None, gold_text: str | None) -> set[int]:
+        """The chunks holding the gold: by index, and/or those whose text contains ``gold_text``."""
+        gold = set()
+        if gold_chunk is not None:
+            if not 0 <= gold_chunk < len(self.chunks):
+                raise OPRMUsageError(f"gold_chunk {gold_chunk} is out of range (0..{len(self.chunks) - 1})")
+            gold.add(gold_chunk)
+        if gold_text:
+            p = self.prompt
+            for c in self.chunks:
+                if p.context_text is not None and c.char_start is not None:
+                    text = p.context_text[c.char_start:c.char_end]
+                else:
+                    text = self.engine.tokenizer.decode(p.context_ids[c.token_start:c.token_end])
+                if gold_text in text:
+                    gold.add(c.index)
+        return gold
