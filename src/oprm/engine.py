@@ -94,12 +94,16 @@ class OPRM:
     @classmethod
     def from_pretrained(cls, model_id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
                         gguf_file: str | None = None, trust_remote_code: bool = False, **engine_kwargs) -> "OPRM":
-        """Load a model and tokenizer the transformers way (a hub id, a local folder, or a ``.gguf`` file)."""
+        """Load a model and tokenizer the transformers way (a hub id, a local folder, or a ``.gguf`` file), or an RWKV
+        ``.pth`` checkpoint on the `rwkv` runtime (``dtype`` may then be a runtime strategy, e.g. "cuda fp16i8")."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from .models import resolve_model
 
         path, gguf_file = resolve_model(model_id_or_path, gguf_file)
+        if path.endswith(".pth"):  # hook: RWKV v5-v7 checkpoints run on the `rwkv` runtime (adapters/rwkv_runtime.py)
+            from .adapters.rwkv_runtime import load_rwkv_runtime
+            return cls(*load_rwkv_runtime(path, dtype, device), **engine_kwargs)
         torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype == "auto" else getattr(torch, dtype, None)
         if torch_dtype is None:
             raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")

@@ -1,4 +1,5 @@
-"""Where models come from: a hub id, a local folder, a ``.gguf`` file, or a model that ships with oprm."""
+"""Where models come from: a hub id, a local folder, a ``.gguf`` or RWKV ``.pth`` file, or a model that ships with
+oprm."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
     if name == "smollm2":
         path = smollm2_gguf()
         return str(path.parent), path.name
+    if name.endswith(".pth"):  # an RWKV checkpoint for the `rwkv` runtime
+        if not os.path.isfile(os.path.expanduser(name)):
+            raise OPRMUsageError(f"model file not found: {name}")
+        return os.path.expanduser(name), gguf_file
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
             raise OPRMUsageError(f"model file not found: {name}")
