@@ -259,3 +259,19 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, capsys):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"oprm: error: {tmp_path / 'other.pth'} is not an RWKV checkpoint (no emb.weight / blocks.0.att.key.weight)"]
+
+
+@pytest.mark.parametrize("name", ["tiny-rwkv6", "tiny-rwkv7"])
+def test_bench_rows(name):
+    from oprm import bench
+    from oprm.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--model", name, "--lengths", "300", "--chunk-size", "128",
+                                      "--repeats", "1", "--threads", "1", "--max-new-tokens", "3",
+                                      "--prefix-tokens", "5", "--suffix-tokens", "4"])
+    timing, memory = (bench.run_timing(s) if s["kind"] == "timing" else bench.run_memory(s)
+                      for s in bench.plan(args)[:2])
+    rows = {r["mode"]: r for r in bench.rows_from_cells([timing, memory])}
+    assert rows["oprm"]["num_chunks"] == 3 and rows["vanilla"]["peak_rss_mb"] > 0
+    shared = name == "tiny-rwkv7"  # v6 re-runs P with every chunk (its continuation is not bit-exact)
+    assert rows["oprm"]["prefill_tokens"] == 3 * 128 + 3 * 4 + 5 * (1 if shared else 3)  # the last chunk is full
