@@ -152,8 +152,8 @@ def test_idk_ids_are_the_official_ones(tokenizer):
     assert idk_token_ids(tokenizer, "Error") == {33079, 36638}  # 'Error', ' Error' in the official OPRM code
 
 
-TEXT = ("Passage 1:\nThe Eiffel Tower — in Paris, « Île-de-France ».\n\n  Ελληνικά, 日本語のテキスト, 🤖🚀\t\r\n"
-        "def f(x):\n    return x ** 2  # done\n\n\n")
+TEXT = ("Passage 1:\nThe Eiffel Tower — in Paris, « Île-de-France ».\n\n  Ελληνικά, 日本語のテキスト, 🤖🚀"
+        "\t\r\ndef f(x):\n    return x ** 2  # done\n\n\n")
 
 
 def test_tokenizer_matches_the_package_and_offsets_round_trip(tokenizer):

@@ -49,10 +49,10 @@ def tiny_state_dict(version: str, n_embd: int = 128, n_layer: int = 2, vocab_siz
             for x in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
                 sd[att + x] = mix()
             # low-rank decay (w), in-context learning rate (a), value residual (v; none in layer 0), gate (g)
-            sd[att + "w0"], sd[att + "w1"], sd[att + "w2"] = rand(1, 1, C, scale=0.5, shift=-1.0), linear(C, 16), linear(16, C)
-            sd[att + "a0"], sd[att + "a1"], sd[att + "a2"] = rand(1, 1, C, scale=0.5), linear(C, 16), linear(16, C)
-            if i > 0:
-                sd[att + "v0"], sd[att + "v1"], sd[att + "v2"] = rand(1, 1, C, scale=0.5), linear(C, 16), linear(16, C)
+            for x, shift in (("w", -1.0), ("a", 0.0), ("v", 0.0)):
+                if x != "v" or i > 0:
+                    sd[att + x + "0"] = rand(1, 1, C, scale=0.5, shift=shift)
+                    sd[att + x + "1"], sd[att + x + "2"] = linear(C, 16), linear(16, C)
             sd[att + "g1"], sd[att + "g2"] = linear(C, 32), linear(32, C)
             sd[att + "k_k"], sd[att + "k_a"] = uniform(1, 1, C, low=0.5, high=1.0), uniform(1, 1, C)
             sd[att + "r_k"] = rand(H, N, scale=0.5)

@@ -3,8 +3,10 @@
     model, tokenizer = load_rwkv_runtime("RWKV-x060-World-1B6-v2.1-20240328-ctx4096.pth", dtype="float32")
 
 The runtime runs one sequence at a time: ``forward(tokens, state) -> (logits, state)`` with the state an explicit list
-of tensors. A batched state here is a list of per-row states; prefill loops over the rows (the runtime has no batch
-dimension; measured in docs/bench/rwkv6: rows/s is flat in the batch size, so there is nothing to gain by stacking).
+of tensors, and no batch dimension anywhere (v7 takes a list of ints, v5/v6 also a 1-D tensor; nested lists fail). A
+batched state here is therefore a list of per-row states, and prefill loops over the rows. The one speed knob found
+on CPU is the runtime's own RWKV_JIT_ON=0: v6 prefill ~1.15x and decoding ~1.5x faster (tiny bench model, 1 thread);
+v7 always uses TorchScript. We keep the runtime's default.
 
 Exactness (tests/test_rwkv_runtime.py): every row is one runtime call, and decoding feeds one token per call, exactly
 as the runtime's own greedy decoding of [P, C_j, S] does. Continuing a state with a multi-token segment is bit-exact
