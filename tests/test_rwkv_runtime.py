@@ -1,4 +1,4 @@
-"""RWKV v5.2 / v6 / v7 ``.pth`` checkpoints on the official `rwkv` runtime: exactness, World tokenizer, loading, CLI.
+"""RWKV v4 / v5.2 / v6 / v7 ``.pth`` checkpoints on the official `rwkv` runtime: exactness, World tokenizer, loading, CLI.
 
 Exactness as for every architecture (tests/test_exactness.py): the chosen chunk's answer equals the runtime's own
 greedy decoding of [P, C_j, S] alone (``forward(prompt, None)``, then one ``forward([token], state)`` per step) —
@@ -64,7 +64,7 @@ def assert_same_as_runtime(model, result, prompt_ids):
 
 
 def test_versions_detected(model):
-    assert model.config.version in ("5.2", "6.0", "7")
+    assert model.config.version in ("4.0", "5.2", "6.0", "7")
     assert OPRM(model).adapter.continuation_exact == (model.config.version == "7")
 
 

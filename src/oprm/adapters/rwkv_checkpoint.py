@@ -1,4 +1,4 @@
-"""Tiny random-weight RWKV v5.2 / v6 / v7 checkpoints in the released ``.pth`` key layout (tests and ``oprm bench``).
+"""Tiny random-weight RWKV v4 / v5.2 / v6 / v7 checkpoints in the released ``.pth`` key layout (tests, ``oprm bench``).
 
 The official runtime tells versions apart by key names and shapes (see ``rwkv_runtime.checkpoint_version``), so the
 keys, shapes and storage dtype (bf16) follow the released World checkpoints. Weights are random but not degenerate:
@@ -12,7 +12,7 @@ import math
 
 import torch
 
-VERSIONS = ("5.2", "6", "7")
+VERSIONS = ("4", "5.2", "6", "7")
 WORLD_VOCAB = 65536
 
 
@@ -43,7 +43,8 @@ def tiny_state_dict(version: str, n_embd: int = 128, n_layer: int = 2, vocab_siz
             sd[f"{b}{ln}.weight"], sd[f"{b}{ln}.bias"] = uniform(C, low=0.8, high=1.2), rand(C, scale=0.1)
         for name in ("receptance", "key", "value", "output"):
             sd[f"{att}{name}.weight"] = linear(C, C)
-        sd[f"{att}ln_x.weight"], sd[f"{att}ln_x.bias"] = uniform(C, low=0.8, high=1.2), rand(C, scale=0.1)
+        if version != "4":  # v5+ normalise each head's output
+            sd[f"{att}ln_x.weight"], sd[f"{att}ln_x.bias"] = uniform(C, low=0.8, high=1.2), rand(C, scale=0.1)
         sd[f"{ffn}key.weight"], sd[f"{ffn}value.weight"] = linear(F, C), linear(C, F)
         if version == "7":
             for x in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
@@ -58,8 +59,14 @@ def tiny_state_dict(version: str, n_embd: int = 128, n_layer: int = 2, vocab_siz
             sd[att + "r_k"] = rand(H, N, scale=0.5)
             sd[ffn + "x_k"] = mix()
         else:
-            sd[f"{att}gate.weight"] = linear(C, C)
             sd[f"{ffn}receptance.weight"] = linear(C, C)
+        if version == "4":  # per-channel decay and bonus; no heads, no gate
+            for x in ("k", "v", "r"):
+                sd[f"{att}time_mix_{x}"] = mix()
+            sd[att + "time_decay"], sd[att + "time_first"] = uniform(C, low=-3.0, high=1.0), rand(C, scale=0.5)
+            sd[ffn + "time_mix_k"], sd[ffn + "time_mix_r"] = mix(), mix()
+        elif version != "7":  # 5.2 and 6
+            sd[f"{att}gate.weight"] = linear(C, C)
             sd[att + "time_faaaa"] = rand(H, N, scale=0.5)  # the "bonus" u of the current token
             if version == "6":
                 for x in ("x", "w", "k", "v", "r", "g"):
@@ -79,6 +86,6 @@ def tiny_state_dict(version: str, n_embd: int = 128, n_layer: int = 2, vocab_siz
 
 
 def write_tiny_checkpoint(path, version: str, **kwargs) -> str:
-    """Write a tiny checkpoint of ``version`` ("5.2", "6" or "7") to ``path`` (a ``.pth`` file); returns the path."""
+    """Write a tiny checkpoint of ``version`` (one of ``VERSIONS``) to ``path`` (a ``.pth`` file); returns the path."""
     torch.save(tiny_state_dict(version, **kwargs), str(path))
     return str(path)

@@ -1,4 +1,4 @@
-"""RWKV v5 / v6 (Finch) / v7 (Goose) ``.pth`` checkpoints on the official `rwkv` runtime (PyPI ``rwkv``).
+"""RWKV v5 / v6 (Finch) / v7 (Goose) ``.pth`` checkpoints (and v4) on the official `rwkv` runtime (PyPI ``rwkv``).
 
     model, tokenizer = load_rwkv_runtime("RWKV-x060-World-1B6-v2.1-20240328-ctx4096.pth", dtype="float32")
 
@@ -68,11 +68,15 @@ def _runtime_module(v7: bool):
     The module reads RWKV_V7_ON once, at import, and binds the name RWKV to either the v7 class or the v4-v6 one, so
     one import cannot serve both. We execute its source once per family under our own module name with the variable
     set for that family (measured: each takes <0.1 s; v6 and v7 models then run side by side in one process, their
-    TorchScript functions compiled under distinct qualified names). RWKV_JIT_ON / RWKV_CUDA_ON keep the user's values;
-    unset, the runtime uses TorchScript and the plain torch kernels. The environment is restored afterwards.
+    TorchScript functions compiled under distinct qualified names). RWKV_V7_ON is restored afterwards; RWKV_JIT_ON and
+    RWKV_CUDA_ON keep the user's values, and unset, the runtime sets them (TorchScript on, its CUDA kernels off) as a
+    plain import does, because it reads them again while loading and running.
     """
     if v7 not in _MODULES:
-        spec = importlib.util.find_spec("rwkv.model")
+        try:
+            spec = importlib.util.find_spec("rwkv.model")
+        except ModuleNotFoundError:
+            spec = None
         if spec is None:
             raise OPRMUsageError("RWKV .pth models need the rwkv runtime: pip install 'oprm[rwkv]'")
         name = f"oprm_rwkv_runtime_{'v7' if v7 else 'v4_v6'}"
