@@ -6,8 +6,8 @@
 
 A benchmark, not a test. ``--model`` is a tiny random-weight config (``tiny-mamba``, ``tiny-mamba2``, ``tiny-rwkv``,
 ``tiny-zamba2``; ``tiny-rwkv6`` / ``tiny-rwkv7`` on the `rwkv` runtime), a shipped model's name, a transformers model
-folder / hub id, or an RWKV ``.pth`` file. The input is random token ids
-(``|P|`` prefix, ``N`` context, ``|S|`` suffix tokens), so any vocabulary works and no tokenizer is needed.
+folder / hub id, or an RWKV ``.pth`` file. The input is random token ids (``|P|`` prefix, ``N`` context, ``|S|``
+suffix tokens), so any vocabulary works and no tokenizer is needed.
 
 Per context length (and thread count) one fresh process times the modes interleaved (vanilla, OPRM, OPRM, vanilla,
 ...: load drift hits both alike) after one short warm-up call per mode, ``--repeats`` times each; the report gives
@@ -59,7 +59,8 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None):
     import torch
     import transformers as tf
 
-    if name in TINY_RWKV_RUNTIME or name.endswith(".pth"):
+    rwkv_runtime = name in TINY_RWKV_RUNTIME or name.endswith(".pth")  # the device goes into its strategy
+    if rwkv_runtime:
         model = _load_rwkv_runtime(name, dtype, device)
     elif name in TINY:
         cls_name, kwargs = TINY[name]
@@ -73,7 +74,7 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None):
         path, gguf_file = resolve_model(name)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
-    if device and name not in TINY_RWKV_RUNTIME and not name.endswith(".pth"):
+    if device and not rwkv_runtime:
         model = model.to(device)
     model.generation_config.eos_token_id = None  # always decode max_new_tokens tokens
     return model.eval()

@@ -13,7 +13,7 @@ from .rwkv_runtime import RwkvRuntimeAdapter
 from .xlstm import XlstmAdapter
 
 SPECIAL_ADAPTERS = {"rwkv": RwkvAdapter, "recurrent_gemma": RecurrentGemmaAdapter, "xlstm": XlstmAdapter,
-                    "rwkv_runtime": RwkvRuntimeAdapter}  # RWKV v5-v7 .pth files on the `rwkv` runtime
+                    "rwkv_runtime": RwkvRuntimeAdapter}  # RWKV v4-v7 .pth files on the `rwkv` runtime
 
 # Tested exact with tiny random-weight configs (tests/test_exactness.py); others that follow the cache protocol
 # go through CacheAdapter too.
