@@ -227,6 +227,18 @@ def test_strategy_mapping():
         runtime_strategy("float64", None)
 
 
+def test_v7_models_of_two_strategies_side_by_side(checkpoints):
+    """The v7 class keeps dtype and device in module globals (its zero state, its CUDA kernel's dtype check): a bf16
+    model loaded later must not change them for a fp32 one."""
+    fp32, _ = load_rwkv_runtime(checkpoints["7"])
+    before = reference_generate(fp32, list(range(100, 120)), 2)
+    bf16, _ = load_rwkv_runtime(checkpoints["7"], dtype="bfloat16")
+    assert bf16.runtime.generate_zero_state()[0].dtype == torch.bfloat16
+    assert fp32.runtime.generate_zero_state()[0].dtype == torch.float32
+    after = reference_generate(fp32, list(range(100, 120)), 2)
+    assert before[0] == after[0] and all(torch.equal(a, b) for a, b in zip(before[1], after[1]))
+
+
 def test_from_pretrained_and_ask_end_to_end(checkpoints, tmp_path):
     engine = OPRM.from_pretrained(checkpoints["7"], chunk_size=32)
     assert engine.model.config.model_type == "rwkv_runtime" and engine.tokenizer.prompt_format == "chat"

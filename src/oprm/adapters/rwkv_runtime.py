@@ -28,7 +28,7 @@ from ..errors import OPRMUsageError
 from .base import StateAdapter
 
 _DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-_MODULES: dict[bool, object] = {}
+_MODULES: dict[str, object] = {}
 
 
 def checkpoint_version(keys) -> str:
@@ -62,7 +62,7 @@ def runtime_strategy(dtype, device: str | None) -> str:
     return f"{device} {_DTYPES[name]}"
 
 
-def _runtime_module(v7: bool):
+def _runtime_module(v7: bool, strategy: str):
     """``rwkv.model`` with v7 on or off.
 
     The module reads RWKV_V7_ON once, at import, and binds the name RWKV to either the v7 class or the v4-v6 one, so
@@ -70,16 +70,18 @@ def _runtime_module(v7: bool):
     set for that family (measured: each takes <0.1 s; v6 and v7 models then run side by side in one process, their
     TorchScript functions compiled under distinct qualified names). RWKV_V7_ON is restored afterwards; RWKV_JIT_ON and
     RWKV_CUDA_ON keep the user's values, and unset, the runtime sets them (TorchScript on, its CUDA kernels off) as a
-    plain import does, because it reads them again while loading and running.
+    plain import does, because it reads them again while loading and running. The v7 class keeps its dtype and
+    device in module globals, so each v7 strategy gets a copy of its own.
     """
-    if v7 not in _MODULES:
+    key = f"v7 {strategy}" if v7 else "v4-v6"
+    if key not in _MODULES:
         try:
             spec = importlib.util.find_spec("rwkv.model")
         except ModuleNotFoundError:
             spec = None
         if spec is None:
             raise OPRMUsageError("RWKV .pth models need the rwkv runtime: pip install 'oprm[rwkv]'")
-        name = f"oprm_rwkv_runtime_{'v7' if v7 else 'v4_v6'}"
+        name = f"oprm_rwkv_runtime_{len(_MODULES)}"
         module_spec = importlib.util.spec_from_file_location(name, spec.origin)
         module = importlib.util.module_from_spec(module_spec)
         saved = os.environ.get("RWKV_V7_ON")
@@ -93,8 +95,8 @@ def _runtime_module(v7: bool):
             else:
                 os.environ["RWKV_V7_ON"] = saved
         sys.modules[name] = module  # TorchScript resolves the module's globals through sys.modules
-        _MODULES[v7] = module
-    return _MODULES[v7]
+        _MODULES[key] = module
+    return _MODULES[key]
 
 
 class RwkvRuntimeModel:
@@ -166,7 +168,7 @@ def load_rwkv_runtime(path: str, dtype="float32", device: str | None = None, pro
     except OPRMUsageError as e:
         raise OPRMUsageError(f"{path} is {e}") from None
     tokenizer = RwkvWorldTokenizer(prompt_format)
-    module = _runtime_module(v7=version == "7")
+    module = _runtime_module(version == "7", strategy)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints its progress
             if version == "7":  # the v7 loader appends ".pth" itself
