@@ -5,8 +5,9 @@
     oprm bench --model tiny-mamba --lengths 8192 --threads 1,2                          # thread sweep
 
 A benchmark, not a test. ``--model`` is a tiny random-weight config (``tiny-mamba``, ``tiny-mamba2``, ``tiny-rwkv``,
-``tiny-zamba2``), a shipped model's name, or a transformers model folder / hub id. The input is random token ids
-(``|P|`` prefix, ``N`` context, ``|S|`` suffix tokens), so any vocabulary works and no tokenizer is needed.
+``tiny-zamba2``; ``tiny-rwkv6`` / ``tiny-rwkv7`` on the `rwkv` runtime), a shipped model's name, a transformers model
+folder / hub id, or an RWKV ``.pth`` file. The input is random token ids (``|P|`` prefix, ``N`` context, ``|S|``
+suffix tokens), so any vocabulary works and no tokenizer is needed.
 
 Per context length (and thread count) one fresh process times the modes interleaved (vanilla, OPRM, OPRM, vanilla,
 ...: load drift hits both alike) after one short warm-up call per mode, ``--repeats`` times each; the report gives
@@ -49,6 +50,8 @@ TINY = {
                                          chunk_size=64, layers_block_type=["mamba", "hybrid", "mamba", "hybrid"])),
 }
 TINY_VOCAB = 1000
+# RWKV v6 / v7 on the official `rwkv` runtime: a random checkpoint in the released layout, sized like tiny-rwkv
+TINY_RWKV_RUNTIME = {"tiny-rwkv6": "6", "tiny-rwkv7": "7"}
 
 
 # --- one cell, in its own process ---------------------------------------------------------------------------------
@@ -56,7 +59,10 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None):
     import torch
     import transformers as tf
 
-    if name in TINY:
+    rwkv_runtime = name in TINY_RWKV_RUNTIME or name.endswith(".pth")  # the device goes into its strategy
+    if rwkv_runtime:
+        model = _load_rwkv_runtime(name, dtype, device)
+    elif name in TINY:
         cls_name, kwargs = TINY[name]
         config = getattr(tf, cls_name)(vocab_size=TINY_VOCAB, tie_word_embeddings=False, pad_token_id=0,
                                        bos_token_id=1, eos_token_id=2, **kwargs)
@@ -68,10 +74,29 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None):
         path, gguf_file = resolve_model(name)
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
-    if device:
+    if device and not rwkv_runtime:
         model = model.to(device)
     model.generation_config.eos_token_id = None  # always decode max_new_tokens tokens
     return model.eval()
+
+
+def _load_rwkv_runtime(name: str, dtype: str, device: str | None):
+    """An RWKV ``.pth`` file on the `rwkv` runtime; ``tiny-rwkv6`` / ``tiny-rwkv7`` are written to a temporary
+    folder first (hidden 256, 4 layers, head size 64, vocabulary 1000)."""
+    import tempfile
+
+    from .adapters.rwkv_runtime import load_rwkv_runtime
+
+    if name not in TINY_RWKV_RUNTIME:
+        from .models import resolve_model
+
+        return load_rwkv_runtime(resolve_model(name)[0], dtype, device)[0]
+    from .adapters.rwkv_checkpoint import write_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_tiny_checkpoint(os.path.join(folder, f"{name}.pth"), TINY_RWKV_RUNTIME[name], n_embd=256,
+                                     n_layer=4, vocab_size=TINY_VOCAB)
+        return load_rwkv_runtime(path, dtype, device)[0]
 
 
 def make_input(vocab_size: int, context_tokens: int, prefix_tokens: int, suffix_tokens: int, seed: int = 0):
@@ -119,7 +144,8 @@ def _setup(spec: dict):
     model = load_model(spec["model"], spec.get("dtype", "float32"), spec.get("device"))
     engine = OPRM(model, None, chunk_size=spec["chunk_size"], idk=None, max_batch_tokens=spec["max_batch_tokens"],
                   document_cache_bytes=0)  # every timed call prefills from scratch
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = (model.config.vocab_size if model.config.model_type == "rwkv_runtime"
+             else model.get_output_embeddings().weight.shape[0])
     prefix, context, suffix = make_input(vocab, spec["length"], spec["prefix_tokens"], spec["suffix_tokens"])
     return model, engine, (prefix, context, suffix)
 
@@ -127,7 +153,7 @@ def _setup(spec: dict):
 def _call(engine, spec, mode, prefix, context, suffix) -> dict:
     import torch
 
-    cuda = next(engine.model.parameters()).is_cuda
+    cuda = engine.adapter.device.type == "cuda"
     first = _FirstToken()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = engine.generate(prefix_ids=prefix, context_ids=context, suffix_ids=suffix, mode=mode,
@@ -165,7 +191,7 @@ def run_memory(spec: dict) -> dict:
     import torch
 
     model, engine, (prefix, context, suffix) = _setup(spec)
-    cuda = next(model.parameters()).is_cuda
+    cuda = engine.adapter.device.type == "cuda"
     rss_loaded = _rss_kb("VmRSS")
     _call(engine, spec, spec["mode"], prefix, context[: min(len(context), 2 * spec["chunk_size"])], suffix)
     if cuda:
@@ -422,7 +448,8 @@ def _default_threads() -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark vanilla vs OPRM: time to first token, speed, memory, tokens")
     p.add_argument("--model", default="tiny-mamba2",
-                   help=f"{', '.join(TINY)}, a shipped model's name, or a model folder / hub id")
+                   help=f"{', '.join([*TINY, *TINY_RWKV_RUNTIME])}, a shipped model's name, a model folder / hub "
+                        "id, or an RWKV .pth file")
     p.add_argument("--lengths", default="1024,4096,16384", help="context lengths in tokens, comma-separated")
     p.add_argument("--chunk-size", type=int, default=2048, help="OPRM chunk size in tokens (default 2048)")
     p.add_argument("--modes", default="vanilla,oprm", help="vanilla and/or oprm, comma-separated")

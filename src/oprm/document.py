@@ -161,7 +161,13 @@ def _tokenizer_hash(tokenizer) -> str | None:
     if tokenizer is None:
         return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        text = backend.to_str()
+    elif hasattr(tokenizer, "get_vocab"):
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:  # a tokenizer of another kind (the RWKV World one): the text of ~4K evenly spaced ids
+        size = len(tokenizer)
+        text = json.dumps([size] + tokenizer.batch_decode([[i] for i in range(0, size, max(1, size // 4096))]))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

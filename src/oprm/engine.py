@@ -55,7 +55,8 @@ class OPRM:
     def from_pretrained(cls, model_id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
                         gguf_file: str | None = None, trust_remote_code: bool = False, **engine_kwargs) -> "OPRM":
         """Load a model and tokenizer the transformers way (a hub id, a local folder, a ``.gguf`` file, or the name
-        of a model that ships with oprm)."""
+        of a model that ships with oprm), or an RWKV ``.pth`` checkpoint on the `rwkv` runtime (``dtype`` may then be a
+        runtime strategy, e.g. "cuda fp16i8")."""
         from .models import load_model
 
         model, tokenizer = load_model(model_id_or_path, dtype=dtype, device=device, gguf_file=gguf_file,

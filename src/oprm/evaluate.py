@@ -525,6 +525,9 @@ def evaluate(engine, tasks, modes: Sequence[str] | str = ("oprm", "vanilla"), ch
     root = Path(output_path) / _safe_name(str(model_name))
     root.mkdir(parents=True, exist_ok=True)
     count_tokens = _count_fn(engine)
+    tokenizer = getattr(engine, "tokenizer", None)
+    if getattr(tokenizer, "eval_prompt_format", None):  # hook: RWKV runtime models take the OPRM script's format
+        tokenizer.prompt_format = tokenizer.eval_prompt_format  # (adapters/rwkv_world.py)
     syn_opts = dict(synthetic_options or {})
     if syn_opts.get("tokenizer") is None and getattr(engine, "tokenizer", None) is not None:
         syn_opts["tokenizer"] = engine.tokenizer

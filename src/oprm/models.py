@@ -1,4 +1,5 @@
-"""Where models come from: a hub id, a local folder, a ``.gguf`` file, or a model that ships with oprm."""
+"""Where models come from: a hub id, a local folder, a ``.gguf`` or RWKV ``.pth`` file, or a model that ships with
+oprm."""
 
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
     if name == "smollm2":
         path = smollm2_gguf()
         return str(path.parent), path.name
+    if name.endswith(".pth"):  # an RWKV checkpoint for the `rwkv` runtime
+        if not os.path.isfile(os.path.expanduser(name)):
+            raise OPRMUsageError(f"model file not found: {name}")
+        return os.path.expanduser(name), gguf_file
     if name.endswith(".gguf"):
         if not os.path.isfile(name):
             raise OPRMUsageError(f"model file not found: {name}")
@@ -58,6 +63,10 @@ def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_fi
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf_file = resolve_model(name, gguf_file)
+    if path.endswith(".pth"):  # RWKV v4-v7 checkpoints run on the `rwkv` runtime (adapters/rwkv_runtime.py)
+        from .adapters.rwkv_runtime import load_rwkv_runtime
+
+        return load_rwkv_runtime(path, dtype, check_device(device) if device else device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype == "auto" else getattr(torch, str(dtype), None)
     if not (isinstance(torch_dtype, torch.dtype) or torch_dtype == "auto"):
         raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")

@@ -9,9 +9,11 @@ from .base import StateAdapter
 from .cache import CacheAdapter
 from .recurrent_gemma import RecurrentGemmaAdapter
 from .rwkv import RwkvAdapter
+from .rwkv_runtime import RwkvRuntimeAdapter
 from .xlstm import XlstmAdapter
 
-SPECIAL_ADAPTERS = {"rwkv": RwkvAdapter, "recurrent_gemma": RecurrentGemmaAdapter, "xlstm": XlstmAdapter}
+SPECIAL_ADAPTERS = {"rwkv": RwkvAdapter, "recurrent_gemma": RecurrentGemmaAdapter, "xlstm": XlstmAdapter,
+                    "rwkv_runtime": RwkvRuntimeAdapter}  # RWKV v4-v7 .pth files on the `rwkv` runtime
 
 # Tested exact with tiny random-weight configs (tests/test_exactness.py); others that follow the cache protocol
 # go through CacheAdapter too.
