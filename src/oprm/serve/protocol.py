@@ -225,6 +225,8 @@ class Parser:
             self._oprm_call(plan, ext, document, question, system_text)
         else:
             self._vanilla_extension(ext)
+            self._generation_extension(ext, plan.engine_kwargs)
+            plan.explain = bool(ext.get("explain"))
             plan.vanilla_messages = parsed
         return plan
 
@@ -253,6 +255,8 @@ class Parser:
             self._oprm_call(plan, ext, document, question, None)
         else:
             self._vanilla_extension(ext)
+            self._generation_extension(ext, plan.engine_kwargs)
+            plan.explain = bool(ext.get("explain"))
             if not prompt:
                 raise bad("prompt is empty", "prompt")
             plan.vanilla_prompt = prompt
@@ -342,7 +346,6 @@ class Parser:
         if needs_document:
             raise bad(f"oprm.{needs_document[0]} needs a document: put it in oprm.context or a <document> block",
                       f"oprm.{needs_document[0]}", "missing_document")
-        self._generation_extension(ext, {})
 
     @staticmethod
     def _generation_extension(ext: dict, kwargs: dict) -> dict:

@@ -204,28 +204,25 @@ class EngineWorker:
                 continue
             self.running = job
             job.started = time.perf_counter()
+            outcome, error, count = None, None, "failed"
             try:
-                job.settle(self._run(job))
-                self.counts["completed"] += 1
+                outcome, count = self._run(job), "completed"
             except DecodeCancelled:
-                self.counts["cancelled"] += 1
-                job.settle(error=JobCancelled())
+                error, count = JobCancelled(), "cancelled"
             except APIError as e:
-                self.counts["failed"] += 1
-                job.settle(error=e)
+                error = e
             except ModelError as e:  # the model itself failed: a server-side problem, told in one line
-                self.counts["failed"] += 1
-                job.settle(error=APIError(500, str(e), type="server_error", code="model_error"))
+                error = APIError(500, str(e), type="server_error", code="model_error")
             except OPRMUsageError as e:  # e.g. a template the tokenizer cannot render, a context of no tokens
-                self.counts["failed"] += 1
-                job.settle(error=APIError(400, str(e), param="oprm" if job.plan.oprm else "messages"))
+                error = APIError(400, str(e), param="oprm" if job.plan.oprm else "messages")
             except Exception as e:  # never a traceback to the client; the server log keeps it
-                self.counts["failed"] += 1
                 log.error("request %s failed:\n%s", job.plan.id, traceback.format_exc())
-                job.settle(error=APIError(500, f"internal error while answering ({type(e).__name__})",
-                                          type="server_error", code="internal_error"))
-            finally:
-                self.running = None
+                error = APIError(500, f"internal error while answering ({type(e).__name__})", type="server_error",
+                                 code="internal_error")
+            # the counters and the busy flag are settled before the client hears back, so /health agrees with it
+            self.counts[count] += 1
+            self.running = None
+            job.settle(outcome, error)
 
     def _run(self, job: Job) -> Outcome:
         plan, engine = job.plan, self.engine
