@@ -377,3 +377,30 @@ def test_disconnect_while_waiting_for_a_plain_response(server):
     while health(server)["cancelled"] == before or health(server)["busy"]:
         assert time.time() < deadline, health(server)
         time.sleep(0.05)
+
+
+def test_completions_streaming_and_plain_text(client, engine):
+    from oprm.prompts import _bos_prefix
+
+    ep = ar(12)
+    ext = {"context": ep.context, "template": AR_TEMPLATE, "answer_prefix": ep.answer_prefix}
+    pieces = [c.choices[0].text for c in client.completions.create(model=MODEL, prompt=ep.question, stream=True,
+                                                                   extra_body={"oprm": ext}) if c.choices]
+    assert "".join(pieces) == reference(engine, ep).text
+    prompt = "The code of the amber falcon is"
+    ids = _bos_prefix(engine.tokenizer) + engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ref = engine.generate(prefix_ids=[], context_ids=ids, suffix_ids=[], mode="vanilla", max_new_tokens=MAX_NEW)
+    assert client.completions.create(model=MODEL, prompt=prompt).choices[0].text == ref.text
+
+
+def test_second_question_on_a_document_uses_the_engine_cache(client):
+    """The server keeps no cache of its own; the engine's document-state cache (``result.document``) serves a
+    repeated document, and ``explain`` reports its record."""
+    ep = ar(13)
+    first = ask_server(client, ep, oprm={"explain": True}).model_extra["oprm"]
+    if "document" not in first:
+        pytest.skip("this engine reports no document-state cache (OPRMResult.document)")
+    second = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is the text?"}],
+                                            extra_body={"oprm": {"context": ep.context, "template": AR_TEMPLATE,
+                                                                 "explain": True}}).model_extra["oprm"]
+    assert second["document"]["cache"] == "hit"
