@@ -112,3 +112,18 @@ def test_parser_rejects_with_the_parameter_named(body, param):
     with pytest.raises(APIError) as e:
         parser().chat({"model": "m", "messages": [{"role": "user", "content": "q"}], **body})
     assert e.value.status == 400 and e.value.param == param
+
+
+def test_server_defaults_and_sampling_seeds():
+    p = Parser(["m"], OPRMConfig(), {"max_new_tokens": 8, "stop_strings": ["###"]})
+    plan = p.chat({"model": "m", "messages": [{"role": "user", "content": "q"}]})
+    assert plan.stop == ["###"] and plan.engine_kwargs["stop_strings"] == ["###"]  # the server's --stop, cut too
+    plan = p.chat({"model": "m", "messages": [{"role": "user", "content": "q"}], "stop": ["!"]})
+    assert plan.stop == ["!"]
+    sampled = [p.chat({"model": "m", "messages": [{"role": "user", "content": "q"}], "temperature": 1})
+               for _ in range(3)]
+    assert len({s.engine_kwargs["seed"] for s in sampled}) > 1  # no seed: a fresh one per request
+    seeded = p.chat({"model": "m", "messages": [{"role": "user", "content": "<document>d</document>q"}],
+                     "temperature": 1, "seed": 7})
+    assert seeded.engine_kwargs["seed"] == 7
+    assert "seed" not in p.chat({"model": "m", "messages": [{"role": "user", "content": "q"}]}).engine_kwargs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -228,7 +229,7 @@ class Parser:
             self._generation_extension(ext, plan.engine_kwargs)
             plan.explain = bool(ext.get("explain"))
             plan.vanilla_messages = parsed
-        return plan
+        return _seed_sampling(plan)
 
     def completion(self, body) -> Plan:
         body = self._common(body)
@@ -260,7 +261,7 @@ class Parser:
             if not prompt:
                 raise bad("prompt is empty", "prompt")
             plan.vanilla_prompt = prompt
-        return plan
+        return _seed_sampling(plan)
 
     # --- pieces ---------------------------------------------------------------------------------------------------
     def _common(self, body) -> dict:
@@ -310,7 +311,7 @@ class Parser:
                 generation["temperature"] = temperature
         if top_p is not None:
             generation["top_p"] = top_p
-        stop = _stop(body)
+        stop = _stop(body) or list(generation.get("stop_strings") or [])  # the request's, else the server's
         if stop:
             generation["stop_strings"] = stop
         seed = _int(body, "seed")
@@ -424,6 +425,14 @@ class Parser:
         kwargs.update(context=document, query=question if question.strip() else None, template=template,
                       answer_prefix=ext.get("answer_prefix"), gold_text=ext.get("gold_text"))
         plan.explain = bool(ext.get("explain"))
+
+
+def _seed_sampling(plan: Plan) -> Plan:
+    """A sampled answer without a ``seed`` gets a fresh one (OpenAI: repeated requests give different samples);
+    with a seed it is reproducible."""
+    if plan.engine_kwargs.get("do_sample") and "seed" not in plan.engine_kwargs:
+        plan.engine_kwargs["seed"] = secrets.randbits(31)
+    return plan
 
 
 # --- responses ----------------------------------------------------------------------------------------------------
