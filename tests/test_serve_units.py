@@ -127,3 +127,12 @@ def test_server_defaults_and_sampling_seeds():
                      "temperature": 1, "seed": 7})
     assert seeded.engine_kwargs["seed"] == 7
     assert "seed" not in p.chat({"model": "m", "messages": [{"role": "user", "content": "q"}]}).engine_kwargs
+
+
+def test_decode_all_from_the_server_default_streams_as_one_piece():
+    p = Parser(["m"], OPRMConfig(decode="all"), {})
+    plan = p.chat({"model": "m", "messages": [{"role": "user", "content": "<document>d</document>q"}], "stream": True})
+    assert plan.decode == "all" and not plan.streams_pieces
+    plan = p.chat({"model": "m", "messages": [{"role": "user", "content": "<document>d</document>q"}], "stream": True,
+                   "oprm": {"decode": "one"}})
+    assert plan.streams_pieces

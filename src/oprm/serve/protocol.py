@@ -71,6 +71,7 @@ class Plan:
     top_logprobs: int = 0
     explain: bool = False
     document_from: str | None = None  # "extension" | "message" | None (vanilla)
+    decode: str = "one"  # the effective OPRMConfig.decode (request over server default)
     id: str = ""
     created: int = 0
 
@@ -81,7 +82,7 @@ class Plan:
     @property
     def streams_pieces(self) -> bool:
         """Several decoded chunks are joined only at the end, so they stream as one piece."""
-        return self.engine_kwargs.get("decode", "one") == "one" or not self.oprm
+        return not self.oprm or self.decode == "one"
 
 
 # --- small checks -------------------------------------------------------------------------------------------------
@@ -417,6 +418,7 @@ class Parser:
             config = self.config.replace(**overrides)
         except OPRMUsageError as e:
             raise bad(str(e), "oprm") from None
+        plan.decode = config.decode
         if config.selection == "oracle" and not ext.get("gold_text"):
             raise bad("selection oracle needs oprm.gold_text (the text the right chunk holds)", "oprm.gold_text")
         kwargs = plan.engine_kwargs
