@@ -136,3 +136,11 @@ def test_decode_all_from_the_server_default_streams_as_one_piece():
     plan = p.chat({"model": "m", "messages": [{"role": "user", "content": "<document>d</document>q"}], "stream": True,
                    "oprm": {"decode": "one"}})
     assert plan.streams_pieces
+
+
+def test_neutral_values_of_unsupported_fields_pass():
+    ok = parser().chat({"model": "m", "messages": [{"role": "user", "content": "q"}], "tools": [], "logit_bias": {},
+                        "tool_choice": "auto", "presence_penalty": 0.0, "frequency_penalty": 0, "user": "u"})
+    assert ok.vanilla_messages
+    with pytest.raises(APIError):
+        parser().chat({"model": "m", "messages": [{"role": "user", "content": "q"}], "logit_bias": {"5": 1}})
