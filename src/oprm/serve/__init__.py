@@ -33,7 +33,8 @@ def _require_stack() -> None:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as e:
-        raise OPRMUsageError(f"oprm serve needs its web stack ({e.name} is missing): pip install 'oprm[serve]'") from None
+        raise OPRMUsageError(f"oprm serve needs its web stack ({e.name} is missing): "
+                             "pip install 'oprm[serve]'") from None
 
 
 def add_parser(sub) -> None:

@@ -16,7 +16,7 @@ import time
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from .protocol import (APIError, Parser, Plan, bad, chat_logprobs, chat_response, chunk_event, completion_logprobs,
@@ -49,9 +49,9 @@ class EventStream(Response):
     an error found by the worker before any token is still answered as a 4xx/5xx JSON error object. A client that
     disconnects cancels the job (the decode stops at its next token)."""
 
-    def __init__(self, job: Job, shape):
+    def __init__(self, job: Job):
         super().__init__(status_code=200, media_type="text/event-stream")
-        self.job, self.shape = job, shape
+        self.job = job
 
     async def __call__(self, scope, receive, send) -> None:
         job, plan = self.job, self.job.plan
@@ -138,7 +138,7 @@ def create_app(engine, *, model_names: list[str], default_generation: dict | Non
         job = Job(plan, asyncio.get_running_loop())
         worker.submit(job)
         if plan.stream:
-            return EventStream(job, None)
+            return EventStream(job)
         watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
         try:
             await asyncio.wait({job.future, watcher}, return_when=asyncio.FIRST_COMPLETED)

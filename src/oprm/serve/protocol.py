@@ -282,7 +282,8 @@ class Parser:
                       "unsupported_value")
         for name, neutral in NEUTRAL_FIELDS.items():
             value = body.get(name)
-            empty = value in ([], {}, "") or (name == "tool_choice" and value in ("none", "auto") and not body.get("tools"))
+            empty = value in ([], {}, "") or (name == "tool_choice" and value in ("none", "auto")
+                                               and not body.get("tools"))
             if value is not None and value != neutral and not empty:
                 raise bad(f"{name} is not supported by this server", name, "unsupported_parameter")
         fmt = body.get("response_format")
