@@ -283,6 +283,7 @@ def test_bad_requests_get_error_objects(server, client):
         ("POST", chat, b"", 400, "invalid_json"),
         ("POST", chat, b"\xff\xfe", 400, "invalid_json"),
         ("POST", chat, [1, 2], 400, "invalid_type"),
+        ("POST", chat, b"[" * 100_000, 400, "invalid_json"),
         ("POST", chat, {**good, "model": "gpt-4"}, 404, "model_not_found"),
         ("POST", chat, {"messages": good["messages"]}, 400, "missing_required_parameter"),
         ("POST", chat, {"model": MODEL}, 400, "missing_required_parameter"),

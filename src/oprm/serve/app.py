@@ -133,6 +133,8 @@ def create_app(engine, *, model_names: list[str], default_generation: dict | Non
             raise bad("the request body is not UTF-8", None, "invalid_json") from None
         except json.JSONDecodeError as e:
             raise bad(f"the request body is not valid JSON: {e}", None, "invalid_json") from None
+        except RecursionError:
+            raise bad("the request body nests too deeply", None, "invalid_json") from None
 
     async def answer(request: Request, plan: Plan) -> Response:
         job = Job(plan, asyncio.get_running_loop())
