@@ -2,7 +2,7 @@
 
     oprm ask --model PATH --context FILE --question TEXT [--question ...] [--explain | --json]
     oprm encode --model PATH --context FILE --output doc.oprm;  oprm ask --document doc.oprm --question TEXT
-    oprm demo | eval | score | bench | train-ar
+    oprm demo | eval | score | bench | train-ar | serve | lm-eval
 """
 
 from __future__ import annotations
@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands its arguments to the training script untouched
     sub.add_parser("train-ar", add_help=False,
                    help="train the shipped associative-recall model (oprm train-ar --help for its options)")
-    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench"):  # each room adds its commands
+    sub.add_parser("lm-eval", add_help=False,  # serve/lm-eval hook: main() hands its arguments to lm-eval's CLI
+                   help="run lm-evaluation-harness with OPRM as the model (oprm lm-eval --help for its options)")
+    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench", "oprm.serve"):  # each room adds its commands
         try:
             module = __import__(module_name, fromlist=["add_parser"])
         except ModuleNotFoundError as e:
@@ -229,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         from .train_ar import main as train_ar
 
         return train_ar(argv[1:])
+    if argv[:1] == ["lm-eval"]:  # serve/lm-eval hook
+        from .lm_eval_model import main as lm_eval_main
+
+        try:
+            return lm_eval_main(argv[1:])
+        except OPRMUsageError as e:
+            print(f"oprm: error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

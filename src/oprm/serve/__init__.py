@@ -1,0 +1,94 @@
+"""``oprm serve``: an OpenAI-compatible HTTP server for one OPRM engine.
+
+    oprm serve --model oprm-ar-mamba2 --port 8000 --chunk-size 128
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or server-sent events), ``POST /v1/completions``,
+``GET /health``. The long context travels in the request extension ``"oprm": {"context": ..., <options>}`` or in a
+``<document>...</document>`` block of the messages (see :mod:`oprm.serve.protocol` and the README's "Serving").
+
+This module only defines the command; the web stack (starlette, uvicorn: ``pip install 'oprm[serve]'``) is
+imported when the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import OPRMUsageError
+
+__all__ = ["add_parser", "run_serve", "create_app"]
+
+
+def create_app(*args, **kwargs):
+    """See :func:`oprm.serve.app.create_app`."""
+    _require_stack()
+    from .app import create_app as make
+
+    return make(*args, **kwargs)
+
+
+def _require_stack() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise OPRMUsageError(f"oprm serve needs its web stack ({e.name} is missing): "
+                             "pip install 'oprm[serve]'") from None
+
+
+def add_parser(sub) -> None:
+    from ..cli import add_model_arguments
+    from ..config import add_config_arguments, add_generation_arguments
+
+    p = sub.add_parser("serve", help="serve a model with OPRM over an OpenAI-compatible HTTP API",
+                       description="An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, "
+                                   "/health). The engine flags below are the server's defaults; each request can "
+                                   "override them in its \"oprm\" extension.")
+    add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every one)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model id clients send (default: --model as given)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for the engine; more are answered 503 (default 64)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default warning)")
+    add_config_arguments(p)
+    add_generation_arguments(p)
+    p.set_defaults(func=run_serve)
+
+
+def model_names(model: str, served: str | None) -> list[str]:
+    """The id clients send first, then aliases: the --model string and its folder name."""
+    names = [served] if served else []
+    names += [model, os.path.basename(os.path.normpath(model))]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def run_serve(args) -> int:
+    from ..cli import engine_from_args
+    from ..config import generation_from_args
+
+    _require_stack()
+    if not 0 <= args.port <= 65535:
+        raise OPRMUsageError(f"--port must be within 0..65535, got {args.port}")
+    if args.max_queue < 1:
+        raise OPRMUsageError(f"--max-queue must be positive, got {args.max_queue}")
+    if args.max_body_mb <= 0:
+        raise OPRMUsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    generation = generation_from_args(args)
+    engine = engine_from_args(args)
+    import uvicorn
+
+    from .app import create_app as make
+
+    names = model_names(args.model, args.served_model_name)
+    app = make(engine, model_names=names, default_generation=generation, max_queue=args.max_queue,
+               max_body_bytes=int(args.max_body_mb * (1 << 20)))
+    print(f"oprm serve: {names[0]} on http://{args.host}:{args.port}/v1 (chunk size {engine.config.chunk_size}, "
+          f"queue {args.max_queue})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in
+                ("info", "debug"))
+    return 0
