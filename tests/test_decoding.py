@@ -82,3 +82,19 @@ def test_context_tail_is_one_chunk_of_the_last_tokens(engine):
     result = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, context_tail_tokens=24, max_new_tokens=4)
     assert len(result.chunks) == 1 and result.chosen == [0]
     assert result.token_ids == reference_generate(engine.model, P + C[-24:] + S, 4)[0]
+
+
+def test_should_stop_abandons_the_prefill_between_micro_batches(engine):
+    from oprm.errors import GenerationCancelled
+
+    P, C, S = prompt(2)
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > 2  # the prefix and one micro-batch run, then the client is gone
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=2, max_batch_tokens=40,
+                        should_stop=stop, document_cache_bytes=0)
+    assert len(asked) == 3

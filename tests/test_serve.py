@@ -381,7 +381,7 @@ def test_disconnect_while_waiting_for_a_plain_response(server):
 
 
 def test_completions_streaming_and_plain_text(client, engine):
-    from oprm.prompts import _bos_prefix
+    from oprm.prompts import bos_prefix
 
     ep = ar(12)
     ext = {"context": ep.context, "template": AR_TEMPLATE, "answer_prefix": ep.answer_prefix}
@@ -389,7 +389,7 @@ def test_completions_streaming_and_plain_text(client, engine):
                                                                    extra_body={"oprm": ext}) if c.choices]
     assert "".join(pieces) == reference(engine, ep).text
     prompt = "The code of the amber falcon is"
-    ids = _bos_prefix(engine.tokenizer) + engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = bos_prefix(engine.tokenizer) + engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ref = engine.generate(prefix_ids=[], context_ids=ids, suffix_ids=[], mode="vanilla", max_new_tokens=MAX_NEW)
     assert client.completions.create(model=MODEL, prompt=prompt).choices[0].text == ref.text
 

@@ -116,7 +116,8 @@ class OPRM:
                  prefix_ids: list[int] | None = None, context_ids: list[int] | None = None,
                  suffix_ids: list[int] | None = None, query_span: tuple[int, int] | None = None,
                  gold_chunk: int | None = None, gold_text: str | None = None, context_tail_tokens: int | None = None,
-                 generation_config=None, streamer=None, output_logits: bool = False, **options) -> OPRMResult:
+                 generation_config=None, streamer=None, output_logits: bool = False, should_stop=None,
+                 **options) -> OPRMResult:
         """Answer from a long context. Give text (``context`` + ``query`` or a ``template`` with ``{context}``,
         optionally an ``answer_prefix`` the answer continues), a ready ``prompt``, or pre-tokenized
         ``prefix_ids``/``context_ids``/``suffix_ids``.
@@ -125,7 +126,9 @@ class OPRM:
         ``options`` are OPRMConfig fields (chunk_size, selection, idk, decode, mode, ...) for this call, and
         GenerationConfig fields: max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty,
         eos_token_id, stop_strings. ``gold_chunk``/``gold_text`` serve ``selection="oracle"``;
-        ``context_tail_tokens`` keeps only the context's last tokens (LongBench lcc under OPRM).
+        ``context_tail_tokens`` keeps only the context's last tokens (LongBench lcc under OPRM). ``should_stop``
+        (a callable) is asked before every forward pass of the prefill; when it returns True, ``GenerationCancelled``
+        is raised (a streamer may raise it during decoding too).
         """
         start_time = time.perf_counter()
         overrides, generation_options = split_options(options)
@@ -146,7 +149,7 @@ class OPRM:
             generator = torch.Generator(device=self.adapter.device).manual_seed(config.seed)
         stats = RunStats()
         prefiller = Prefiller(self.adapter, stats, config.max_batch_tokens or default_max_batch_tokens(self.adapter.device),
-                              model_name=self.name)
+                              model_name=self.name, should_stop=should_stop)
         decoder = AnswerDecoder(self.adapter, generation, self.tokenizer, generator, streamer, output_logits, stats,
                                 model_name=self.name)
         try:

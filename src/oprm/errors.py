@@ -9,6 +9,11 @@ class ModelError(OPRMUsageError):
     """The model itself failed on a forward pass (e.g. an inconsistent config); the original error is chained."""
 
 
+class GenerationCancelled(BaseException):
+    """Raised inside ``generate`` when its ``should_stop`` callback says so (a server's client went away). A
+    BaseException, so that no ``except Exception`` on the way turns it into a failure."""
+
+
 class model_failures:
     """Context manager: an exception raised inside a model's forward becomes a ``ModelError`` naming the model."""
 

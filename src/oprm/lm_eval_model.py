@@ -30,7 +30,7 @@ import torch
 
 from .config import OPRMConfig
 from .errors import OPRMUsageError
-from .prompts import PromptParts, _bos_prefix, tokenize_with_offsets
+from .prompts import PromptParts, bos_prefix, tokenize_with_offsets
 
 log = logging.getLogger("oprm.lm_eval")
 
@@ -100,7 +100,7 @@ class OPRMLM(LM):
         tok = self.engine.tokenizer
         if self.chat_applied or (tok.bos_token and text.startswith(tok.bos_token)):
             return []
-        return _bos_prefix(tok)
+        return bos_prefix(tok)
 
     def _encode(self, text: str) -> list[int]:
         return self._bos(text) + self.engine.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .chunking import Chunk
-from .errors import model_failures
+from .errors import GenerationCancelled, model_failures
 
 
 @dataclass
@@ -36,15 +36,17 @@ class MicroBatch:
 class Prefiller:
     """Runs token rows through an adapter, counting tokens and time."""
 
-    def __init__(self, adapter, stats: RunStats, max_batch_tokens: int, model_name: str = "model"):
+    def __init__(self, adapter, stats: RunStats, max_batch_tokens: int, model_name: str = "model", should_stop=None):
         self.adapter, self.stats, self.max_batch_tokens = adapter, stats, max_batch_tokens
-        self.model_name = model_name
+        self.model_name, self.should_stop = model_name, should_stop
         self.shared_prefix_tokens = 0  # tokens of P run once for all rows (chunk parallelism counts them once)
 
     def tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.adapter.device)
 
     def forward(self, rows: list[list[int]], state=None, start: int = 0, num_logits: int = 1):
+        if self.should_stop is not None and self.should_stop():  # a long prefill can be abandoned between batches
+            raise GenerationCancelled()
         t = time.perf_counter()
         ids = self.tensor(rows)
         with model_failures(self.model_name):

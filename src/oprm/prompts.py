@@ -59,7 +59,7 @@ def _fill(part: str, fields: dict) -> str:
         raise OPRMUsageError(f"prompt template is not a valid format string: {e}") from None
 
 
-def _bos_prefix(tokenizer) -> list[int]:
+def bos_prefix(tokenizer) -> list[int]:
     """The special tokens the tokenizer puts before a text on its own (usually [bos] or nothing)."""
     with_specials = tokenizer("x", add_special_tokens=True)["input_ids"]
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
@@ -112,7 +112,7 @@ def prompt_frame(tokenizer, template: str, fields: dict | None = None, *, query_
         bos: list[int] = []  # a chat template writes its own BOS text, as apply_chat_template(tokenize=True) assumes
     else:
         prefix_text, suffix_text = user_message.split(_CONTEXT_MARK)
-        bos = _bos_prefix(tokenizer)
+        bos = bos_prefix(tokenizer)
 
     suffix_text += answer_prefix
     query_chars = None

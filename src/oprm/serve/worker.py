@@ -17,14 +17,14 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..errors import ModelError, OPRMUsageError
-from ..prompts import _bos_prefix, has_chat_template
+from ..errors import GenerationCancelled, ModelError, OPRMUsageError
+from ..prompts import bos_prefix, has_chat_template
 from .protocol import APIError, Plan, cut_at_stop, finish_reason, token_logprobs
 
 log = logging.getLogger("oprm.serve")
 
 
-class DecodeCancelled(BaseException):
+class DecodeCancelled(GenerationCancelled):
     """The client went away. A BaseException so the engine's model-failure wrapper (which turns an ``Exception``
     raised inside a forward into a ``ModelError``) lets it through unchanged."""
 
@@ -207,7 +207,7 @@ class EngineWorker:
             outcome, error, count = None, None, "failed"
             try:
                 outcome, count = self._run(job), "completed"
-            except DecodeCancelled:
+            except GenerationCancelled:  # the client left: during the prefill or at a decoded token
                 error, count = JobCancelled(), "cancelled"
             except APIError as e:
                 error = e
@@ -230,7 +230,8 @@ class EngineWorker:
         if not plan.oprm:
             kwargs.update(prefix_ids=[], context_ids=self._vanilla_ids(plan), suffix_ids=[], mode="vanilla")
         streamer = _Streamer(job, engine.tokenizer, stream_text=plan.stream and plan.streams_pieces)
-        result = engine.generate(streamer=streamer, output_logits=plan.logprobs, **kwargs)
+        result = engine.generate(streamer=streamer, output_logits=plan.logprobs, should_stop=job.cancelled.is_set,
+                                 **kwargs)
         text, stopped = cut_at_stop(result.text, plan.stop)
         eos = set() if kwargs.get("eos_token_id") == [] else self.eos
         entries = token_logprobs(result, engine.tokenizer, plan.top_logprobs, eos) if plan.logprobs else None
@@ -250,7 +251,7 @@ class EngineWorker:
             text = "\n\n".join(m["content"] for m in plan.vanilla_messages)
         else:
             text = plan.vanilla_prompt
-        ids = _bos_prefix(tok) + tok(text, add_special_tokens=False)["input_ids"]
+        ids = bos_prefix(tok) + tok(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise APIError(400, "the prompt tokenizes to no tokens", param="prompt")
         return ids
