@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable
 
-from oprm.tasks.registry import Task
+from oprm.tasks.task import Task
 
 __all__ = ["synthetic_task", "synthetic_samples", "DEFAULT_OPTIONS"]
 
