@@ -22,14 +22,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
-def engine_from_args(args, **extra):
-    """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag."""
+def engine_from_args(args, config=None, **extra):
+    """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag
+    (or ``config``, when the command builds it itself)."""
     from .config import config_from_args
     from .engine import OPRM, set_threads
 
     set_threads(args.threads)
     return OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                trust_remote_code=args.trust_remote_code, config=config_from_args(args), **extra)
+                                trust_remote_code=args.trust_remote_code, config=config or config_from_args(args),
+                                **extra)
 
 
 def read_text(path: str, what: str) -> str:
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands its arguments to the training script untouched
     sub.add_parser("train-ar", add_help=False,
                    help="train the shipped associative-recall model (oprm train-ar --help for its options)")
-    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench"):  # each room adds its commands
+    for module_name in ("oprm.demo", "oprm.eval.cli", "oprm.bench"):  # each room adds its commands
         try:
             module = __import__(module_name, fromlist=["add_parser"])
         except ModuleNotFoundError as e:

@@ -163,7 +163,7 @@ def grid_values(args: argparse.Namespace, name: str) -> list:
         try:
             values.append(kind(item))
         except ValueError:
-            raise OPRMUsageError(f"{_flag(f)} takes comma-separated {kind.__name__}s, got {item!r}") from None
+            raise OPRMUsageError(f"{_flag(f)} takes comma-separated integers, got {item!r}") from None
         OPRMConfig().replace(**{name: values[-1]})  # checked like a single value
     return values
 

@@ -73,7 +73,7 @@ def run_demo(args) -> int:
 
 def _demo_overflow(args) -> int:
     from .engine import OPRM
-    from .evaluate import evaluate
+    from .eval.runner import evaluate
     from .models import resolve_model
     from .report import explain, markdown_table
     from .synthetic.ar import make_ar_episode
@@ -127,7 +127,7 @@ def _demo_overflow(args) -> int:
 
 def _demo_context_extension(args) -> int:
     from .engine import OPRM
-    from .evaluate import evaluate
+    from .eval.runner import evaluate
     from .report import markdown_table
 
     start = time.perf_counter()
