@@ -14,11 +14,21 @@ import sys
 from .errors import OPRMUsageError
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id, local folder, .gguf file, or a shipped model's name")
+def add_model_arguments(p: argparse.ArgumentParser, *, default: str | None = None, model_help: str | None = None,
+                        thread_sweep: bool = False) -> None:
+    """The model flags of every command (--model, --dtype, --device, --threads, --trust-remote-code).
+
+    ``default`` makes --model optional; ``thread_sweep`` lets --threads take a comma list (``oprm bench``)."""
+    p.add_argument("--model", required=default is None, default=default,
+                   help=model_help or "hub id, local folder, .gguf file, or a shipped model's name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: measured best)")
+    if thread_sweep:
+        p.add_argument("--threads", default=None, help="torch CPU threads, comma-separated for a sweep (default: the "
+                                                       "measured best for the model's family)")
+    else:
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: the measured best for the model's family)")
     p.add_argument("--trust-remote-code", action="store_true")
 
 
@@ -26,12 +36,15 @@ def engine_from_args(args, config=None, **extra):
     """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag
     (or ``config``, when the command builds it itself)."""
     from .config import config_from_args
-    from .engine import OPRM, set_threads
+    from .engine import OPRM
+    from .runtime import set_threads
 
-    set_threads(args.threads)
-    return OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                trust_remote_code=args.trust_remote_code, config=config or config_from_args(args),
-                                **extra)
+    config = config or config_from_args(args)  # every option checked before the model loads
+    set_threads(args.threads)  # loading (e.g. GGUF de-quantization) runs on these threads too
+    engine = OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code, config=config, **extra)
+    set_threads(args.threads, engine.model)  # the default depends on the architecture family
+    return engine
 
 
 def read_text(path: str, what: str) -> str:
