@@ -148,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # loading bars would break one-line errors and piped output
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:  # transformers is imported already: the variable comes too late
+        hf_logging.set_verbosity_error()  # config warnings would break one-line errors and piped output
+    hf_logging.disable_progress_bar()  # so would loading bars
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-ar"]:
         from .train_ar import main as train_ar
