@@ -154,3 +154,13 @@ def test_bench_device_cuda_without_gpu_is_one_line(capsys):
     assert main(["bench", "--device", "cuda", "--lengths", "64", "--no-memory"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not available" in err
+
+
+def test_rounds_alternate_thread_order_and_pool_the_runs(cells):
+    specs = bench.plan(_args(threads="1,2", rounds=3))
+    timing = [(s["round"], s["threads"]) for s in specs if s["kind"] == "timing"]
+    assert timing == [(0, 1), (0, 2), (1, 2), (1, 1), (2, 1), (2, 2)]
+    assert {s["threads"] for s in specs if s["kind"] == "memory"} == {1, 2} and len(specs) == 6 + 4
+    second = dict(cells[0], round=1)
+    (vanilla,) = [r for r in bench.rows_from_cells([cells[0], second]) if r["mode"] == "vanilla"]
+    assert vanilla["repeats"] == 2  # both rounds' runs in one median

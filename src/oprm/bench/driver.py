@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lengths", default="1024,4096,16384", help="context lengths in tokens, comma-separated")
     p.add_argument("--modes", default="vanilla,oprm", help="vanilla and/or oprm, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the report gives medians")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the timing cells this many times, the thread counts in alternating order, and take "
+                        "medians over every round (a thread sweep on a shared machine)")
     p.add_argument("--prefix-tokens", type=int, default=32, help="|P|")
     p.add_argument("--suffix-tokens", type=int, default=32, help="|S|")
     p.add_argument("--mamba-kernels", choices=tuple(KERNEL_MODES), default="auto",
@@ -69,21 +72,30 @@ def plan(args) -> list[dict]:
     for m in modes:
         if m not in ("vanilla", "oprm"):
             raise OPRMUsageError(f"unknown mode {m!r} in --modes; use vanilla and/or oprm")
-    if args.repeats <= 0 or args.prefix_tokens < 0 or args.suffix_tokens < 0:
-        raise OPRMUsageError("--repeats must be positive, --prefix-tokens and --suffix-tokens not negative")
+    if args.repeats <= 0 or args.rounds <= 0 or args.prefix_tokens < 0 or args.suffix_tokens < 0:
+        raise OPRMUsageError("--repeats and --rounds must be positive, --prefix-tokens and --suffix-tokens not "
+                             "negative")
     specs = []
-    for kernels in KERNEL_MODES[args.mamba_kernels]:
-        for length in lengths:
-            for t in threads:
-                base = {"model": args.model, "length": length, "chunk_size": config.chunk_size, "threads": t,
-                        "max_new_tokens": generation["max_new_tokens"], "prefix_tokens": args.prefix_tokens,
-                        "suffix_tokens": args.suffix_tokens, "max_batch_tokens": config.max_batch_tokens,
-                        "dtype": args.dtype, "device": args.device, "mamba_kernels": kernels,
-                        "engine": config.to_dict(), "generation": generation}
-                specs.append(dict(base, kind="timing", modes=modes, repeats=args.repeats))
-                if not args.no_memory:
-                    specs.extend(dict(base, kind="memory", mode=m) for m in modes)
+    for kernels, length, round_, t in _cells(KERNEL_MODES[args.mamba_kernels], lengths, threads, args.rounds):
+        base = {"model": args.model, "length": length, "chunk_size": config.chunk_size, "threads": t,
+                "max_new_tokens": generation["max_new_tokens"], "prefix_tokens": args.prefix_tokens,
+                "suffix_tokens": args.suffix_tokens, "max_batch_tokens": config.max_batch_tokens,
+                "dtype": args.dtype, "device": args.device, "mamba_kernels": kernels,
+                "engine": config.to_dict(), "generation": generation}
+        specs.append(dict(base, kind="timing", modes=modes, repeats=args.repeats, round=round_))
+        if round_ == 0 and not args.no_memory:
+            specs.extend(dict(base, kind="memory", mode=m) for m in modes)
     return specs
+
+
+def _cells(kernel_modes, lengths, threads, rounds):
+    """(kernels, length, round, threads) in run order: odd rounds walk the thread counts backwards, so drift in the
+    machine's load hits every thread count alike."""
+    for round_ in range(rounds):
+        for kernels in kernel_modes:
+            for length in lengths:
+                for t in (threads if round_ % 2 == 0 else threads[::-1]):
+                    yield kernels, length, round_, t
 
 
 def spawn_cell(spec: dict, timeout: float | None = None) -> dict:
@@ -137,6 +149,7 @@ def meta(args) -> dict:
             "torch": torch.__version__, "device": args.device or "cpu", "dtype": args.dtype,
             "chunk_size": config.chunk_size, "max_batch_tokens": config.max_batch_tokens,
             "prefix_tokens": args.prefix_tokens, "suffix_tokens": args.suffix_tokens,
-            "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "engine": config.to_dict(),
+            "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "rounds": args.rounds,
+            "engine": config.to_dict(),
             "mamba_kernels": args.mamba_kernels,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -49,7 +49,8 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None, tru
     import torch
     import transformers as tf
 
-    from oprm.models import check_device, resolve_model
+    from oprm.models import check_device
+    from oprm.models import load_model as oprm_load_model
 
     device = check_device(device)
     torch_dtype = getattr(torch, dtype, None)
@@ -59,16 +60,8 @@ def load_model(name: str, dtype: str = "float32", device: str | None = None, tru
         torch.manual_seed(0)
         with torch.device(device or "cpu"):  # weights are created (and initialised) where they run: fast on a GPU
             model = tf.AutoModelForCausalLM.from_config(random_config(name), dtype=torch_dtype)
-    else:
-        path, gguf_file = resolve_model(name)
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        try:
-            model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                            **kwargs)
-        except OSError as e:
-            raise OPRMUsageError(f"could not load model {name!r}: {str(e).strip().splitlines()[0]}") from e
-        if device:
-            model = model.to(device)
+    else:  # the way oprm loads it (one-line errors; GGUF files converted once and cached)
+        model, _ = oprm_load_model(name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     model.generation_config.eos_token_id = None  # always decode max_new_tokens tokens
     return model.eval()
 

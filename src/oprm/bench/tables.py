@@ -62,7 +62,9 @@ def rows_from_cells(cells: list[dict]) -> list[dict]:
     for c in cells:
         g = groups.setdefault((c["model"], c.get("mamba_kernels"), c["length"], c["threads"]),
                               {"timing": None, "memory": {}})
-        if c["kind"] == "timing":
+        if c["kind"] == "timing" and g["timing"] is not None:  # another round: its runs join the medians
+            g["timing"] = dict(g["timing"], runs=g["timing"]["runs"] + c["runs"])
+        elif c["kind"] == "timing":
             g["timing"] = c
         else:
             g["memory"][c["mode"]] = c
