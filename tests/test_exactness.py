@@ -17,6 +17,7 @@ from oprm.adapters.cache import CacheAdapter
 ARCHS = sorted(CONFIGS)
 NEW = 5
 TOL = 1e-5
+BF16_TOL = 0.1  # logits have std ~2 (tiny_models.LOGIT_STD); bf16 keeps 8 bits of mantissa
 
 
 def make_prompt(seed=0, n_context=40):
@@ -126,3 +127,24 @@ def test_micro_batches_choose_like_one_batch(model):
     small = OPRM(model, chunk_size=12, idk=None, max_batch_tokens=40).generate(**kwargs)  # 1-2 rows per batch
     assert_same_choice(one, small)
     assert max(abs(a.entropy - b.entropy) for a, b in zip(one.chunks, small.chunks)) < TOL
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "zamba2", "llama"])
+def test_bf16_sanity(arch):
+    """bf16 (a GPU's usual dtype): OPRM's chosen row agrees with model.generate on [P, C_j, S] within bf16 rounding.
+
+    Batched and single-row bf16 forwards round differently, so logits are compared with a bf16-sized tolerance and
+    greedy tokens only where the reference's top two logits are further apart than that tolerance."""
+    if DEVICE == "cpu" and not torch.backends.mkldnn.is_available():
+        pytest.skip("no bf16 CPU kernels here")
+    model = tiny_model(arch).to(torch.bfloat16)
+    P, C, S = make_prompt(6)
+    result = OPRM(model, chunk_size=12, idk=None).generate(prefix_ids=P, context_ids=C, suffix_ids=S,
+                                                           max_new_tokens=NEW, output_logits=True)
+    c = result.chunks[result.chosen[0]]
+    ref_tokens, ref_logits = reference_generate(model, P + C[c.token_start:c.token_end] + S, NEW)
+    first, ref_first = result.logits[0].float().cpu(), ref_logits[0]
+    assert torch.isfinite(first).all() and (first - ref_first).abs().max() < BF16_TOL
+    top2 = ref_first.topk(2).values
+    if top2[0] - top2[1] > 2 * BF16_TOL:
+        assert result.token_ids[0] == ref_tokens[0]

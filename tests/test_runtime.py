@@ -33,12 +33,17 @@ def test_families(model_type, family):
 
 def test_default_threads_per_family(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    for fam, wanted in runtime.FAMILY_THREADS.items():
-        model_type = {"recurrent": "mamba", "hybrid": "zamba2", "matmul": "llama"}[fam]
-        assert runtime.default_threads(model_type) == (2 if wanted == "all" else min(2, wanted))
-    assert runtime.default_threads(tiny_model("mamba2")) == runtime.default_threads("mamba2")  # a model works too
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.5, 0.5))  # an idle 2-core machine
+    assert runtime.default_threads("mamba") == runtime.default_threads("mamba2") == 1  # recurrent scans: 1
+    assert runtime.default_threads("llama") == runtime.default_threads("zamba2") == 2  # matmuls: the free cores
+    assert runtime.default_threads(None) == 1
+    assert runtime.default_threads(tiny_model("llama")) == 2  # a model works too
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 1.0))  # another job holds a core
+    assert runtime.default_threads("llama") == 1 and runtime.default_threads("mamba") == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert runtime.idle_cores() == 1  # never 0
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    assert runtime.default_threads("mamba") == 8  # big machines: half the cores
+    assert runtime.default_threads("mamba") == runtime.default_threads("llama") == 8  # big machines: half
 
 
 def test_set_threads(monkeypatch):

@@ -1,9 +1,11 @@
 """Torch CPU threads: how many a model gets by default, per architecture family.
 
 Recurrent scans (Mamba, Mamba2, RWKV, ...) are chains of small, memory-bound steps: on small machines a second
-thread only adds synchronisation. Matmul-bound models (transformers, the attention and MLP parts of hybrids) split
-their large matrix products across threads. ``docs/bench/threads/`` holds the measurement behind ``FAMILY_THREADS``
-and the command that reproduces it.
+thread only adds synchronisation. Matmul-bound models (transformers, and hybrids, whose attention and MLP dominate at
+real sizes) split their large matrix products across threads, but only win when the cores are free: on a 2-vCPU
+machine two threads sped SmolLM2-135M's prefill up 1.85x with the second core idle (40.2 s -> 21.7 s, issue 11) and
+slowed it down 3-4x, its decode 25x, with the second core busy (``docs/bench/threads/``, with the command that
+reproduces it). So the matmul-bound families take the cores that the 1-minute load average leaves idle.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import os
 
 from .errors import OPRMUsageError
 
-__all__ = ["family", "default_threads", "set_threads", "FAMILY_THREADS", "RECURRENT", "HYBRID"]
+__all__ = ["family", "default_threads", "set_threads", "idle_cores", "FAMILY_THREADS", "RECURRENT", "HYBRID"]
 
 # model_type values by family; anything else (Llama, Gemma, Qwen, GGUF transformers, ...) counts as "matmul"
 RECURRENT = ("mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "rwkv7", "xlstm", "recurrent_gemma")
 HYBRID = ("zamba", "zamba2", "jamba", "bamba", "falcon_h1", "nemotron_h", "granitemoehybrid", "lfm2", "qwen3_next",
           "qwen3_5_text", "minimax")
 
-# threads on machines with at most SMALL_MACHINE cores, per family ("all": every core); see docs/bench/threads/
-FAMILY_THREADS = {"recurrent": 1, "hybrid": 1, "matmul": 1}
+# threads on machines with at most SMALL_MACHINE cores, per family ("idle": the cores the load average leaves free)
+FAMILY_THREADS = {"recurrent": 1, "hybrid": "idle", "matmul": "idle"}
 SMALL_MACHINE = 4
 
 
@@ -38,16 +40,26 @@ def family(model_or_type) -> str:
     return "matmul"
 
 
-def default_threads(model=None) -> int:
-    """Torch CPU threads for ``model`` (a model, config or model_type; None: the most conservative family).
+def idle_cores() -> int:
+    """Cores the 1-minute load average leaves free (at least 1; all of them where the load is unknown)."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return cores
+    return max(1, min(cores, cores - round(load)))
 
-    Small machines (<= 4 cores) use the measured count of the model's family; larger ones half the cores, leaving
+
+def default_threads(model=None) -> int:
+    """Torch CPU threads for ``model`` (a model, config or model_type; None: the recurrent family's count).
+
+    Small machines (<= 4 cores) use their family's rule (``FAMILY_THREADS``); larger ones half the cores, leaving
     room for the data loading and tokenization around the model."""
     cores = os.cpu_count() or 1
     if cores > SMALL_MACHINE:
         return max(1, math.floor(cores / 2))
-    wanted = FAMILY_THREADS[family(model)] if model is not None else min(FAMILY_THREADS.values())
-    return cores if wanted == "all" else max(1, min(cores, wanted))
+    wanted = FAMILY_THREADS[family(model) if model is not None else "recurrent"]
+    return idle_cores() if wanted == "idle" else max(1, min(cores, wanted))
 
 
 def set_threads(value: int | None = None, model=None) -> int:
