@@ -12,10 +12,10 @@ mkdir -p "$DIR"
 want=("transformers==5.24.0" pytest)
 "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: -d "$DIR" "${want[@]}" 2>&1 \
   | { grep -v "is ignored" || true; }
-for v in 3.10 3.12; do  # compiled dependencies for other Pythons the GPU machine may run
+for v in 3.10 3.12; do  # compiled dependencies for other Pythons the GPU machine may run (best effort)
   "$PY" -m pip download -q --disable-pip-version-check --only-binary=:all: --no-deps --python-version "$v" \
-    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$DIR" regex pyyaml pydantic-core 2>&1 \
-    | { grep -v "is ignored" || true; }
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 -d "$DIR" regex pyyaml pydantic-core \
+    >/dev/null 2>&1 || echo "note: no binary wheels of regex/pyyaml/pydantic-core for Python $v"
 done
 rm -f "$DIR"/numpy-*.whl "$DIR"/torch-*.whl
 {

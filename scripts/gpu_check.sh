@@ -8,12 +8,14 @@
 #    scripts/fetch_wheels.sh; its SOURCE.txt, printed here, says where it comes from).
 # 2. The exactness suite on the device in fp32 (tests/test_exactness.py with OPRM_TEST_DEVICE, the scan tests of
 #    tests/test_mamba_scan.py) and the bf16 sanity test.
-# 3. oprm bench on the device at 32K and 128K tokens: tiny Mamba, Mamba2 and Zamba2; then falcon-mamba-7b-2l
-#    (Falcon-Mamba-7B's widths, 2 layers, random weights) with mamba_ssm's kernel when it is installed and with the
-#    PyTorch scan, peak memory included.
-# --quick: CPU sizes (512-token inputs, tiny-falcon-mamba for falcon-mamba-7b-2l, the Mamba tests only).
-# Every step has a time limit that keeps the whole run within the budget; a step over its limit is reported, and the
-# run goes on. Results: --output-path (default gpu_check_results/), one folder per bench.
+# 3. oprm bench on the device at 32K and 128K tokens: falcon-mamba-7b-2l (Falcon-Mamba-7B's widths, 2 layers,
+#    random weights) with mamba_ssm's kernel when it is installed and with the PyTorch scan, peak memory included;
+#    then tiny Mamba, Mamba2 and Zamba2 (timing only).
+# --quick: CPU sizes (512-token inputs, tiny-falcon-mamba for falcon-mamba-7b-2l, the Mamba tests only, no memory
+# cells: the test suite covers those), about 30 s.
+# Every step has a time limit (tests 120 s, the big model 240 s, each tiny one 45 s) and none runs past the budget
+# ($OPRM_GPU_CHECK_BUDGET, default 470 s): a step over its limit is reported and the run goes on. Results:
+# --output-path (default gpu_check_results/), one folder per bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=cuda QUICK=0 WHEELS=${OPRM_WHEELS:-wheels} OUT=gpu_check_results BUDGET=${OPRM_GPU_CHECK_BUDGET:-470}
@@ -23,24 +25,32 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --wheels) WHEELS=$2; shift 2 ;;
     --output-path) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error \
-  PYTHONWARNINGS=ignore OPRM_TEST_DEVICE="$DEVICE"
+  PYTHONWARNINGS=ignore OPRM_TEST_DEVICE="$DEVICE" TQDM_DISABLE=1
 [ "$DEVICE" = cpu ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 START=$SECONDS FAILED=()
 step() { echo; echo "== [$((SECONDS - START))s] $*"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
-# run "name" limit cmd...: the command under a time limit (never past the budget); failures are noted, not fatal
+# run "name" limit cmd...: the command in its own process group under a time limit (never past the budget); on
+# timeout the whole group goes (bench cells are child processes), and failures are noted, not fatal
 run() {
   local name=$1 limit=$2; shift 2
   local t; t=$(left); [ "$t" -lt "$limit" ] && limit=$t
   if [ "$limit" -le 5 ]; then echo "skipped: $name (budget spent)"; FAILED+=("$name: skipped"); return; fi
-  local rc=0; timeout "$limit" "$@" || rc=$?
-  if [ $rc -eq 124 ]; then FAILED+=("$name: over its ${limit}s"); elif [ $rc -ne 0 ]; then FAILED+=("$name: exit $rc"); fi
+  local began=$SECONDS rc=0
+  setsid "$@" &
+  local pid=$!
+  ( sleep "$limit"; kill -TERM -- "-$pid" 2>/dev/null; sleep 5; kill -KILL -- "-$pid" 2>/dev/null ) &
+  local watchdog=$!
+  wait "$pid" || rc=$?
+  kill "$watchdog" 2>/dev/null || true
+  if [ $rc -ne 0 ] && [ $((SECONDS - began)) -ge "$limit" ]; then FAILED+=("$name: over its ${limit}s")
+  elif [ $rc -ne 0 ]; then FAILED+=("$name: exit $rc"); fi
 }
 
 step "environment"
@@ -79,20 +89,19 @@ else
   LENGTHS=32768,131072 TINY=(tiny-mamba tiny-mamba2 tiny-zamba2) BIG=falcon-mamba-7b-2l SIZE=(--repeats 2)
 fi
 step "exactness suite on $DEVICE (fp32; bf16 sanity)"
-run "exactness tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+run "exactness tests" 120 "$PY" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
 
 mkdir -p "$OUT"
-for model in "${TINY[@]}"; do
-  step "oprm bench $model on $DEVICE, N=$LENGTHS"
-  memory=(--no-memory); [ $QUICK = 1 ] && memory=()  # the dry run passes through the memory cells once
-  run "bench $model" 75 "$PY" -m oprm bench --device "$DEVICE" --model "$model" --lengths "$LENGTHS" "${SIZE[@]}" \
-    "${memory[@]}" --output-path "$OUT/$model"
-done
 kernels=off; [ "$KERNEL" = installed ] || [ $QUICK = 1 ] && kernels=both
-step "oprm bench $BIG on $DEVICE, N=$LENGTHS, scans: $([ $kernels = both ] && echo "mamba_ssm and PyTorch" || echo "PyTorch (mamba_ssm absent)")"
+step "oprm bench $BIG on $DEVICE, N=$LENGTHS, --mamba-kernels $kernels (mamba_ssm $KERNEL)"
 memory=(); [ $QUICK = 1 ] && memory=(--no-memory)
 run "bench $BIG" 240 "$PY" -m oprm bench --device "$DEVICE" --model "$BIG" --lengths "$LENGTHS" "${SIZE[@]}" \
-  --mamba-kernels "$kernels" "${memory[@]}" --output-path "$OUT/$BIG"
+  --repeats 1 --mamba-kernels "$kernels" "${memory[@]}" --output-path "$OUT/$BIG"
+for model in "${TINY[@]}"; do
+  step "oprm bench $model on $DEVICE, N=$LENGTHS"
+  run "bench $model" 45 "$PY" -m oprm bench --device "$DEVICE" --model "$model" --lengths "$LENGTHS" "${SIZE[@]}" \
+    --no-memory --output-path "$OUT/$model"
+done
 
 step "summary"
 for md in "$OUT"/*/bench.md; do [ -f "$md" ] && { echo "$md"; tail -n +3 "$md" | sed -n '/^| model | N |/,$p'; }; done

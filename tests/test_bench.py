@@ -62,7 +62,8 @@ def test_timing_cell_alternates_modes(cells):
 
 def test_outputs(cells, tmp_path):
     meta = bench.meta(_args())
-    rows = bench.write_outputs(tmp_path, meta, cells, plots=True)
+    rows, files = bench.write_outputs(tmp_path, meta, cells, plots=True)
+    assert [f.name for f in files] == ["bench.json", "bench.md", "bench_time.png", "bench_memory.png"]
     assert {r["mode"] for r in rows} == {"vanilla", "oprm"}
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny-mamba2 | oprm | 300 | 1 | 1 |" in table and "OPRM/vanilla TTFT" in table

@@ -130,9 +130,9 @@ def run_bench(args) -> int:
         bar.set_postfix_str(f"{spec['kind']} {spec.get('mode', '')} N={spec['length']} t={spec['threads']}")
         cells.append(spawn_cell(spec))
         write_outputs(out_dir, info, cells)  # after every cell: a long sweep leaves partial results
-    rows = write_outputs(out_dir, info, cells, plots=True)
+    rows, files = write_outputs(out_dir, info, cells, plots=True)
     print(bench_table(rows, compare(rows)))
-    print(f"\nwrote {out_dir / 'bench.json'}, bench.md, bench_time.png, bench_memory.png")
+    print(f"\nwrote {', '.join(str(f) for f in files)}" + ("" if len(files) > 2 else " (no plots: matplotlib missing)"))
     return 0
 
 

@@ -26,6 +26,8 @@ def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
     row = {k: cell[k] for k in ("model", "length", "chunk_size", "threads")}
     if cell.get("mamba_kernels") == "off":  # the same model on the PyTorch scan: its own rows
         row["model"] += " (PyTorch scan)"
+    elif cell.get("scan") == "mamba_ssm":
+        row["model"] += " (mamba_ssm scan)"
     row["scan"] = cell.get("scan")
     row.update(mode=mode, repeats=len(runs), ttft_s=med("ttft_s"), ttft_cpu_s=med("ttft_cpu_s"),
                prefill_s=med("prefill_s"), decode_s=med("decode_s"), total_s=med("total_s"),
@@ -76,16 +78,14 @@ def rows_from_cells(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def write_outputs(out_dir: Path, meta: dict, cells, plots: bool = False) -> list[dict]:
-    """bench.json, bench.md (and with ``plots`` the PNGs) from the cells so far; returns the summary rows."""
+def write_outputs(out_dir: Path, meta: dict, cells, plots: bool = False) -> tuple[list[dict], list[Path]]:
+    """bench.json, bench.md (and with ``plots`` the PNGs) from the cells so far: (summary rows, files written)."""
     rows = rows_from_cells(cells)
     comparisons = compare(rows)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "summary": rows, "oprm_vs_vanilla": comparisons,
                                                     "cells": cells}, indent=1))
     (out_dir / "bench.md").write_text(bench_table(rows, comparisons, meta) + "\n\n" + compact_table(rows) + "\n")
-    if plots:
-        make_plots(rows, out_dir)
-    return rows
+    return rows, [out_dir / "bench.json", out_dir / "bench.md"] + (make_plots(rows, out_dir) if plots else [])
 
 
 def _fmt(x, digits=3):
@@ -140,10 +140,14 @@ def compact_table(rows: list[dict]) -> str:
 
 
 def make_plots(rows: list[dict], out_dir: Path) -> list[Path]:
-    import matplotlib
+    """bench_time.png and bench_memory.png; none where matplotlib is missing (a bare GPU machine)."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
 
     paths = []
     for key, ylabel, name in (("ttft_s", "time to first token (s)", "bench_time.png"),
