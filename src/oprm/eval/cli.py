@@ -123,7 +123,7 @@ def run_eval(args, engine=None) -> int:
     """``oprm eval``: check every flag, load the model, run, print the summary table."""
     from oprm.eval.configs import build_configs
     from oprm.eval.report import results_markdown
-    from oprm.eval.runner import evaluate
+    from oprm.eval.runner import check_run_options, evaluate
     from oprm.tasks import expand_tasks
 
     tasks = expand_tasks(args.tasks)
@@ -133,8 +133,7 @@ def run_eval(args, engine=None) -> int:
     build_configs(args.modes, chunk_sizes, selections, idk)  # every check before a model is loaded
     synthetic_options = _synthetic_options(args)
     generation = generation_from_args(args)
-    if args.limit is not None and args.limit <= 0:
-        raise OPRMUsageError(f"--limit must be positive, got {args.limit}")
+    check_run_options(args.chat_rule, args.prompt_style, args.max_new_tokens_budget, args.limit)
     data_parallel = None
     from oprm.parallel import ChunkParallel, init_from_env
 

@@ -32,7 +32,7 @@ from .report import fmt, make_plots
 from .scoring import aggregate
 from .storage import PredictionFile, merge_parts, part_path, safe_name, write_summary
 
-__all__ = ["evaluate", "run_sample", "RunSettings"]
+__all__ = ["evaluate", "run_sample", "RunSettings", "check_run_options"]
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,9 @@ def run_sample(engine: EvalEngine, task: Task, sample: dict, cfg: RunConfig, bud
     return rec
 
 
-def _check(chat: str, prompt_style: str, max_new_tokens_budget: str, limit, max_new_tokens) -> None:
+def check_run_options(chat: str = "auto", prompt_style: str = "longbench", max_new_tokens_budget: str = "official",
+                      limit: int | None = None, max_new_tokens: int | None = None) -> None:
+    """The run options' checks (``oprm eval`` calls them before loading a model; ``evaluate`` for library users)."""
     if chat not in CHAT_CHOICES:
         raise OPRMUsageError(f"chat must be auto, on, off or longbench, got {chat!r}")
     if prompt_style not in ("longbench", "oprm"):
@@ -193,7 +195,7 @@ def evaluate(engine: EvalEngine, tasks, modes: Sequence[str] | str = ("oprm", "v
     """
     if not isinstance(engine, EvalEngine):
         raise OPRMUsageError("evaluate() needs an engine with config, tokenizer, name and generate() (e.g. oprm.OPRM)")
-    _check(chat, prompt_style, max_new_tokens_budget, limit, max_new_tokens)
+    check_run_options(chat, prompt_style, max_new_tokens_budget, limit, max_new_tokens)
     task_list = _task_list(tasks)
     configs = build_configs(modes, chunk_sizes, selections, idk, default_chunk_size=engine.config.chunk_size,
                             tag=options_tag(engine.config))
