@@ -61,8 +61,9 @@ def test_timing_cell_alternates_modes(cells):
 
 
 def test_outputs(cells, tmp_path):
-    meta = bench._meta(_args())
-    rows = bench._write(tmp_path, meta, cells, plots=True)
+    meta = bench.meta(_args())
+    rows, files = bench.write_outputs(tmp_path, meta, cells, plots=True)
+    assert [f.name for f in files] == ["bench.json", "bench.md", "bench_time.png", "bench_memory.png"]
     assert {r["mode"] for r in rows} == {"vanilla", "oprm"}
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny-mamba2 | oprm | 300 | 1 | 1 |" in table and "OPRM/vanilla TTFT" in table
@@ -88,7 +89,7 @@ def test_bad_model_fails_in_one_line():
 
 
 def test_ints_parses_scientific_lengths():
-    assert bench._ints("1024,1e6", "--lengths") == [1024, 1000000]
+    assert bench.parse_ints("1024,1e6", "--lengths") == [1024, 1000000]
 
 
 def test_bench_loads_a_model_folder(tmp_path):
@@ -97,3 +98,70 @@ def test_bench_loads_a_model_folder(tmp_path):
     tiny_model("mamba2").save_pretrained(tmp_path / "m")
     model = bench.load_model(str(tmp_path / "m"))
     assert model.config.model_type == "mamba2" and model.generation_config.eos_token_id is None
+
+
+def test_engine_flags_come_from_the_config():
+    from oprm.config import OPRMConfig
+
+    args = build_parser().parse_args(["bench", "--lengths", "300"])
+    spec = bench.plan(args)[0]
+    assert spec["chunk_size"] == OPRMConfig().chunk_size == 2000  # one default everywhere
+    assert spec["threads"] is None  # resolved per model family inside the cell
+    args = _args(overlap=16, shared_prefix=False)
+    spec = bench.plan(args)[0]
+    assert spec["engine"]["overlap"] == 16 and spec["engine"]["shared_prefix"] is False
+    assert spec["engine"]["idk"] is None and spec["generation"] == {"max_new_tokens": 3}
+    with pytest.raises(OPRMUsageError, match="overlap"):
+        bench.plan(_args(overlap=128))  # not below the chunk size
+    with pytest.raises(OPRMUsageError, match="threads"):
+        bench.plan(_args(threads="0"))
+
+
+def test_mamba_kernels_both_gives_separate_rows(cells):
+    specs = bench.plan(_args(mamba_kernels="both", no_memory=True))
+    assert [s["mamba_kernels"] for s in specs] == ["auto", "off"]
+    off = dict(cells[0], mamba_kernels="off")
+    rows = bench.rows_from_cells([cells[0], off])
+    assert sorted({r["model"] for r in rows}) == ["tiny-mamba2", "tiny-mamba2 (PyTorch scan)"]
+
+
+def test_falcon_mamba_7b_widths_spec():
+    import torch
+    import transformers as tf
+
+    config = bench.specs.random_config("falcon-mamba-7b-2l")
+    assert (config.hidden_size, config.intermediate_size, config.state_size, config.num_hidden_layers) == (
+        4096, 8192, 16, 2)
+    with torch.device("meta"):  # the real size, without allocating it
+        model = tf.AutoModelForCausalLM.from_config(config)
+    per_layer = sum(p.numel() for p in model.backbone.layers[0].parameters())
+    assert 100e6 < per_layer < 110e6  # ~105M parameters per Falcon-Mamba-7B layer
+
+
+def test_scan_path_is_reported_for_mamba1_models():
+    from oprm.bench.cells import scan_path
+
+    assert scan_path(bench.load_model("tiny-falcon-mamba")) == "pytorch"  # CPU: always the PyTorch scan
+    assert scan_path(bench.load_model("tiny-mamba2")) is None
+
+
+def test_bench_device_cuda_without_gpu_is_one_line(capsys):
+    import torch
+
+    from oprm.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "--device", "cuda", "--lengths", "64", "--no-memory"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not available" in err
+
+
+def test_rounds_alternate_thread_order_and_pool_the_runs(cells):
+    specs = bench.plan(_args(threads="1,2", rounds=3))
+    timing = [(s["round"], s["threads"]) for s in specs if s["kind"] == "timing"]
+    assert timing == [(0, 1), (0, 2), (1, 2), (1, 1), (2, 1), (2, 2)]
+    assert {s["threads"] for s in specs if s["kind"] == "memory"} == {1, 2} and len(specs) == 6 + 4
+    second = dict(cells[0], round=1)
+    (vanilla,) = [r for r in bench.rows_from_cells([cells[0], second]) if r["mode"] == "vanilla"]
+    assert vanilla["repeats"] == 2  # both rounds' runs in one median

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from oprm.parallel import merge_prediction_files, shard_samples
+from oprm.eval.storage import merge_prediction_files
+from oprm.parallel import shard_samples
 
 WORLD = 2
 CHUNK = 16

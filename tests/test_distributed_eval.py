@@ -17,7 +17,7 @@ def _free_port() -> int:
 def _run(out_dir, data_parallel=None):
     from test_evaluate import FakeEngine
 
-    from oprm.evaluate import evaluate
+    from oprm.eval import evaluate
 
     return evaluate(FakeEngine(), "ar", modes=("vanilla", "oprm"), output_path=out_dir, model_name="fake",
                     synthetic_options=SYNTH, progress=False, plots=False, data_parallel=data_parallel)

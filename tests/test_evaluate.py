@@ -9,8 +9,8 @@ import pytest
 
 from oprm.config import OPRMConfig
 from oprm.errors import OPRMUsageError
-from oprm.evaluate import (RunConfig, add_eval_arguments, add_score_arguments, bm25_context, build_configs, evaluate,
-                           run_eval, run_score, score_dir)
+from oprm.eval import (RunConfig, add_eval_arguments, add_score_arguments, bm25_context, build_configs, evaluate,
+                       run_eval, run_score, score_dir)
 from oprm.tasks import get_task
 
 FIX = Path(__file__).parent / "fixtures" / "longbench"
@@ -32,6 +32,7 @@ class FakeResult:
     chunks: list = field(default_factory=list)
     timings: dict = field(default_factory=lambda: {"total": 0.01})
     idk_fallback_used: bool = False
+    selection: str | None = None
 
     def to_dict(self):
         return {"text": self.text, "chosen": self.chosen}
@@ -42,6 +43,7 @@ class FakeEngine:
 
     config = OPRMConfig(chunk_size=2000)
     tokenizer = None
+    name = "fake"
 
     def __init__(self, answers=None, vanilla_answer="I do not know"):
         self.answers = answers or {}
@@ -376,3 +378,66 @@ def test_synthetic_flags_reach_the_generators(tmp_path):
     assert len(ar) == 2 and all(r["answers"] == ["Error"] and r["score"] == 1.0 for r in ar)
     niah = [c for c in eng.calls if "special magic" in c["template"]]
     assert len(niah) == 2 and all(c["context"].startswith("One of the special magic uuids") for c in niah)
+
+
+# ------------------------------------------------------------------ engine options from OPRMConfig
+def test_eval_flags_are_the_config_fields():
+    from oprm.eval.cli import OWN_FLAGS, eval_config
+
+    args = _eval_args(["--model", "m", "--overlap", "100", "--max-batch-tokens", "512", "--idk-fallback",
+                       "min_entropy", "--no-chat", "--system-prompt", "Be brief.", "--no-shared-prefix",
+                       "--decode", "top_k", "--num-decode", "2", "--chunk-size", "1000,2000"])
+    config = eval_config(args)
+    assert (config.overlap, config.max_batch_tokens, config.idk_fallback, config.shared_prefix) == (
+        100, 512, "min_entropy", False)
+    assert config.system_prompt == "Be brief." and args.chat_rule == "off"
+    assert config.chunk_size == OPRMConfig.paper().chunk_size  # grid fields stay for the runner
+    assert config.seed == 42  # eval's --seed seeds the engine too
+    defaults = eval_config(_eval_args(["--model", "m"]))
+    assert defaults == OPRMConfig.paper(seed=42)
+    every = set(OPRMConfig.names()) - set(OWN_FLAGS)  # each other field has its generated flag
+    assert every <= set(vars(args))
+
+
+def test_options_that_change_predictions_rename_the_config(tmp_path):
+    from oprm.eval.configs import options_tag
+
+    assert options_tag(OPRMConfig.paper()) == "" and options_tag(OPRMConfig(max_batch_tokens=64)) == ""
+    assert options_tag(OPRMConfig(overlap=100, idk_fallback="min_entropy")) == "ov100_fallback-min_entropy"
+    assert options_tag(OPRMConfig(decode="top_k", num_decode=3)) == "decode-top_k_k3"
+
+    class OverlapEngine(FakeEngine):
+        config = OPRMConfig(chunk_size=2000, overlap=100)
+
+    res = evaluate(OverlapEngine(ANSWERS), "hotpotqa", ["oprm", "vanilla"], None, None, True, 1, FIX, tmp_path, 0,
+                   model_name="m", progress=False, plots=False)
+    assert set(res["configs"]) == {"oprm_cs2000_entropy_idk_ov100", "vanilla"}
+    assert res["configs"]["oprm_cs2000_entropy_idk_ov100"]["config"]["options"] == "ov100"
+    with pytest.raises(OPRMUsageError, match="overlap"):  # a grid size not above the overlap fails before any work
+        evaluate(OverlapEngine(ANSWERS), "hotpotqa", ["oprm"], [64], None, True, 1, FIX, tmp_path, 0, model_name="m",
+                 progress=False, plots=False)
+
+
+def test_evaluate_refuses_what_is_not_an_engine(tmp_path):
+    with pytest.raises(OPRMUsageError, match="engine"):
+        evaluate(object(), "hotpotqa", ["vanilla"], None, None, True, 1, FIX, tmp_path, 0, model_name="m")
+
+
+def test_cli_eval_engine_flags_reach_a_real_engine(tmp_path, capsys):
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    from oprm.cli import main
+
+    tok, model = tiny_tokenizer(), tiny_model("mamba2")
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    argv = ["eval", "--model", str(tmp_path / "model"), "--tasks", "ar", "--modes", "oprm", "--chunk-size", "48",
+            "--overlap", "8", "--idk-fallback", "min_entropy", "--max-batch-tokens", "200", "--no-chat",
+            "--samples", "1", "--ar-num-facts", "6", "--max-new-tokens", "2", "--output-path", str(tmp_path / "out"),
+            "--quiet", "--no-plots"]
+    assert main(argv) == 0
+    assert "oprm_cs48_entropy_idk_ov8_fallback-min_entropy" in capsys.readouterr().out
+    rows = _lines(tmp_path / "out" / "model" / "oprm_cs48_entropy_idk_ov8_fallback-min_entropy" / "pred" / "ar.jsonl")
+    assert len(rows) == 1 and rows[0]["num_chunks"] >= 2 and rows[0]["chunk_size"] == 48

@@ -297,3 +297,24 @@ def test_stateless_forward_without_cache():
     x = torch.randn(2, 9, mixer.hidden_size, generator=torch.Generator().manual_seed(17))
     ref = mixer(x)
     assert (stateful_mixer_forward(mixer, x, block_size=2) - ref).abs().max().item() <= TOL
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("kind", ["mamba", "falcon_mamba"])
+@torch.no_grad()
+def test_cuda_scan_paths_match(kind):
+    """On a GPU: the PyTorch scan matches the CPU one, and mamba_ssm's kernel (when installed) matches both."""
+    from oprm.adapters.selective_scan import kernel_available
+
+    mixer = next(iter_supported_mixers(model_for(kind)))
+    x = torch.randn(3, 300, mixer.hidden_size, generator=torch.Generator().manual_seed(21))
+    conv, ssm = _random_states(mixer, 3, seed=22)
+    ref, _, ref_ssm = mixer_scan_from_state(mixer, x, conv, ssm, block_size=128)
+    gpu = copy.deepcopy(mixer).cuda()
+    args = (gpu, x.cuda(), conv.cuda(), ssm.cuda())
+    paths = {"pytorch": mixer_scan_from_state(*args, block_size=128, use_kernels=False)}
+    if kernel_available():
+        paths["mamba_ssm"] = mixer_scan_from_state(*args, block_size=128)
+    for name, (out, _, h) in paths.items():
+        assert (out.cpu() - ref).abs().max().item() <= 1e-4, name
+        assert (h.cpu() - ref_ssm).abs().max().item() <= 1e-4, name

@@ -15,8 +15,36 @@ if not os.environ.get("CI") and not all(importlib.util.find_spec(m) for m in ("l
 
 
 @pytest.fixture(scope="module")
-def engine():
+def cache_dir(tmp_path_factory):
+    """A fresh conversion cache: the first load converts the GGUF file (and writes the cache), the second reads it."""
+    folder = tmp_path_factory.mktemp("oprm-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPRM_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def engine(cache_dir):
     return OPRM.from_pretrained("smollm2", chunk_size=1000)
+
+
+def test_the_converted_copy_is_the_same_model(engine, cache_dir):
+    import torch
+
+    from oprm.models import load_model
+
+    (converted,) = (cache_dir / "gguf").iterdir()
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in converted.iterdir()}
+    model, tokenizer = load_model("smollm2")  # from the cache now
+    original = {k: v for k, v in engine.model.config.to_dict().items() if k != "quantization_config"}
+    assert model.config.to_dict() == {**original, "_name_or_path": str(converted)}  # all but the GGUF origin
+    text = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Où est la tour Eiffel? 42"}],
+                                                tokenize=False, add_generation_prompt=True)
+    assert tokenizer.chat_template == engine.tokenizer.chat_template
+    ids = engine.tokenizer(text, return_tensors="pt")["input_ids"]
+    assert tokenizer(text, return_tensors="pt")["input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, engine.model(ids).logits)  # the same weights, bit for bit
 
 
 def test_gguf_model_loads_as_a_transformer_with_a_window(engine):

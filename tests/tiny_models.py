@@ -2,14 +2,24 @@
 
 fp32, untied embeddings, hidden 32-64, 2-4 layers. Zero biases and the pad-embedding row are re-randomised, as in
 pretrained models, because zeros can hide state or padding leaks.
+
+The output embedding is rescaled so first-token logits have a standard deviation of about ``LOGIT_STD``: at the default
+init most of these models give a near-uniform first token (entropy within 1e-6 of log V), so which chunk has the
+lowest entropy was decided by float rounding and changed with the CPU kernel set (``ATEN_CPU_CAPABILITY``).
+
+``OPRM_TEST_DEVICE`` (default ``cpu``) moves every tiny model to that device, so the same suite runs on a GPU.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import transformers as tf
 
 VOCAB = 96
+LOGIT_STD = 2.0  # entropies ~1.3-2.8 nats: chunk margins >= 2e-5 (vs ~1e-6 rounding), logits still far from saturating
+DEVICE = os.environ.get("OPRM_TEST_DEVICE", "cpu")
 
 # model_type -> (config class, kwargs)
 CONFIGS = {
@@ -90,14 +100,19 @@ def tiny_model(model_type: str, seed: int = 0):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
         emb = model.get_input_embeddings().weight
         emb[0].copy_(torch.randn(emb.shape[1], generator=g) * emb.std())
+        probe = torch.randint(3, VOCAB, (4, 24), generator=g)
+        std = float(model(probe).logits[:, -1].std())
+        # two significant digits: the same weights whatever kernels computed the probe
+        model.get_output_embeddings().weight.mul_(float(f"{LOGIT_STD / std:.2g}"))
     model.generation_config.eos_token_id = None  # decode a fixed number of tokens in exactness tests
     model.generation_config.pad_token_id = 0
-    return model
+    return model.to(DEVICE)
 
 
 def reference_generate(model, prompt: list[int], max_new_tokens: int):
     """``model.generate`` on one prompt alone: greedy tokens and the raw logits of each step."""
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+    device = next(model.parameters()).device
+    out = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens, do_sample=False,
                          output_logits=True, return_dict_in_generate=True, min_new_tokens=max_new_tokens,
-                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-    return out.sequences[0, len(prompt):].tolist(), [l[0].float() for l in out.logits]
+                         attention_mask=torch.ones(1, len(prompt), dtype=torch.long, device=device))
+    return out.sequences[0, len(prompt):].tolist(), [l[0].float().cpu() for l in out.logits]

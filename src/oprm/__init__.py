@@ -7,8 +7,8 @@ from .engine import OPRM, OPRMResult
 from .errors import ModelError, OPRMUsageError
 from .prompts import PromptParts, build_prompt, default_qa_template
 from .selection import ChunkRecord
+from .version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = ["OPRM", "OPRMConfig", "OPRMResult", "Answer", "ChunkRecord", "Chunk", "PromptParts", "OPRMUsageError",
            "ModelError", "SELECTIONS",

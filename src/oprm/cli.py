@@ -15,22 +15,38 @@ import sys
 from .errors import OPRMUsageError
 
 
-def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="hub id, local folder, .gguf file, or a shipped model's name")
+def add_model_arguments(p: argparse.ArgumentParser, *, default: str | None = None, model_help: str | None = None,
+                        thread_sweep: bool = False, required: bool = True) -> None:
+    """The model flags of every command (--model, --dtype, --device, --threads, --trust-remote-code).
+
+    ``default`` (or ``required=False``) makes --model optional; ``thread_sweep`` lets --threads take a comma list
+    (``oprm bench``)."""
+    p.add_argument("--model", required=required and default is None, default=default,
+                   help=model_help or "hub id, local folder, .gguf file, or a shipped model's name")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: measured best)")
+    if thread_sweep:
+        p.add_argument("--threads", default=None, help="torch CPU threads, comma-separated for a sweep (default: the "
+                                                       "measured best for the model's family)")
+    else:
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: the measured best for the model's family)")
     p.add_argument("--trust-remote-code", action="store_true")
 
 
-def engine_from_args(args, **extra):
-    """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag."""
+def engine_from_args(args, config=None, **extra):
+    """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag
+    (or ``config``, when the command builds it itself)."""
     from .config import config_from_args
-    from .engine import OPRM, set_threads
+    from .engine import OPRM
+    from .runtime import set_threads
 
-    set_threads(args.threads)
-    return OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                trust_remote_code=args.trust_remote_code, config=config_from_args(args), **extra)
+    config = config or config_from_args(args)  # every option checked before the model loads
+    set_threads(args.threads)  # loading (e.g. GGUF de-quantization) runs on these threads too
+    engine = OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code, config=config, **extra)
+    set_threads(args.threads, engine.model)  # the default depends on the architecture family
+    return engine
 
 
 def read_text(path: str, what: str) -> str:
@@ -207,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     # listed for --help; main() hands its arguments to the training script untouched
     sub.add_parser("train-ar", add_help=False,
                    help="train the shipped associative-recall model (oprm train-ar --help for its options)")
-    sub.add_parser("lm-eval", add_help=False,  # serve/lm-eval hook: main() hands its arguments to lm-eval's CLI
+    sub.add_parser("lm-eval", add_help=False,  # main() hands its arguments to lm-eval's CLI
                    help="run lm-evaluation-harness with OPRM as the model (oprm lm-eval --help for its options)")
-    for module_name in ("oprm.demo", "oprm.evaluate", "oprm.bench", "oprm.serve"):  # each room adds its commands
+    for module_name in ("oprm.demo", "oprm.eval.cli", "oprm.bench", "oprm.serve"):  # each room adds its commands
         try:
             module = __import__(module_name, fromlist=["add_parser"])
         except ModuleNotFoundError as e:
@@ -222,10 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # loading bars would break one-line errors and piped output
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:  # transformers is imported already: the variable comes too late
+        hf_logging.set_verbosity_error()  # config warnings would break one-line errors and piped output
+    hf_logging.disable_progress_bar()  # so would loading bars
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-ar"]:
         from .train_ar import main as train_ar

@@ -118,22 +118,29 @@ def _flag(f) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (),
-                         grid: tuple[str, ...] = (), defaults: dict | None = None) -> None:
+                         grid: tuple[str, ...] = (), defaults: dict | None = None,
+                         later: dict[str, str] | None = None) -> None:
     """Add one flag per OPRMConfig field (minus ``exclude``). ``grid`` fields take comma-separated lists (an
-    ablation grid in ``oprm eval``); ``defaults`` replaces the dataclass defaults shown and used."""
+    ablation grid in ``oprm eval``); ``defaults`` replaces the dataclass defaults shown and used; ``later`` maps
+    fields whose default the command decides after parsing (the flag defaults to None) to a description of it."""
     base = OPRMConfig(**(defaults or {}))
+    later = later or {}
     group = parser.add_argument_group("OPRM options")
     for f in fields(OPRMConfig):
         if f.name in exclude:
             continue
         meta, default = f.metadata, getattr(base, f.name)
-        help_text = meta["help"] + ("" if default in (None, True, False) else f" (default {default})")
+        # 0 == False: test the type, or "(default 0)" of --overlap would be hidden
+        help_text = meta["help"] + ("" if default is None or isinstance(default, bool) else f" (default {default})")
+        if f.name in later:
+            default, help_text = None, f"{meta['help']} (default: {later[f.name]})"
         if f.name in grid:
             choices = f" from {', '.join(meta['choices'])}" if meta["choices"] else ""
             group.add_argument(_flag(f), dest=f.name, default=None,
                                help=f"{meta['help']}; comma-separated for an ablation grid{choices} (default {default})")
         elif isinstance(default, bool):
-            group.add_argument("--" + meta["negate"], dest=f.name, action="store_false", default=default, help=help_text)
+            group.add_argument("--" + meta["negate"], dest=f.name, action="store_false", default=default,
+                               help=f"do not {help_text}")
         else:
             kind = int if meta["minimum"] is not None or isinstance(default, int) else str
             if meta["negate"]:
@@ -167,7 +174,7 @@ def grid_values(args: argparse.Namespace, name: str) -> list:
         try:
             values.append(kind(item))
         except ValueError:
-            raise OPRMUsageError(f"{_flag(f)} takes comma-separated {kind.__name__}s, got {item!r}") from None
+            raise OPRMUsageError(f"{_flag(f)} takes comma-separated integers, got {item!r}") from None
         OPRMConfig().replace(**{name: values[-1]})  # checked like a single value
     return values
 

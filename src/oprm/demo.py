@@ -15,21 +15,26 @@ import time
 from pathlib import Path
 
 SHIPPED_MODEL = "oprm-ar-mamba2"
-DEFAULT_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)
+SMOLLM2_CHUNK_SIZE = 2000
+# engine options the demo fixes: it compares the modes itself, the AR prompts name the IDK word, --seed seeds both
+OWN_FLAGS = ("mode", "max_input_tokens", "idk", "seed")
 
 
 def add_parser(sub) -> None:
+    from .cli import add_model_arguments
+    from .config import OPRMConfig, add_config_arguments
+
     p = sub.add_parser("demo", help="offline demo: vanilla vs OPRM as the context overflows the state")
-    p.add_argument("--model", default=SHIPPED_MODEL,
-                   help=f"shipped model name or folder (default {SHIPPED_MODEL}); 'smollm2' for the GGUF "
-                        "context-extension demo")
+    add_model_arguments(p, default=SHIPPED_MODEL,
+                        model_help=f"shipped model name or folder (default {SHIPPED_MODEL}); 'smollm2' for the GGUF "
+                                   "context-extension demo")
     p.add_argument("--samples", type=int, default=None, help="episodes per point (default 25; smollm2: 2)")
     p.add_argument("--multiples", default=None, help="context lengths as multiples of the training length "
                                                      "(default 1,2,4,8,16,32,64)")
-    p.add_argument("--chunk-size", type=int, default=None, help="default: the model's training length")
     p.add_argument("--output-path", default="oprm-demo", help="folder for predictions, table, plot and JSON")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the engine")
+    add_config_arguments(p, exclude=OWN_FLAGS, defaults=OPRMConfig.paper().to_dict(),
+                         later={"chunk_size": f"the model's training length; {SMOLLM2_CHUNK_SIZE} for smollm2"})
     p.set_defaults(func=run_demo)
 
 
@@ -43,9 +48,10 @@ def training_length(folder: str | Path, default: int = 128) -> int:
 
 def _parse_multiples(text: str | None) -> list[int]:
     from .errors import OPRMUsageError
+    from .tasks.synthetic import OVERFLOW_MULTIPLES
 
     if not text:
-        return list(DEFAULT_MULTIPLES)
+        return list(OVERFLOW_MULTIPLES)
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -56,24 +62,27 @@ def _parse_multiples(text: str | None) -> list[int]:
 
 
 def run_demo(args) -> int:
-    from .engine import set_threads
+    from .cli import engine_from_args
+    from .config import config_from_args
     from .errors import OPRMUsageError
+    from .models import resolve_model
 
     if args.samples is None:
         args.samples = 2 if args.model == "smollm2" else 25
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
-    if args.chunk_size is not None and args.chunk_size <= 0:
-        raise OPRMUsageError(f"--chunk-size must be positive, got {args.chunk_size}")
-    set_threads(args.threads)
+    if args.chunk_size is None:
+        args.chunk_size = SMOLLM2_CHUNK_SIZE if args.model == "smollm2" else training_length(resolve_model(args.model)[0])
+    config = config_from_args(args)  # every option checked before the model loads
+    _parse_multiples(args.multiples)
+    engine = engine_from_args(args, config=config)
     if args.model == "smollm2":
-        return _demo_context_extension(args)
-    return _demo_overflow(args)
+        return _demo_context_extension(args, engine)
+    return _demo_overflow(args, engine)
 
 
-def _demo_overflow(args) -> int:
-    from .engine import OPRM
-    from .evaluate import evaluate
+def _demo_overflow(args, engine) -> int:
+    from .eval.runner import evaluate
     from .models import resolve_model
     from .report import explain, markdown_table
     from .synthetic.ar import make_ar_episode
@@ -82,8 +91,7 @@ def _demo_overflow(args) -> int:
     start = time.perf_counter()
     folder, _ = resolve_model(args.model)
     train_len = training_length(folder)
-    chunk_size = args.chunk_size or train_len
-    engine = OPRM.from_pretrained(args.model, chunk_size=chunk_size)
+    chunk_size = engine.config.chunk_size
     per_fact = tokens_per_fact(engine.tokenizer, 1.0)
     multiples = _parse_multiples(args.multiples)
     facts = [max(1, round(m * train_len / per_fact)) for m in multiples]
@@ -125,14 +133,12 @@ def _demo_overflow(args) -> int:
     return 0
 
 
-def _demo_context_extension(args) -> int:
-    from .engine import OPRM
-    from .evaluate import evaluate
+def _demo_context_extension(args, engine) -> int:
+    from .eval.runner import evaluate
     from .report import markdown_table
 
     start = time.perf_counter()
-    chunk_size = args.chunk_size or 2000
-    engine = OPRM.from_pretrained("smollm2", chunk_size=chunk_size)
+    chunk_size = engine.config.chunk_size
     window = engine.model.config.max_position_embeddings
     lengths = [int(m * window) for m in ((0.5, 1.5) if not args.multiples else _parse_multiples(args.multiples))]
     print(f"SmolLM2-135M-Instruct: a transformer with a {window}-position window; OPRM chunk size {chunk_size}")

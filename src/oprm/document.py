@@ -132,7 +132,7 @@ class EncodedDocument:
 
 def fingerprint(model, tokenizer) -> dict:
     """What a document's states depend on: the model (type, config, weights' dtype), the tokenizer, oprm."""
-    from . import __version__
+    from .version import __version__
 
     config = getattr(model, "config", None)
     to_json = getattr(config, "to_json_string", None)

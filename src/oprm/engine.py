@@ -10,8 +10,6 @@ logits come from the same forward computation, only batched with the other chunk
 
 from __future__ import annotations
 
-import math
-import os
 import time
 
 import torch
@@ -26,6 +24,7 @@ from .prefill import Prefiller, RunStats
 from .prompts import PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result
 from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, reusable
+from .runtime import default_threads, set_threads  # noqa: F401 - their former home; kept importable
 from .selection import chunk_records
 
 __all__ = ["OPRM", "OPRMResult", "Answer", "default_max_batch_tokens", "default_threads", "set_threads"]
@@ -302,14 +301,3 @@ def default_max_batch_tokens(device) -> int:
     """Tokens per prefill micro-batch. Measured on CPU (docs/bench): 8192 is faster than 32768 for Mamba and Mamba2
     (the reference scans' temporaries grow with the batch) and 3-4x lighter; GPUs batch more rows for free."""
     return 8192 if torch.device(device).type == "cpu" else 32768
-
-
-def default_threads() -> int:
-    """Torch CPU threads: 1 on small machines, where the recurrent scans run 2-25x faster single-threaded."""
-    cores = os.cpu_count() or 1
-    return 1 if cores <= 4 else max(1, math.floor(cores / 2))
-
-
-def set_threads(value: int | None = None) -> None:
-    """Set torch's CPU thread count (``None``: the measured default)."""
-    torch.set_num_threads(value or default_threads())

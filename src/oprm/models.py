@@ -3,6 +3,7 @@ oprm."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -58,9 +59,11 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
 
 def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_file: str | None = None,
                trust_remote_code: bool = False):
-    """(model, tokenizer) the transformers way, with every failure as one clear line."""
+    """(model, tokenizer) the transformers way, with every failure as one clear line.
+
+    A ``.gguf`` model is converted once (de-quantization and tokenizer conversion take most of its start-up) and
+    kept as safetensors + tokenizer files in the cache (see ``gguf_cache_dir``); later loads read those."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path, gguf_file = resolve_model(name, gguf_file)
     if path.endswith(".pth"):  # RWKV v4-v7 checkpoints run on the `rwkv` runtime (adapters/rwkv_runtime.py)
@@ -71,6 +74,23 @@ def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_fi
     if not (isinstance(torch_dtype, torch.dtype) or torch_dtype == "auto"):
         raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
     device = check_device(device)
+    cache = gguf_cache_dir(Path(path) / gguf_file) if gguf_file else None
+    if cache is not None and (cache / "config.json").is_file():
+        path, gguf_file = str(cache), None  # converted before: load the plain transformers folder
+    model, tokenizer = _from_pretrained(name, path, gguf_file, torch.float32 if cache is not None and gguf_file
+                                        else torch_dtype, trust_remote_code)
+    if cache is not None and gguf_file:
+        _save_converted(model, tokenizer, cache)
+        if isinstance(torch_dtype, torch.dtype) and torch_dtype != torch.float32:
+            model = model.to(torch_dtype)
+    if device:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -85,9 +105,52 @@ def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_fi
             raise OPRMUsageError(f"unsupported architecture: {name!r} is not a causal LM; "
                                  f"supported: {', '.join(SUPPORTED)}") from None
         raise OPRMUsageError(f"could not load model {name!r}: {first}") from e
-    if device:
-        model = model.to(device)
     return model, tokenizer
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path | None:
+    """Where the converted copy of a GGUF file lives: ``$OPRM_CACHE_DIR`` (default ``~/.cache/oprm``) ``/gguf/``,
+    keyed by the file's name, size and modification time and by the transformers version that converted it.
+    ``OPRM_CACHE_DIR=off`` turns the cache off (None)."""
+    import transformers
+
+    root = os.environ.get("OPRM_CACHE_DIR", "~/.cache/oprm")
+    if root.strip().lower() in ("", "0", "off", "none"):
+        return None
+    try:
+        st = gguf_path.stat()
+    except OSError:
+        return None
+    key = f"{gguf_path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
+    return Path(root).expanduser() / "gguf" / key
+
+
+def _save_converted(model, tokenizer, cache: Path) -> None:
+    """Write the converted model and tokenizer into ``cache`` (atomically: a folder renamed into place), best effort:
+    a read-only or full disk only costs the next start-up its conversion again."""
+    import shutil
+    import tempfile
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=cache.name + ".", dir=cache.parent))
+        try:
+            # transformers refuses save_pretrained on a GGUF-loaded model (its quantizer is not serializable) although
+            # the weights are plain de-quantized tensors: write the folder it would have written
+            from safetensors.torch import save_model
+
+            model.config.save_pretrained(tmp)
+            config = json.loads((tmp / "config.json").read_text())
+            config.pop("quantization_config", None)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2))
+            model.generation_config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # tied weights stored once
+            tokenizer.save_pretrained(tmp)
+            tmp.rename(cache)  # another process may have won the race: then its copy stays
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def check_device(device: str | None) -> str | None:

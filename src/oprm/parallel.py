@@ -58,63 +58,13 @@ def init_from_env(backend: str | None = None) -> bool:
     return True
 
 
-# --- data-parallel evaluation: each rank runs a shard of the samples, rank 0 merges the prediction files -----------
+# --- data-parallel evaluation: each rank runs a shard of the samples (oprm.eval.storage merges the files) ----------
 def shard_samples(samples: list, rank: int, world: int) -> list:
     """The samples rank ``rank`` of ``world`` runs: round-robin, so long and short samples spread evenly.
 
-    The shards are disjoint and together hold every sample once; ``merge_prediction_files`` undoes the split.
+    The shards are disjoint and together hold every sample once; ``oprm.eval.storage.merge_prediction_files`` undoes
+    the split.
     """
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world}")
     return list(samples)[rank::world]
-
-
-def merge_prediction_files(parts: list, out, key: str = "_id", order: list | None = None) -> int:
-    """Merge per-rank JSONL prediction files into ``out``; returns the number of records written.
-
-    A record whose ``key`` appears in several parts is kept once when the copies are equal (a resumed run) and is
-    an error when they differ. With ``order`` (the sample ids in their original order) the output follows it and
-    every id must be present (a missing one is an error: a rank died or skipped it); records of other ids (an
-    earlier run with more samples) are kept after them. Without ``order`` the records follow the round-robin order
-    of ``shard_samples`` (part 0's first record, part 1's first, ...). Parts that do not exist count as empty.
-    """
-    import json
-    from pathlib import Path
-
-    per_part: list[list[dict]] = []
-    for part in parts:
-        path = Path(part)
-        rows = []
-        if path.exists():
-            with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        per_part.append(rows)
-    merged: dict = {}
-    sequence = []
-    for i in range(max((len(r) for r in per_part), default=0)):  # interleave: the inverse of the round-robin split
-        for rows in per_part:
-            if i < len(rows):
-                sequence.append(rows[i])
-    for rec in sequence:
-        k = rec[key]
-        if k in merged:
-            if merged[k] != rec:
-                raise ValueError(f"conflicting predictions for {key}={k!r} in the parts")
-            continue
-        merged[k] = rec
-    if order is not None:
-        missing = [k for k in order if k not in merged]
-        if missing:
-            raise ValueError(f"{len(missing)} sample(s) missing from the merged predictions (first {missing[:3]})")
-        wanted = set(order)
-        records = [merged[k] for k in dict.fromkeys(order)] + [r for k, r in merged.items() if k not in wanted]
-    else:
-        records = list(merged.values())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(out)
-    return len(records)

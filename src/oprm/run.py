@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,9 +16,6 @@ from .errors import OPRMUsageError
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
-
-if TYPE_CHECKING:
-    from .engine import OPRM
 from .selection import CandidatePolicy, chunk_records, make_selector, query_logprobs
 
 CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
@@ -42,9 +38,10 @@ def cache_folder(config: OPRMConfig) -> str | None:
 
 class ChunkRun:
     """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the candidate policy,
-    the merge across ranks under chunk parallelism, and decoding of the winners."""
+    the merge across ranks under chunk parallelism, and decoding of the winners. ``engine`` is the calling
+    :class:`~oprm.engine.OPRM` (its adapter, tokenizer, IDK ids and chunk parallelism)."""
 
-    def __init__(self, engine: OPRM, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
+    def __init__(self, engine, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
                  decoder: AnswerDecoder, document: EncodedDocument | None = None, keep: dict | None = None):
         self.engine, self.prompt, self.config = engine, prompt, config
         self.prefiller, self.decoder = prefiller, decoder

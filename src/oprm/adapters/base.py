@@ -14,8 +14,6 @@ import torch
 
 
 class StateAdapter:
-    #: architectures (``config.model_type``) this adapter serves; informational
-    model_types: tuple[str, ...] = ()
     #: True when a multi-token forward from a cached state is exact, so P's state can be computed once and broadcast
     continuation_exact: bool = True
 

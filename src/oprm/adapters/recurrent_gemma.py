@@ -23,7 +23,6 @@ class RecurrentGemmaState:
 
 
 class RecurrentGemmaAdapter(StateAdapter):
-    model_types = ("recurrent_gemma",)
     continuation_exact = False
 
     def __init__(self, model):

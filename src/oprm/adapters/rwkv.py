@@ -13,8 +13,6 @@ from .base import StateAdapter
 
 
 class RwkvAdapter(StateAdapter):
-    model_types = ("rwkv",)
-
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
         state = [s.clone() for s in state] if state is not None else None
         out = self.model(input_ids=input_ids, state=state, use_cache=True, logits_to_keep=num_logits)

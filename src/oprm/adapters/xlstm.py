@@ -12,8 +12,6 @@ from .base import StateAdapter, copy_structure
 
 
 class XlstmAdapter(StateAdapter):
-    model_types = ("xlstm",)
-
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
         if state is not None:
             state = self.select(state, list(range(input_ids.shape[0])))  # the model updates its cache in place

@@ -4,7 +4,7 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or server-sent events), ``POST /v1/completions``,
 ``GET /health``. The long context travels in the request extension ``"oprm": {"context": ..., <options>}`` or in a
-``<document>...</document>`` block of the messages (see :mod:`oprm.serve.protocol` and the README's "Serving").
+``<document>...</document>`` block of the messages (see :mod:`oprm.serve.requests` and the README's "Serving").
 
 This module only defines the command; the web stack (starlette, uvicorn: ``pip install 'oprm[serve]'``) is
 imported when the server starts.

@@ -19,8 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .protocol import (APIError, Parser, Plan, bad, chat_logprobs, chat_response, chunk_event, completion_logprobs,
-                       completion_response, oprm_details, usage_event)
+from .plan import APIError, Plan, bad
+from .requests import Parser
+from .responses import (chat_logprobs, chat_response, chunk_event, completion_logprobs, completion_response,
+                        oprm_details, usage_event)
 from .worker import EngineWorker, Job, JobCancelled
 
 log = logging.getLogger("oprm.serve")

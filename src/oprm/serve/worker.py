@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from ..errors import GenerationCancelled, ModelError, OPRMUsageError
 from ..prompts import bos_prefix, has_chat_template
-from .protocol import APIError, Plan, cut_at_stop, finish_reason, token_logprobs
+from .plan import APIError, Plan
+from .responses import cut_at_stop, finish_reason, token_logprobs
 
 log = logging.getLogger("oprm.serve")
 

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 from oprm.errors import OPRMUsageError
-from oprm.tasks.registry import Task
+from oprm.tasks.task import Task
 
 __all__ = ["default_data_dir", "find_longbench_file", "find_v2_file", "ensure_task_data", "load_task_samples",
            "read_jsonl",

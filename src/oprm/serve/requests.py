@@ -1,17 +1,4 @@
-"""OpenAI request bodies -> engine calls, and engine results -> OpenAI response bodies.
-
-Nothing here touches the network or the model: a request is checked and turned into a :class:`Plan` (what to ask
-the engine and how to shape the answer); the worker runs the plan; ``chat_response``/``completion_response`` shape
-the result. Every rejection is an :class:`APIError` carrying an OpenAI-style error object.
-
-How the long context travels (see the README's "Serving" section):
-
-* the request extension ``"oprm": {"context": "...", <engine options>}`` (``extra_body`` in the openai client): the
-  question is the last user message;
-* for clients that cannot send extra fields, a ``<document>...</document>`` block inside the last user message or a
-  system message: the block's text is the context and the rest of the user message is the question;
-* neither: plain chat on the model (the whole conversation through its chat template, one pass: vanilla).
-"""
+"""OpenAI request bodies -> a :class:`~oprm.serve.plan.Plan` (what to ask the engine, how to shape the answer)."""
 
 from __future__ import annotations
 
@@ -20,69 +7,13 @@ import math
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import OPRMConfig
 from ..errors import OPRMUsageError
 
-DOC_OPEN, DOC_CLOSE = "<document>", "</document>"
-MAX_STOP = 4  # OpenAI's limit on stop sequences
-# request-extension keys besides the OPRMConfig fields
-EXTENSION_PROMPT_KEYS = ("context", "template", "answer_prefix", "gold_text")
-EXTENSION_GENERATION_KEYS = ("top_k", "repetition_penalty", "do_sample", "ignore_eos")
-EXTENSION_OTHER_KEYS = ("explain",)
-# OpenAI fields we accept but cannot honour unless they hold their neutral value
-NEUTRAL_FIELDS = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "best_of": 1, "echo": False,
-                  "suffix": None, "tools": None, "functions": None, "tool_choice": None}
-
-
-class APIError(Exception):
-    """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
-
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def bad(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-@dataclass
-class Plan:
-    """One checked request: the engine call and how to shape its answer."""
-
-    kind: str  # "chat" | "completion"
-    model: str
-    engine_kwargs: dict  # for OPRM.generate (prompt arguments, OPRMConfig overrides, generation options)
-    vanilla_messages: list | None = None  # plain chat: rendered with the chat template in the worker
-    vanilla_prompt: str | None = None  # plain completion: raw text
-    stream: bool = False
-    include_usage: bool = False
-    stop: list[str] = field(default_factory=list)
-    max_new_tokens: int = 64
-    logprobs: bool = False
-    top_logprobs: int = 0
-    explain: bool = False
-    document_from: str | None = None  # "extension" | "message" | None (vanilla)
-    decode: str = "one"  # the effective OPRMConfig.decode (request over server default)
-    id: str = ""
-    created: int = 0
-
-    @property
-    def oprm(self) -> bool:
-        return self.document_from is not None
-
-    @property
-    def streams_pieces(self) -> bool:
-        """Several decoded chunks are joined only at the end, so they stream as one piece."""
-        return not self.oprm or self.decode == "one"
+from .plan import (DOC_CLOSE, DOC_OPEN, EXTENSION_GENERATION_KEYS, EXTENSION_OTHER_KEYS, EXTENSION_PROMPT_KEYS, MAX_STOP,
+                   NEUTRAL_FIELDS, APIError, Plan, bad)
 
 
 # --- small checks -------------------------------------------------------------------------------------------------
@@ -437,129 +368,3 @@ def _seed_sampling(plan: Plan) -> Plan:
     if plan.engine_kwargs.get("do_sample") and "seed" not in plan.engine_kwargs:
         plan.engine_kwargs["seed"] = secrets.randbits(31)
     return plan
-
-
-# --- responses ----------------------------------------------------------------------------------------------------
-def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """OpenAI semantics: the text ends before the first stop sequence, which is not returned."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def finish_reason(result, plan: Plan, stopped: bool, eos: set[int]) -> str:
-    if stopped:
-        return "stop"
-    for answer in result.answers:
-        tokens = answer.token_ids
-        if answer.chunk is not None or not plan.oprm:  # a decoded answer (not the all-IDK word)
-            if len(tokens) >= plan.max_new_tokens and not (tokens and tokens[-1] in eos):
-                return "length"
-    return "stop"
-
-
-def usage(result) -> dict:
-    prompt = int(sum(result.prompt_tokens.values()))
-    completion = len(result.token_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def oprm_details(result, plan: Plan) -> dict:
-    """The OPRM view of an answer: chosen chunk spans, per-chunk entropy and IDK flag, counts and timings."""
-    chunks = [{"index": c.index, "token_start": c.token_start, "token_end": c.token_end, "char_start": c.char_start,
-               "char_end": c.char_end, "entropy": _finite(c.entropy), "is_idk": bool(c.is_idk),
-               "score": _finite(c.score), "top_tokens": [[t, s, _finite(p)] for t, s, p in c.top_tokens]}
-              for c in result.chunks]
-    details = {"mode": result.mode, "document_from": plan.document_from, "chosen": list(result.chosen),
-               "chosen_spans": result.chosen_spans, "chunks": chunks, "selection": result.selection,
-               "chunk_size": result.chunk_size, "idk_fallback_used": bool(result.idk_fallback_used),
-               "prompt_tokens": dict(result.prompt_tokens), "tokens_processed": int(result.tokens_processed),
-               "timings": {k: round(float(v), 6) for k, v in result.timings.items()}}
-    document = getattr(result, "document", None)  # the engine's document-state cache, when it reports one
-    if document is not None:
-        details["document"] = document.to_dict() if hasattr(document, "to_dict") else document
-    return details
-
-
-def _finite(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def token_logprobs(result, tokenizer, top: int, eos: set[int]) -> list[dict] | None:
-    """Per generated token: its log-probability under the model's (unprocessed) next-token distribution and the
-    ``top`` best alternatives. Only for a single decoded answer (``result.logits`` holds the first answer's)."""
-    if result.logits is None or len(result.answers) != 1:
-        return None
-    import torch
-
-    tokens = result.answers[0].token_ids
-    out = []
-    for token, logits in zip(tokens, result.logits):
-        if token in eos:
-            break
-        logp = torch.log_softmax(logits.float(), -1)
-        entry = {"token_id": token, "token": tokenizer.decode([token]), "logprob": float(logp[token])}
-        if top:
-            values, ids = logp.topk(top)
-            entry["top"] = [(int(i), tokenizer.decode([int(i)]), float(v)) for v, i in zip(values, ids)]
-        out.append(entry)
-    return out
-
-
-def chat_logprobs(entries: list[dict] | None) -> dict | None:
-    if entries is None:
-        return None
-    return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": list(e["token"].encode()),
-                         "top_logprobs": [{"token": s, "logprob": v, "bytes": list(s.encode())}
-                                          for _, s, v in e.get("top", [])]} for e in entries], "refusal": None}
-
-
-def completion_logprobs(entries: list[dict] | None) -> dict | None:
-    if entries is None:
-        return None
-    offsets, position = [], 0
-    for e in entries:
-        offsets.append(position)
-        position += len(e["token"])
-    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [{s: v for _, s, v in e.get("top", [])} for e in entries] if entries and "top" in entries[0]
-            else None, "text_offset": offsets}
-
-
-def chat_response(plan: Plan, text: str, reason: str, result, logprobs: dict | None) -> dict:
-    body = {"id": plan.id, "object": "chat.completion", "created": plan.created, "model": plan.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": logprobs, "finish_reason": reason}],
-            "usage": usage(result), "system_fingerprint": None}
-    return body
-
-
-def completion_response(plan: Plan, text: str, reason: str, result, logprobs: dict | None) -> dict:
-    return {"id": plan.id, "object": "text_completion", "created": plan.created, "model": plan.model,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}],
-            "usage": usage(result), "system_fingerprint": None}
-
-
-def chunk_event(plan: Plan, delta_text: str | None, *, role: bool = False, reason: str | None = None) -> dict:
-    """One streamed chunk (``chat.completion.chunk`` or ``text_completion``)."""
-    if plan.kind == "chat":
-        delta: dict = {}
-        if role:
-            delta["role"] = "assistant"
-        if delta_text is not None:
-            delta["content"] = delta_text
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
-        obj = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": reason}
-        obj = "text_completion"
-    return {"id": plan.id, "object": obj, "created": plan.created, "model": plan.model, "choices": [choice]}
-
-
-def usage_event(plan: Plan, result) -> dict:
-    obj = "chat.completion.chunk" if plan.kind == "chat" else "text_completion"
-    return {"id": plan.id, "object": obj, "created": plan.created, "model": plan.model, "choices": [],
-            "usage": usage(result)}
-
