@@ -165,3 +165,16 @@ def test_rounds_alternate_thread_order_and_pool_the_runs(cells):
     second = dict(cells[0], round=1)
     (vanilla,) = [r for r in bench.rows_from_cells([cells[0], second]) if r["mode"] == "vanilla"]
     assert vanilla["repeats"] == 2  # both rounds' runs in one median
+
+
+def test_document_mode_answers_from_the_encoded_context(tmp_path):
+    specs = bench.plan(_args(modes="oprm,document"))
+    timing = bench.run_timing(specs[0])
+    memory = bench.run_memory(next(s for s in specs if s.get("mode") == "document"))
+    rows = {r["mode"]: r for r in bench.rows_from_cells([timing, memory])}
+    d, o = rows["document"], rows["oprm"]
+    assert d["floor"] == 3 * 4 and d["prefill_tokens"] == d["floor"]  # only S per chunk: b*|S| tokens
+    assert d["document"]["chunks"] == 3 and d["document"]["state_bytes"] > 0 and d["document"]["file_bytes"] > 0
+    assert d["above_loaded_mb"] is not None and o["prefill_tokens"] > d["prefill_tokens"]
+    _, files = bench.write_outputs(tmp_path, bench.meta(_args(modes="oprm,document")), [timing, memory])
+    assert "| state KB per chunk |" in (tmp_path / "bench.md").read_text()

@@ -17,6 +17,15 @@ __all__ = ["RESULT_MARK", "run_timing", "run_memory", "scan_path"]
 RESULT_MARK = "OPRM_BENCH_RESULT "
 
 
+def _reset_peak() -> None:
+    """Reset this process's RSS high-water mark (Linux: writing 5 to clear_refs)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _rss_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -67,14 +76,18 @@ def _setup(spec: dict):
     return model, engine, (prefix, context, suffix)
 
 
-def _call(engine, spec, mode, prefix, context, suffix) -> dict:
+def _call(engine, spec, mode, prefix, context, suffix, document=None) -> dict:
+    """One timed question; ``mode="document"`` asks it of an encoded ``document`` (only S is prefilled)."""
     import torch
 
     cuda = engine.adapter.device.type == "cuda"
     first = _FirstToken()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = engine.generate(prefix_ids=prefix, context_ids=context, suffix_ids=suffix, mode=mode,
-                             streamer=first, **spec["generation"])
+    if mode == "document":
+        result = engine.generate(document=document, suffix_ids=suffix, streamer=first, **spec["generation"])
+    else:
+        result = engine.generate(prefix_ids=prefix, context_ids=context, suffix_ids=suffix, mode=mode,
+                                 streamer=first, **spec["generation"])
     if cuda:
         torch.cuda.synchronize()
     t = result.timings
@@ -82,7 +95,24 @@ def _call(engine, spec, mode, prefix, context, suffix) -> dict:
             "cpu_s": time.process_time() - cpu0, "prefill_s": t["prefill"], "selection_s": t["selection"],
             "decode_s": t["decode"], "total_s": t["total"], "generated": len(result.token_ids),
             "tokens_processed": result.tokens_processed,
-            "num_chunks": len(result.chunks) if mode == "oprm" else 1}
+            "num_chunks": len(result.chunks) if mode != "vanilla" else 1}
+
+
+def _encode(engine, prefix, context, folder: str) -> tuple[object, dict]:
+    """The context encoded once, saved and loaded back: the document mode's question reads its states from disk.
+    Returns (loaded document, encode seconds, state bytes, file bytes, load seconds)."""
+    from oprm.document import EncodedDocument
+
+    t = time.perf_counter()
+    doc = engine.encode(prefix_ids=prefix, context_ids=context)
+    encode_s = time.perf_counter() - t
+    state_bytes = doc.nbytes
+    path = doc.save(os.path.join(folder, "doc.oprm"))
+    del doc
+    t = time.perf_counter()
+    loaded = EncodedDocument.load(path)
+    return loaded, {"encode_s": encode_s, "state_bytes": state_bytes, "file_bytes": os.path.getsize(path),
+                    "load_s": time.perf_counter() - t, "chunks": len(loaded.chunks)}
 
 
 def _warm_context(spec, context):
@@ -93,15 +123,20 @@ def run_timing(spec: dict) -> dict:
     """Time every mode in one process, interleaved (A B, B A, A B, ...) so load drift hits all modes alike."""
     import torch
 
+    import tempfile
+
     model, engine, (prefix, context, suffix) = _setup(spec)
-    for mode in spec["modes"]:
-        _call(engine, spec, mode, prefix, _warm_context(spec, context), suffix)
-    runs = []
-    for r in range(spec["repeats"]):
-        for mode in (spec["modes"] if r % 2 == 0 else spec["modes"][::-1]):
-            runs.append(_call(engine, spec, mode, prefix, context, suffix))
+    with tempfile.TemporaryDirectory() as folder:
+        document, encoding = _encode(engine, prefix, context, folder) if "document" in spec["modes"] else (None, None)
+        for mode in spec["modes"]:
+            if mode != "document":
+                _call(engine, spec, mode, prefix, _warm_context(spec, context), suffix)
+        runs = []
+        for r in range(spec["repeats"]):
+            for mode in (spec["modes"] if r % 2 == 0 else spec["modes"][::-1]):
+                runs.append(_call(engine, spec, mode, prefix, context, suffix, document))
     return dict(spec, kind="timing", runs=runs, torch_threads=torch.get_num_threads(), scan=scan_path(model),
-                params=sum(p.numel() for p in model.parameters()))
+                params=sum(p.numel() for p in model.parameters()), document=encoding)
 
 
 def run_memory(spec: dict) -> dict:
@@ -110,13 +145,20 @@ def run_memory(spec: dict) -> dict:
 
     import torch
 
+    import tempfile
+
     model, engine, (prefix, context, suffix) = _setup(spec)
     cuda = engine.adapter.device.type == "cuda"
-    rss_loaded = _rss_kb("VmRSS")
-    _call(engine, spec, spec["mode"], prefix, _warm_context(spec, context), suffix)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    run = _call(engine, spec, spec["mode"], prefix, context, suffix)
+    with tempfile.TemporaryDirectory() as folder:
+        document = None
+        if spec["mode"] == "document":  # encoded first; then the peak is reset to measure the question alone
+            document, _ = _encode(engine, prefix, context, folder)
+            _reset_peak()
+        rss_loaded = _rss_kb("VmRSS")
+        _call(engine, spec, spec["mode"], prefix, _warm_context(spec, context), suffix, document)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        run = _call(engine, spec, spec["mode"], prefix, context, suffix, document)
     # a high-water mark is never below an earlier reading (the two counters are sampled differently by the kernel)
     peak_kb = max(_rss_kb("VmHWM"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_loaded)
     out = dict(spec, kind="memory", run=run, rss_loaded_mb=rss_loaded / 1024, peak_rss_mb=peak_kb / 1024,

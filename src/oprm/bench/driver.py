@@ -32,7 +32,8 @@ def add_parser(sub) -> None:
                         model_help=f"{', '.join([*RANDOM, *TINY_RWKV_RUNTIME])} (random weights), a shipped model's "
                                    "name, a model folder / hub id, or an RWKV .pth file")
     p.add_argument("--lengths", default="1024,4096,16384", help="context lengths in tokens, comma-separated")
-    p.add_argument("--modes", default="vanilla,oprm", help="vanilla and/or oprm, comma-separated")
+    p.add_argument("--modes", default="vanilla,oprm", help="vanilla, oprm and/or document (a question on the "
+                                                          "context encoded once, read from disk), comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cell; the report gives medians")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the timing cells this many times, the thread counts in alternating order, and take "
@@ -70,8 +71,8 @@ def plan(args) -> list[dict]:
     threads = parse_ints(args.threads, "--threads") if args.threads else [None]  # None: the family's default
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
-        if m not in ("vanilla", "oprm"):
-            raise OPRMUsageError(f"unknown mode {m!r} in --modes; use vanilla and/or oprm")
+        if m not in ("vanilla", "oprm", "document"):
+            raise OPRMUsageError(f"unknown mode {m!r} in --modes; use vanilla, oprm and/or document")
     if args.repeats <= 0 or args.rounds <= 0 or args.prefix_tokens < 0 or args.suffix_tokens < 0:
         raise OPRMUsageError("--repeats and --rounds must be positive, --prefix-tokens and --suffix-tokens not "
                              "negative")
@@ -117,7 +118,7 @@ def run_bench(args) -> int:
 
     from oprm.models import check_device
 
-    from .tables import bench_table, compare, write_outputs
+    from .tables import bench_table, compare, document_table, write_outputs
 
     specs = plan(args)
     check_device(args.device)  # one line here rather than one failed process per cell
@@ -132,6 +133,8 @@ def run_bench(args) -> int:
         write_outputs(out_dir, info, cells)  # after every cell: a long sweep leaves partial results
     rows, files = write_outputs(out_dir, info, cells, plots=True)
     print(bench_table(rows, compare(rows)))
+    if any(r["mode"] == "document" for r in rows):
+        print("\n" + document_table(rows))
     print(f"\nwrote {', '.join(str(f) for f in files)}" + ("" if len(files) > 2 else " (no plots: matplotlib missing)"))
     return 0
 

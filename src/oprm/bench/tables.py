@@ -12,7 +12,8 @@ __all__ = ["summarize", "compare", "rows_from_cells", "bench_table", "compact_ta
 
 
 def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
-    """Medians over a mode's runs, its memory, and the tokens-processed floor N + b*|S| + |P| (b = 1 for vanilla)."""
+    """Medians over a mode's runs, its memory, and the tokens-processed floor N + b*|S| + |P| (b = 1 for vanilla;
+    b*|S| for a question on an encoded document)."""
     cell = timing or memory
     runs = [r for r in timing["runs"] if r["mode"] == mode] if timing else [memory["run"]]
 
@@ -22,7 +23,9 @@ def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
     r0 = runs[0]
     decode_steps = max(0, r0["generated"] - 1)
     prefill_tokens = r0["tokens_processed"] - decode_steps
-    floor = cell["length"] + r0["num_chunks"] * cell["suffix_tokens"] + cell["prefix_tokens"]
+    floor = r0["num_chunks"] * cell["suffix_tokens"]
+    if mode != "document":
+        floor += cell["length"] + cell["prefix_tokens"]
     row = {k: cell[k] for k in ("model", "length", "chunk_size", "threads")}
     if cell.get("mamba_kernels") == "off":  # the same model on the PyTorch scan: its own rows
         row["model"] += " (PyTorch scan)"
@@ -37,6 +40,8 @@ def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
                floor=floor, floor_ratio=prefill_tokens / floor)
     for key in ("peak_rss_mb", "rss_loaded_mb", "weights_mb", "cuda_peak_mb"):
         row[key] = memory.get(key) if memory else None
+    if mode == "document" and timing and timing.get("document"):
+        row["document"] = timing["document"]  # encode seconds, state bytes, file bytes, load seconds
     row["above_loaded_mb"] = memory["peak_rss_mb"] - memory["rss_loaded_mb"] if memory else None
     return row
 
@@ -84,7 +89,9 @@ def write_outputs(out_dir: Path, meta: dict, cells, plots: bool = False) -> tupl
     comparisons = compare(rows)
     (out_dir / "bench.json").write_text(json.dumps({"meta": meta, "summary": rows, "oprm_vs_vanilla": comparisons,
                                                     "cells": cells}, indent=1))
-    (out_dir / "bench.md").write_text(bench_table(rows, comparisons, meta) + "\n\n" + compact_table(rows) + "\n")
+    (out_dir / "bench.md").write_text(bench_table(rows, comparisons, meta) + "\n\n" + compact_table(rows) + "\n"
+                                      + (f"\n{document_table(rows)}\n" if any(r["mode"] == "document" for r in rows)
+                                         else ""))
     return rows, [out_dir / "bench.json", out_dir / "bench.md"] + (make_plots(rows, out_dir) if plots else [])
 
 
@@ -117,6 +124,27 @@ def bench_table(rows: list[dict], comparisons: list[dict], meta: dict | None = N
                                  "prefill tok/s", "decode tok/s", "peak RSS MB", "above loaded MB", "tokens / floor"],
                                 table))
     return "\n".join(lines)
+
+
+def document_table(rows: list[dict]) -> str:
+    """Questions on an encoded document: its costs (encode, state, file, load) and the speed-up over OPRM."""
+    by_key: dict = {}
+    for r in rows:
+        by_key.setdefault((r["model"], r["length"], r["threads"]), {})[r["mode"]] = r
+    table = []
+    for (model, length, threads), g in by_key.items():
+        d, o = g.get("document"), g.get("oprm")
+        if not d or not d.get("document"):
+            continue
+        info = d["document"]
+        table.append([model, f"{length:,}", threads, info["chunks"], _fmt(info["encode_s"]),
+                      _fmt(info["state_bytes"] / info["chunks"] / 1024), _fmt(info["file_bytes"] / 2**20),
+                      _fmt(info["load_s"]), _fmt(d["ttft_s"]), _fmt(o["ttft_s"]) if o else "-",
+                      f"{o['ttft_s'] / d['ttft_s']:.1f}x" if o else "-",
+                      " / ".join(_fmt(x["above_loaded_mb"], 4) if x else "-" for x in (d, o))])
+    return markdown_table(["model", "N", "threads", "chunks", "encode s", "state KB per chunk", "file MB", "load s",
+                           "TTFT s document", "TTFT s OPRM", "OPRM / document", "peak RSS above loaded MB document "
+                           "/ OPRM"], table)
 
 
 def compact_table(rows: list[dict]) -> str:
