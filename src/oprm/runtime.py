@@ -18,7 +18,7 @@ from .errors import OPRMUsageError
 __all__ = ["family", "default_threads", "set_threads", "idle_cores", "FAMILY_THREADS", "RECURRENT", "HYBRID"]
 
 # model_type values by family; anything else (Llama, Gemma, Qwen, GGUF transformers, ...) counts as "matmul"
-RECURRENT = ("mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv6", "rwkv7", "xlstm", "recurrent_gemma")
+RECURRENT = ("mamba", "falcon_mamba", "mamba2", "rwkv", "rwkv_runtime", "xlstm", "recurrent_gemma")
 HYBRID = ("zamba", "zamba2", "jamba", "bamba", "falcon_h1", "nemotron_h", "granitemoehybrid", "lfm2", "qwen3_next",
           "qwen3_5_text", "minimax")
 
