@@ -39,6 +39,19 @@ TRAIN_MIX = dict(
     curriculum=(3, 0.4),        # max num_facts starts at 3 and reaches the full range at 40 % of the budget
 )
 
+# ``--data oprm``: train on exactly the inputs OPRM gives the model (also written into the model card)
+OPRM_MIX = dict(
+    doc_facts=(4, 40),          # facts per source document; documents longer than L are cut into OPRM windows
+    filler_ratio=(0.0, 0.5, 1.0, 1.0, 1.5, 2.0),
+    whole_doc_prob=0.25,        # a whole document of <= L tokens instead (vanilla in distribution, OPRM at 1x)
+    slice_edges_prob=0.3,       # the source document itself starts/ends mid-sentence
+    chunkings=("sentences", "sentences", "tokens"),   # how the document is cut (engine chunking, exact L tokens)
+    snaps=("end", "start"),
+    needle_prob=0.5,            # first question: a key whose fact is whole in the window (else a key it lacks)
+    hard_negative_prob=0.6,     # absent keys sharing the attribute and one word with a fact of the window
+    extra_questions=(3, 6),
+)
+
 # what was tried on the way to the shipped model (copied into the model card)
 CARD_NOTES: list[str] = [
     "First task design (the previous checkpoint): 7 numeric and 4 place fact sentence forms, questions worded "
@@ -253,12 +266,102 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     return ids, labels
 
 
-def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int, mix=TRAIN_MIX,
-                 progress: float = 1.0):
-    """Length-bucketed, right-padded batches (right padding never affects earlier positions)."""
+def _window_questions(rng: random.Random, ep, window_text: str, whole: list[int], cut: list[int], n: int,
+                      needle_prob: float, hard_negative_prob: float, first_present: bool | None = None):
+    """``n`` (question, answer prefix, answer) about one window: facts whole in it (the value), or keys it lacks
+    ("Error"): keys of the document's other windows, near keys sharing the attribute and one word with a fact of
+    the window (the hard negatives of long documents), or random keys. Keys of facts the window cuts are never
+    asked (their answer is ambiguous)."""
+    from .synthetic.ar import IDK, _key_from_text, _near_key, _question, _random_key
+
+    cut_keys = {ep.records[i][0] for i in cut}
+    others = [r for i, r in enumerate(ep.records) if i not in whole and i not in cut]
+    out = []
+    for q in range(n):
+        present = (first_present if q == 0 and first_present is not None else rng.random() < needle_prob)
+        if present and whole:
+            k, attr, v = ep.records[rng.choice(whole)]
+            out.append((*_question(_key_from_text(k), attr), v))
+            continue
+        for _ in range(100):
+            r = rng.random()
+            if r < hard_negative_prob and whole:
+                k0, attr, _ = ep.records[rng.choice(whole)]
+                key = _near_key(rng, _key_from_text(k0))
+            elif r < hard_negative_prob + (1 - hard_negative_prob) / 2 and others:
+                k, attr, _ = rng.choice(others)
+                key = _key_from_text(k)
+            else:
+                key, attr = _random_key(rng, 0.2), rng.choice([a for _, a, _ in ep.records] or ["code"])
+            if key.text not in window_text and key.text not in cut_keys:
+                out.append((*_question(key, attr), IDK))
+                break
+    return out
+
+
+def sample_oprm_example(rng: random.Random, tok, chunk_size: int, mix: dict = OPRM_MIX):
+    """One training sequence built from exactly what OPRM feeds the model: ``[P, C_j, S]`` with C_j an exact
+    ``chunk_size``-token window cut by the engine's chunking (boundary-safe or plain) from a longer document, or a
+    whole document of at most ``chunk_size`` tokens; then the answer and extra question turns on the same window.
+    Returns (input_ids, labels, first_answer_positions)."""
+    from .chunking import make_chunks
+    from .synthetic import make_ar_episode
+
+    whole_doc = rng.random() < mix["whole_doc_prob"]
+    n = rng.randint(*mix["doc_facts"]) if not whole_doc else rng.randint(1, 12)
+    fr = rng.choice(mix["filler_ratio"])
+    while True:
+        ep = make_ar_episode(rng.getrandbits(48), n, filler_ratio=fr, present=True,
+                             slice_edges=rng.random() < mix["slice_edges_prob"])
+        enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+        if not whole_doc or len(ids) <= chunk_size:
+            break
+        n, fr = max(1, int(n * 0.8)), fr * 0.8
+    chunks = make_chunks(len(ids), chunk_size, offsets=offs, chunking=rng.choice(mix["chunkings"]),
+                         text=ep.context, snap=rng.choice(mix["snaps"]))
+    c = rng.choice(chunks)
+    c0, c1 = c.char_start, c.char_end
+    window_text = ep.context[c0:c1]
+    whole, cut = [], []
+    for i, f in enumerate(ep.facts):
+        s0 = ep.context.index(f)
+        s1 = s0 + len(f)
+        if c0 <= s0 and s1 <= c1:
+            whole.append(i)
+        elif s0 < c1 and s1 > c0:
+            cut.append(i)
+    qs = _window_questions(rng, ep, window_text, whole, cut, 1 + rng.randint(*mix["extra_questions"]),
+                           mix["needle_prob"], mix["hard_negative_prob"], rng.random() < mix["needle_prob"])
+    ctx = ids[c.token_start:c.token_end]
+    seq, labels, firsts = [], [], []
+    for q, (question, a_pre, a_) in enumerate(qs):
+        if q == 0:
+            pre, suf = prompt_parts(tok, question, answer_prefix=a_pre)
+            turn = pre + ctx + suf
+        else:
+            turn = tok.encode(f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n{a_pre}",
+                              add_special_tokens=False)
+        ans = tok.encode(a_ + IM_END + "\n", add_special_tokens=False)
+        seq += turn
+        labels += [-100] * len(turn)
+        firsts.append(len(seq))
+        seq += ans
+        labels += ans[:-1] + [-100]                   # no loss on the trailing newline
+    return seq, labels, firsts
+
+
+def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int, mix=None,
+                 progress: float = 1.0, data: str = "docs"):
+    """Length-bucketed, right-padded batches (right padding never affects earlier positions). Each batch is
+    (input_ids, labels, first-answer-token mask)."""
     import torch
 
-    exs = [sample_example(rng, tok, max_ctx_tokens, mix, progress) for _ in range(n_examples)]
+    mix = mix or (OPRM_MIX if data == "oprm" else TRAIN_MIX)
+    if data == "oprm":
+        exs = [sample_oprm_example(rng, tok, max_ctx_tokens, mix) for _ in range(n_examples)]
+    else:
+        exs = [(*sample_example(rng, tok, max_ctx_tokens, mix, progress), []) for _ in range(n_examples)]
     exs.sort(key=lambda e: len(e[0]))
     batches = []
     for i in range(0, len(exs), batch_size):
@@ -266,10 +369,12 @@ def make_batches(rng, tok, n_examples: int, batch_size: int, max_ctx_tokens: int
         T = max(len(e[0]) for e in grp)
         ids = torch.full((len(grp), T), tok.pad_token_id, dtype=torch.long)
         lab = torch.full((len(grp), T), -100, dtype=torch.long)
-        for j, (a, b) in enumerate(grp):
+        first = torch.zeros((len(grp), T), dtype=torch.bool)
+        for j, (a, b, f) in enumerate(grp):
             ids[j, :len(a)] = torch.tensor(a)
             lab[j, :len(b)] = torch.tensor(b)
-        batches.append((ids, lab))
+            first[j, f] = True
+        batches.append((ids, lab, first))
     rng.shuffle(batches)
     return batches
 
@@ -309,6 +414,59 @@ def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
                 idk += int(got[0] == idk_id)
     model.train()
     return ok / len(episodes), idk / len(episodes)
+
+
+def window_eval(model, tok, chunk_size: int, mult: int = 16, n_episodes: int = 32, keyless_per_episode: int = 8,
+                seed: int = 10_016, chunking: str = "sentences", snap: str = "end", batch_size: int = 32):
+    """Teacher-forced accuracy on what OPRM feeds the model at ``mult`` x the chunk size: the chunk holding the
+    needle whole (exact match of the value), and the first-token IDK rate on chunks without the key (a sample).
+    Returns (needle_chunk_acc, keyless_idk_rate)."""
+    import torch
+
+    from .chunking import make_chunks
+    from .synthetic.ar import IDK
+    from .synthetic.measure import long_episodes
+
+    eps, _ = long_episodes(tok, mult * chunk_size, n_episodes, seed)
+    rng = random.Random(seed)
+    items = []  # (prompt ids, answer, is_needle)
+    for ep in eps:
+        enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+        chunks = make_chunks(len(ids), chunk_size, offsets=offs, chunking=chunking, text=ep.context, snap=snap)
+        s0 = ep.context.index(ep.needle)
+        s1 = s0 + len(ep.needle)
+        pre, suf = prompt_parts(tok, ep.question, answer_prefix=ep.answer_prefix)
+        needle = [c for c in chunks if c.char_start <= s0 and s1 <= c.char_end]
+        keyless = [c for c in chunks if c.char_end <= s0 or c.char_start >= s1]
+        if needle:
+            items.append((pre + ids[needle[0].token_start:needle[0].token_end] + suf, ep.answer, True))
+        for c in rng.sample(keyless, min(keyless_per_episode, len(keyless))):
+            items.append((pre + ids[c.token_start:c.token_end] + suf, IDK, False))
+    idk_id = tok.convert_tokens_to_ids(IDK)
+    ok = n_needle = idk = n_keyless = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(items), batch_size):
+            grp = items[i:i + batch_size]
+            seqs = [p + tok.encode(a + IM_END, add_special_tokens=False) for p, a, _ in grp]
+            T = max(len(x) for x in seqs)
+            batch = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+            for j, x in enumerate(seqs):
+                batch[j, :len(x)] = torch.tensor(x)
+            pred = model(input_ids=batch, use_cache=False).logits.argmax(-1)
+            for j, (p, a, is_needle) in enumerate(grp):
+                pl, al = len(p), len(seqs[j]) - len(p)
+                got = pred[j, pl - 1:pl - 1 + al]
+                if is_needle:
+                    n_needle += 1
+                    ok += bool((batch[j, pl:pl + al] == got).all())
+                else:
+                    n_keyless += 1
+                    idk += int(got[0] == idk_id)
+    model.train(was_training)
+    return ok / max(1, n_needle), idk / max(1, n_keyless)
 
 
 def heldout_episodes(seed: int, n: int, present: bool, num_facts=(1, 16), filler_ratio=(0.0, 0.5, 1.0, 2.0),
@@ -357,6 +515,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-questions", default="%d,%d" % TRAIN_MIX["extra_questions"])
     ap.add_argument("--curriculum", default="%d,%g" % TRAIN_MIX["curriculum"],
                     help="START,FRAC: max facts starts at START and reaches the full range at FRAC of training")
+    ap.add_argument("--data", choices=("docs", "oprm"), default="docs",
+                    help="docs: whole documents and random token windows (the shipped recipe); oprm: exactly the "
+                         "engine's chunks (boundary-safe and plain, chunk size = --max-ctx-tokens) of longer "
+                         "documents, questions about keys whole in the chunk or absent from it")
+    ap.add_argument("--first-token-weight", type=float, default=1.0,
+                    help="loss weight of each answer's first token (the value's first digit or Error)")
+    ap.add_argument("--needle-prob", type=float, default=OPRM_MIX["needle_prob"],
+                    help="--data oprm: share of questions about a key whole in the window")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -371,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     mix = dict(TRAIN_MIX, present_prob=args.present_prob, hard_negative_prob=args.hard_negative_prob,
                extra_questions=tuple(int(x) for x in args.extra_questions.split(",")),
                curriculum=(int(args.curriculum.split(",")[0]), float(args.curriculum.split(",")[1])))
+    if args.data == "oprm":
+        mix = dict(OPRM_MIX, needle_prob=args.needle_prob)
     if args.init_from:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -413,9 +581,12 @@ def main(argv: list[str] | None = None) -> int:
             g["lr"] = lr
         if not queue:
             queue = make_batches(rng, tok, args.batch_size * 8, args.batch_size, args.max_ctx_tokens, mix,
-                                 progress=frac)
-        ids, lab = queue.pop()
-        loss = model(input_ids=ids, labels=lab, use_cache=False).loss
+                                 progress=frac, data=args.data)
+        ids, lab, first = queue.pop()
+        if args.first_token_weight == 1.0:
+            loss = model(input_ids=ids, labels=lab, use_cache=False).loss
+        else:
+            loss = weighted_loss(model(input_ids=ids, use_cache=False).logits, lab, first, args.first_token_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -430,7 +601,12 @@ def main(argv: list[str] | None = None) -> int:
             acc, _ = answer_accuracy(model, tok, ev_present[:128])
             _, idk = answer_accuracy(model, tok, ev_absent[:128])
             history.append((step, round(acc, 4), round(idk, 4)))
-            print(f"[train-ar] eval step {step}: present acc {acc:.3f}  absent->Error {idk:.3f}", flush=True)
+            extra = ""
+            if args.data == "oprm":
+                w_acc, w_idk = window_eval(model, tok, args.max_ctx_tokens, n_episodes=24)
+                history[-1] += (round(w_acc, 4), round(w_idk, 4))
+                extra = f"  16x chunks: needle acc {w_acc:.3f}, key-less -> Error {w_idk:.3f}"
+            print(f"[train-ar] eval step {step}: present acc {acc:.3f}  absent->Error {idk:.3f}{extra}", flush=True)
             save(model, tok, out)  # checkpoint (overwritten)
 
     train_min = (time.time() - t0) / 60
@@ -446,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 state=model.config.state_size, head_dim=model.config.head_dim, groups=model.config.n_groups,
                 conv_kernel=model.config.conv_kernel,
                 mix={k: list(v) if isinstance(v, tuple) else v for k, v in mix.items()},
+                data=args.data, first_token_weight=args.first_token_weight,
                 init_from=args.init_from, prior_stage=prior_meta,
                 final_heldout=dict(present_acc=acc, absent_idk=idk), history=history,
                 command="python -m oprm.train_ar " + " ".join(argv if argv is not None else sys.argv[1:]))
@@ -454,6 +631,17 @@ def main(argv: list[str] | None = None) -> int:
         from .synthetic.measure import main as measure_main
         measure_main(["--model", str(out), "--write-card"])
     return 0
+
+
+def weighted_loss(logits, labels, first, weight: float):
+    """Next-token cross-entropy over the labelled tokens, each answer's first token weighted ``weight``."""
+    import torch.nn.functional as F
+
+    logits, labels, first = logits[:, :-1].float(), labels[:, 1:], first[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                         reduction="none").view(labels.shape)
+    w = (labels != -100).float() * (1.0 + (weight - 1.0) * first.float())
+    return (ce * w).sum() / w.sum()
 
 
 def save(model, tok, out: Path):

@@ -1,0 +1,99 @@
+"""Issue 9 (a flat OPRM curve): OPRM-exact training windows, the real-prose haystack and its secret-number needle."""
+import random
+from pathlib import Path
+
+import pytest
+
+from oprm.chunking import make_chunks
+from oprm.synthetic.niah import (SECRET_NEEDLE, make_secret_number_episode, prose_haystack_path,
+                                 prose_sentences)
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "src" / "oprm" / "models" / "oprm-ar-mamba2"
+needs_model = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="shipped model missing")
+
+
+def test_prose_haystack_ships_and_segments():
+    path = prose_haystack_path()
+    assert path.is_file() and 150_000 < path.stat().st_size < 250_000
+    sents = prose_sentences()
+    assert len(sents) > 1000 and sents[2] == "Call me Ishmael."
+    assert not any("\n" in s and "\n\n" not in s for s in sents[:200])  # hard-wrapped lines were joined
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_secret_number_episode(seed):
+    ep = make_secret_number_episode(seed, 3000)
+    assert ep.context.count(ep.needle) == 1 and ep.answer in ep.needle and len(ep.answer) == 5
+    assert ep.needle == SECRET_NEEDLE.format(thing=ep.question.split("inside the ")[1].split(" of ")[0],
+                                             person=ep.question.split(" of ")[1].rstrip("?"), value=ep.answer)
+    assert 2900 <= ep.length <= 3400 and 0 <= ep.depth <= 100
+    assert ep == make_secret_number_episode(random.Random(seed), 3000)
+    # the needle is a sentence of its own: boundary-safe chunks keep it whole
+    offs = [(i, i + 1) for i in range(len(ep.context))]  # one "token" per character
+    chunks = make_chunks(len(offs), 400, offsets=offs, chunking="sentences", text=ep.context)
+    s0 = ep.context.index(ep.needle)
+    assert any(c.char_start <= s0 and s0 + len(ep.needle) <= c.char_end for c in chunks)
+
+
+def test_secret_number_depth():
+    assert make_secret_number_episode(1, 2000, depth=0).context.startswith("The secret number")
+    assert make_secret_number_episode(1, 2000, depth=100).context.endswith(
+        make_secret_number_episode(1, 2000, depth=100).needle)
+
+
+@needs_model
+def test_oprm_training_windows_are_engine_chunks():
+    """--data oprm trains on [P, C_j, S] with C_j one of the engine's chunks of a longer document."""
+    from transformers import AutoTokenizer
+
+    from oprm.synthetic.ar import IDK
+    from oprm.train_ar import OPRM_MIX, make_batches, prompt_parts, sample_oprm_example, weighted_loss
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    rng = random.Random(0)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    n_window = n_idk = n_value = 0
+    for _ in range(40):
+        ids, labels, firsts = sample_oprm_example(rng, tok, 128)
+        assert len(ids) == len(labels) and firsts
+        for f in firsts:  # every supervised answer starts at a first-answer position
+            assert labels[f] == ids[f] and labels[f - 1] == -100
+            if tok.decode([ids[f]]) == IDK:
+                n_idk += 1
+            else:
+                n_value += 1
+        supervised = [i for i, lab in zip(ids, labels) if lab != -100]
+        assert supervised.count(im_end) == len(firsts)
+        # the first turn is P + 128 context tokens + S, exactly as the engine builds a chunk's prompt
+        end = firsts[0]
+        first_turn = tok.decode(ids[:end])
+        question = first_turn.split("Question: ")[1].split("<|im_end|>")[0]
+        a_pre = first_turn.split("<|im_start|>assistant\n")[1]
+        pre, suf = prompt_parts(tok, question, answer_prefix=a_pre)
+        assert ids[:len(pre)] == pre and ids[end - len(suf):end] == suf
+        ctx_len = end - len(pre) - len(suf)
+        assert ctx_len <= 128
+        n_window += ctx_len == 128
+    assert n_window > 20 and n_idk > 20 and n_value > 20
+    assert OPRM_MIX["chunkings"] and set(OPRM_MIX["snaps"]) == {"end", "start"}
+    ids, lab, first = make_batches(rng, tok, 8, 4, 128, data="oprm")[0]
+    import torch
+
+    logits = torch.randn(*ids.shape, len(tok))
+    base = weighted_loss(logits, lab, first, 1.0)
+    ref = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, len(tok)), lab[:, 1:].reshape(-1),
+                                            ignore_index=-100)
+    assert torch.allclose(base, ref, atol=1e-5)
+    assert not torch.allclose(weighted_loss(logits, lab, first, 3.0), base)
+
+
+@needs_model
+def test_window_eval_runs():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oprm.train_ar import window_eval
+
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    acc, idk = window_eval(model, tok, 128, mult=4, n_episodes=4, keyless_per_episode=2)
+    assert 0 <= acc <= 1 and 0 <= idk <= 1
