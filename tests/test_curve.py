@@ -97,3 +97,34 @@ def test_window_eval_runs():
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
     acc, idk = window_eval(model, tok, 128, mult=4, n_episodes=4, keyless_per_episode=2)
     assert 0 <= acc <= 1 and 0 <= idk <= 1
+
+
+@needs_model
+def test_selection_study_lookahead_equals_generate_on_boundary_safe_chunks():
+    """The study's batched look-ahead over every boundary-safe chunk equals model.generate on [P, C_j, S] alone."""
+    import importlib.util
+
+    import torch
+
+    from oprm import OPRM
+    from oprm.synthetic.ar import make_ar_episode
+
+    spec = importlib.util.spec_from_file_location(
+        "selection_study", Path(__file__).resolve().parents[1] / "benchmarks" / "selection_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    engine = OPRM.from_pretrained(str(MODEL_DIR), chunk_size=128)
+    ep = make_ar_episode(random.Random(99), 24)
+    prompt = engine.build_prompt(**ep.prompt_kwargs())
+    chunks = make_chunks(len(prompt.context_ids), 128, offsets=prompt.context_offsets, text=prompt.context_text,
+                         chunking="sentences", snap="end")
+    assert len(chunks) > 2
+    recs = study.chunk_records(engine, prompt, chunks, 6, 3, ep.answer, ep.needle, ep.context)
+    assert sum(r["needle_whole"] for r in recs) >= 1
+    eos = engine.tokenizer.eos_token_id
+    for c, r in zip(chunks, recs):
+        row = prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end] + prompt.suffix_ids
+        out = engine.model.generate(torch.tensor([row]), max_new_tokens=6, do_sample=False, eos_token_id=eos,
+                                    pad_token_id=eos)[0, len(row):].tolist()
+        text = engine.tokenizer.decode([t for t in out if t != eos], skip_special_tokens=True).strip()
+        assert text == r["text"]

@@ -49,6 +49,7 @@ OPRM_MIX = dict(
     snaps=("end", "start"),
     needle_prob=0.5,            # first question: a key whose fact is whole in the window (else a key it lacks)
     hard_negative_prob=0.6,     # absent keys sharing the attribute and one word with a fact of the window
+    hard_negative_noun_prob=0.7,  # ... of which share the noun / surname (the shipped model answers those 100 %)
     extra_questions=(3, 6),
 )
 
@@ -266,13 +267,26 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     return ids, labels
 
 
+def _shared_word_key(rng: random.Random, k, noun_prob: float):
+    """A key sharing the noun (or surname) of ``k`` with probability ``noun_prob``, else its modifier / first name."""
+    from .synthetic import words as W
+    from .synthetic.ar import _MODIFIERS, _NOUNS, _Key
+
+    if k.kind == "person":
+        return _Key("person", rng.choice(W.FIRST_NAMES), k.b) if rng.random() < noun_prob else \
+            _Key("person", k.a, rng.choice(W.SURNAMES))
+    return _Key("thing", rng.choice(_MODIFIERS), k.b) if rng.random() < noun_prob else \
+        _Key("thing", k.a, rng.choice(_NOUNS))
+
+
 def _window_questions(rng: random.Random, ep, window_text: str, whole: list[int], cut: list[int], n: int,
-                      needle_prob: float, hard_negative_prob: float, first_present: bool | None = None):
+                      needle_prob: float, hard_negative_prob: float, first_present: bool | None = None,
+                      noun_prob: float = 0.5):
     """``n`` (question, answer prefix, answer) about one window: facts whole in it (the value), or keys it lacks
     ("Error"): keys of the document's other windows, near keys sharing the attribute and one word with a fact of
     the window (the hard negatives of long documents), or random keys. Keys of facts the window cuts are never
     asked (their answer is ambiguous)."""
-    from .synthetic.ar import IDK, _key_from_text, _near_key, _question, _random_key
+    from .synthetic.ar import IDK, _key_from_text, _question, _random_key
 
     cut_keys = {ep.records[i][0] for i in cut}
     others = [r for i, r in enumerate(ep.records) if i not in whole and i not in cut]
@@ -287,7 +301,7 @@ def _window_questions(rng: random.Random, ep, window_text: str, whole: list[int]
             r = rng.random()
             if r < hard_negative_prob and whole:
                 k0, attr, _ = ep.records[rng.choice(whole)]
-                key = _near_key(rng, _key_from_text(k0))
+                key = _shared_word_key(rng, _key_from_text(k0), noun_prob)
             elif r < hard_negative_prob + (1 - hard_negative_prob) / 2 and others:
                 k, attr, _ = rng.choice(others)
                 key = _key_from_text(k)
@@ -332,7 +346,8 @@ def sample_oprm_example(rng: random.Random, tok, chunk_size: int, mix: dict = OP
         elif s0 < c1 and s1 > c0:
             cut.append(i)
     qs = _window_questions(rng, ep, window_text, whole, cut, 1 + rng.randint(*mix["extra_questions"]),
-                           mix["needle_prob"], mix["hard_negative_prob"], rng.random() < mix["needle_prob"])
+                           mix["needle_prob"], mix["hard_negative_prob"], rng.random() < mix["needle_prob"],
+                           mix.get("hard_negative_noun_prob", 0.5))
     ctx = ids[c.token_start:c.token_end]
     seq, labels, firsts = [], [], []
     for q, (question, a_pre, a_) in enumerate(qs):
