@@ -89,9 +89,12 @@ def prose_costs(text: str, L: int = 2000, lengths=(16384, 32768)) -> list[dict]:
     from oprm.prompts import tokenize_with_offsets
 
     try:
-        from oprm.engine import OPRM
+        from transformers import AutoTokenizer
 
-        tok = OPRM.from_pretrained("smollm2").tokenizer
+        from oprm.models import resolve_model
+
+        path, gguf = resolve_model("smollm2")
+        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
     except Exception:  # noqa: BLE001 - SmolLM2 not installed: skip
         return []
     rows = []

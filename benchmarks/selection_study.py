@@ -17,86 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import sys
 import time
 from pathlib import Path
 
-CHUNKINGS = {"tokens": dict(chunking="tokens"), "sent_end": dict(chunking="sentences", snap="end"),
-             "sent_start": dict(chunking="sentences", snap="start")}
-
-
-# ------------------------------------------------------------------------------------------------------ collect
-def lookahead(adapter, rows, k: int, eos: int):
-    """Greedy k-token continuation of each row [P, C_j, S] (batched); per row the first-token distribution's
-    entropy / argmax / P(each id) and, per generated token, its id, log-prob and the entropy of its distribution."""
-    import torch
-    import torch.nn.functional as F
-
-    ids = torch.tensor(rows, dtype=torch.long, device=adapter.device)
-    logits, state = adapter.prefill(ids, None, start=0, num_logits=1)
-    logp = F.log_softmax(logits[:, -1].float(), -1)
-    first = logp.clone()
-    toks, lps, ents = [], [], []
-    for t in range(k):
-        tok = logp.argmax(-1)
-        toks.append(tok)
-        lps.append(logp.gather(-1, tok[:, None])[:, 0])
-        ents.append(-(logp.exp() * logp).sum(-1))
-        if t == k - 1 or bool((torch.stack(toks).eq(eos).any(0)).all()):
-            break
-        logits, state = adapter.prefill(tok[:, None], state, start=ids.shape[1] + t, num_logits=1)
-        logp = F.log_softmax(logits[:, -1].float(), -1)
-    return first, torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(ents, 1)
-
-
-def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str, needle: str | None,
-                  context: str, idk: str = "Error"):
-    import torch
-
-    tok = engine.tokenizer
-    idk_ids = sorted(engine.idk_ids(idk))
-    eos = tok.eos_token_id
-    p = prompt
-    out = []
-    for b0 in range(0, len(chunks), rows_per_batch):
-        batch = chunks[b0:b0 + rows_per_batch]
-        rows = [p.prefix_ids + p.context_ids[c.token_start:c.token_end] + p.suffix_ids for c in batch]
-        with torch.no_grad():
-            first, toks, lps, ents = lookahead(engine.adapter, rows, k, eos)
-        probs = first.exp()
-        ent0 = -(probs * first).sum(-1)
-        p_idk = probs[:, idk_ids].sum(-1)
-        for r, c in enumerate(batch):
-            ids = toks[r].tolist()
-            n = ids.index(eos) if eos in ids else len(ids)
-            text = tok.decode(ids[:n], skip_special_tokens=True).strip()
-            pieces = [tok.decode([i]) for i in ids[:n]]
-            ctext = context[c.char_start:c.char_end]
-            s0 = context.index(needle) if needle else -1
-            out.append(dict(
-                index=c.index, token_start=c.token_start, token_end=c.token_end,
-                entropy0=float(ent0[r]), p_idk0=float(p_idk[r]), argmax0=pieces[0] if pieces else "",
-                is_idk0=int(ids[0]) in set(idk_ids), text=text, pieces=pieces, finished=n < len(ids),
-                logprobs=[round(float(x), 5) for x in lps[r][:max(1, n + (n < len(ids)))]],
-                entropies=[round(float(x), 5) for x in ents[r][:max(1, n + (n < len(ids)))]],
-                needle_whole=bool(needle) and c.char_start <= s0 and s0 + len(needle) <= c.char_end,
-                needle_touch=bool(needle) and c.char_start < s0 + len(needle) and c.char_end > s0,
-                answer_in_chunk=bool(_answer_value(text)) and _answer_value(text) in ctext,
-                correct=_is_correct(text, gold)))
-    return out
-
-
-def _answer_value(text: str) -> str:
-    """The answer's value: the first run of digits (AR values, secret numbers), else the stripped text."""
-    m = re.search(r"\d+", text)
-    return m.group(0) if m else text.strip()
-
-
-def _is_correct(text: str, gold: str) -> bool:
-    return text.strip() == gold or (len(gold) >= 5 and gold in text)
+from oprm.synthetic.chunk_stats import CHUNKINGS, RULE_NAMES, choose, chunk_records, make_rules
 
 
 def collect(args) -> int:
@@ -148,69 +75,6 @@ def collect(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------------ rules
-def _span(c, digits_only: bool):
-    """Indices of the answer span in the look-ahead: the digit tokens when asked and present, else all tokens."""
-    n = len(c["pieces"])
-    if digits_only:
-        d = [i for i, p in enumerate(c["pieces"]) if any(ch.isdigit() for ch in p)]
-        if d:
-            return d
-    return list(range(max(1, n)))
-
-
-def _mean(xs):
-    return sum(xs) / len(xs) if xs else -1e9
-
-
-def _divergence(cands):
-    """First look-ahead position where the candidates' greedy tokens differ (0 if they differ at once)."""
-    if len(cands) < 2:
-        return 0
-    t = 0
-    while True:
-        toks = [c["pieces"][t] if t < len(c["pieces"]) else None for c in cands]
-        if len(set(toks)) > 1 or all(x is None for x in toks):
-            return t
-        t += 1
-
-
-def make_rules():
-    """name -> (filter, score): the filter drops chunks taken as IDK; the best score among the rest is chosen."""
-    first_ok = lambda c: not c["is_idk0"]  # noqa: E731 - the paper's IDK filter (first token)
-    span_ok = lambda c: not c["is_idk0"] and "Error" not in c["text"] and c["text"] != ""  # noqa: E731
-    log1m = lambda p: math.log(max(1e-12, 1 - p))  # noqa: E731
-    rules = {
-        "entropy (paper)": (first_ok, lambda c, d: -c["entropy0"]),
-        "max_prob": (first_ok, lambda c, d: math.exp(c["logprobs"][0])),
-        "lowest P(IDK)": (first_ok, lambda c, d: -c["p_idk0"]),
-        "P(IDK)+entropy": (first_ok, lambda c, d: log1m(c["p_idk0"]) - c["entropy0"]),
-        "LA mean logp": (span_ok, lambda c, d: _mean([c["logprobs"][i] for i in _span(c, False)
-                                                      if i < len(c["logprobs"])])),
-        "LA sum logp": (span_ok, lambda c, d: sum(c["logprobs"])),
-        "LA digits mean logp": (span_ok, lambda c, d: _mean([c["logprobs"][i] for i in _span(c, True)
-                                                             if i < len(c["logprobs"])])),
-        "LA digits min logp": (span_ok, lambda c, d: min([c["logprobs"][i] for i in _span(c, True)
-                                                          if i < len(c["logprobs"])] or [-1e9])),
-        "LA divergence logp": (span_ok, lambda c, d: c["logprobs"][d] if d < len(c["logprobs"]) else -1e9),
-        "LA divergence -entropy": (span_ok, lambda c, d: -c["entropies"][d] if d < len(c["entropies"]) else -1e9),
-        "LA digits mean logp + log(1-P(IDK))": (span_ok, lambda c, d: _mean(
-            [c["logprobs"][i] for i in _span(c, True) if i < len(c["logprobs"])]) + log1m(c["p_idk0"])),
-    }
-    for base in ("entropy (paper)", "lowest P(IDK)", "LA digits mean logp", "LA digits mean logp + log(1-P(IDK))"):
-        f, s = rules[base]
-        rules[f"{base} + grounded"] = (f, (lambda s: lambda c, d: (c["answer_in_chunk"], s(c, d)))(s))
-    return rules
-
-
-def choose(chunks, filt, score):
-    cands = [c for c in chunks if filt(c)]
-    if not cands:
-        return None
-    d = _divergence(cands)
-    return max(cands, key=lambda c: (score(c, d), -c["index"]))
-
-
 def score_rules(rows):
     rules = make_rules()
     table = {}
@@ -238,6 +102,7 @@ def rules_main(paths) -> int:
     rows = [json.loads(line) for p in paths for line in open(p)]
     table = score_rules(rows)
     names = list(make_rules())
+    print("rules: " + "; ".join(f"`{k}` = {v}" for k, v in RULE_NAMES.items()) + "\n")
     print("| task | setting | chunking | n | needle whole | oracle | key-less chunks answering (1st tok / look-ahead) | "
           + " | ".join(names) + " |")
     print("|" + "---|" * (7 + len(names)))

@@ -100,26 +100,20 @@ def test_window_eval_runs():
 
 
 @needs_model
-def test_selection_study_lookahead_equals_generate_on_boundary_safe_chunks():
+def test_chunk_stats_lookahead_equals_generate_on_boundary_safe_chunks():
     """The study's batched look-ahead over every boundary-safe chunk equals model.generate on [P, C_j, S] alone."""
-    import importlib.util
-
     import torch
 
     from oprm import OPRM
     from oprm.synthetic.ar import make_ar_episode
-
-    spec = importlib.util.spec_from_file_location(
-        "selection_study", Path(__file__).resolve().parents[1] / "benchmarks" / "selection_study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    from oprm.synthetic.chunk_stats import chunk_records
     engine = OPRM.from_pretrained(str(MODEL_DIR), chunk_size=128)
     ep = make_ar_episode(random.Random(99), 24)
     prompt = engine.build_prompt(**ep.prompt_kwargs())
     chunks = make_chunks(len(prompt.context_ids), 128, offsets=prompt.context_offsets, text=prompt.context_text,
                          chunking="sentences", snap="end")
     assert len(chunks) > 2
-    recs = study.chunk_records(engine, prompt, chunks, 6, 3, ep.answer, ep.needle, ep.context)
+    recs = chunk_records(engine, prompt, chunks, 6, 3, ep.answer, ep.needle, ep.context)
     assert sum(r["needle_whole"] for r in recs) >= 1
     eos = engine.tokenizer.eos_token_id
     for c, r in zip(chunks, recs):
@@ -128,3 +122,23 @@ def test_selection_study_lookahead_equals_generate_on_boundary_safe_chunks():
                                     pad_token_id=eos)[0, len(row):].tolist()
         text = engine.tokenizer.decode([t for t in out if t != eos], skip_special_tokens=True).strip()
         assert text == r["text"]
+
+
+@needs_model
+def test_replayed_paper_rule_matches_the_engine():
+    """chunk_stats' replay of token chunks + entropy + IDK picks the engine's chunk and answer (the paper config)."""
+    from oprm import OPRM
+    from oprm.synthetic.chunk_stats import choose, chunk_records, make_rules
+    from oprm.synthetic.measure import long_episodes
+
+    engine = OPRM.from_pretrained(str(MODEL_DIR), chunk_size=128)
+    eps, _ = long_episodes(engine.tokenizer, 6 * 128, 4, 777)
+    filt, score = make_rules()["entropy"]
+    for ep in eps:
+        res = engine.generate(**ep.prompt_kwargs(), max_new_tokens=8, do_sample=False)
+        prompt = engine.build_prompt(**ep.prompt_kwargs())
+        chunks = make_chunks(len(prompt.context_ids), 128, offsets=prompt.context_offsets)
+        recs = chunk_records(engine, prompt, chunks, 8, 40, ep.answer, ep.needle, ep.context)
+        pick = choose(recs, filt, score)
+        assert (pick["text"] if pick else "Error") == res.text
+        assert (pick["index"] if pick else None) == (res.chosen[0] if res.chosen else None)

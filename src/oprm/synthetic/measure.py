@@ -119,6 +119,78 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
     return res
 
 
+DEFAULT_VARIANTS = ("tokens/entropy/idk", "tokens/entropy/no-idk", "sent_end/entropy/idk", "sent_end/p_idk/idk",
+                    "sent_end/la_digits_mean/idk", "sent_end/la_digits_mean/no-idk", "sent_start/la_digits_mean/idk",
+                    "tokens/la_digits_mean/idk")
+
+
+def variant_curve(folder: str, mults=(1, 4, 16, 64), n: int = 40, seed: int = 21_000, train_len: int = 128,
+                  variants=DEFAULT_VARIANTS, k: int = 8, log=print) -> dict:
+    """OPRM accuracy for chunking x selection x IDK variants, from one scan of every chunk per episode and chunking
+    (:mod:`oprm.synthetic.chunk_stats`: each chunk's prompt run on its own, as the engine does, plus a greedy
+    look-ahead of ``k`` tokens that holds the whole answer), and vanilla through the engine. A variant is
+    ``chunking/rule/idk``: chunking in tokens, sent_end, sent_start; rule a :data:`chunk_stats.RULE_NAMES` id;
+    ``idk`` or ``no-idk``. Same episodes as :func:`measure`'s curve (seeds ``seed + mult``)."""
+    import torch
+
+    from .. import OPRM
+    from ..chunking import make_chunks
+    from .chunk_stats import CHUNKINGS, choose, chunk_records, make_rules
+
+    torch.set_num_threads(1)
+    model, tok = load(folder)
+    engine = OPRM(model, tok, chunk_size=train_len)
+    parsed = [tuple(v.split("/")) for v in variants]
+    rules = {True: make_rules(True), False: make_rules(False)}
+    out = {"chunk_size": train_len, "k": k, "n": n, "seed": seed, "variants": list(variants), "curve": []}
+    t0 = time.time()
+    for m in mults:
+        eps, nf = long_episodes(tok, m * train_len, n, seed + m)
+        point = {"mult": m, "num_facts": nf, "n": len(eps), "chunks": {}, "needle_whole": {}, "oracle": {},
+                 "keyless_answer_rate": {}}
+        point["vanilla"] = sum(run_engine(engine, ep, "vanilla").text.strip() == ep.answer for ep in eps) / len(eps)
+        hits = {v: 0 for v in variants}
+        for cname in sorted({c for c, _, _ in parsed}):
+            n_chunks = n_whole = n_oracle = keyless = keyless_ans = 0
+            for ep in eps:
+                prompt = engine.build_prompt(**ep.prompt_kwargs())
+                chunks = make_chunks(len(prompt.context_ids), train_len, offsets=prompt.context_offsets,
+                                     text=prompt.context_text, **CHUNKINGS[cname])
+                recs = chunk_records(engine, prompt, chunks, k, 40, ep.answer, ep.needle, ep.context)
+                n_chunks += len(recs)
+                whole = [r for r in recs if r["needle_whole"]]
+                n_whole += bool(whole)
+                n_oracle += any(r["correct"] for r in whole)
+                for r in recs:
+                    if not r["needle_touch"]:
+                        keyless += 1
+                        keyless_ans += not r["is_idk0"]
+                for v, (c, rule, idk) in zip(variants, parsed):
+                    if c == cname:
+                        pick = choose(recs, *rules[idk == "idk"][rule])
+                        hits[v] += bool(pick and pick["correct"])
+            point["chunks"][cname] = round(n_chunks / len(eps), 1)
+            point["needle_whole"][cname] = n_whole / len(eps)
+            point["oracle"][cname] = n_oracle / len(eps)
+            point["keyless_answer_rate"][cname] = round(keyless_ans / max(1, keyless), 4)
+        point["oprm"] = {v: hits[v] / len(eps) for v in variants}
+        out["curve"].append(point)
+        log(f"[measure] {m:>3}x vanilla {point['vanilla']:.3f}  " + "  ".join(
+            f"{v} {a:.3f}" for v, a in point["oprm"].items()) + f"  oracle {point['oracle']}  key-less answering "
+            f"{point['keyless_answer_rate']}  ({time.time() - t0:.0f}s)")
+    return out
+
+
+def variant_table(res: dict) -> str:
+    from ..report import markdown_table
+
+    rows = []
+    for p in res["curve"]:
+        rows.append([f"{p['mult']}x", p["num_facts"], f"{p['vanilla']:.2f}"] + [f"{p['oprm'][v]:.2f}"
+                                                                              for v in res["variants"]])
+    return markdown_table(["length", "facts", "vanilla"] + res["variants"], rows)
+
+
 def write_card(folder: str, meta: dict, res: dict | None):
     from .. import __version__
 
@@ -249,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=0, help="OPRM chunk overlap in tokens")
     ap.add_argument("--write-card", action="store_true")
     ap.add_argument("--card-only", action="store_true", help="rewrite README.md from results.json, no measuring")
+    ap.add_argument("--variants", nargs="?", const=",".join(DEFAULT_VARIANTS), default=None,
+                    help="measure chunking/selection/IDK variants instead (comma list of chunking/rule/idk; "
+                         "no value: the default set) and write variants.json")
+    ap.add_argument("--seed", type=int, default=21_000, help="--variants: episode seeds are SEED + multiple")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     folder = Path(args.model)
@@ -256,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if args.card_only:
         write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
+        return 0
+    if args.variants:
+        mults = [int(x) for x in args.mults.split(",")] if args.mults != ",".join(map(str, DEFAULT_MULTS)) \
+            else [1, 4, 16, 64]
+        res = variant_curve(str(folder), mults, args.n_curve, args.seed, meta.get("max_ctx_tokens", 128),
+                            args.variants.split(","))
+        (folder / "variants.json").write_text(json.dumps(res, indent=1))
+        print(variant_table(res))
         return 0
     res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
                   meta.get("max_ctx_tokens", 128), args.chunk_size, args.filler_ratio,
