@@ -64,7 +64,8 @@ def collect(args) -> int:
                 t = time.perf_counter()
                 chunks = make_chunks(len(prompt.context_ids), L, offsets=prompt.context_offsets,
                                      text=prompt.context_text, **CHUNKINGS[cname])
-                recs = chunk_records(engine, prompt, chunks, k, rows_per_batch, ep.answer, ep.needle, ep.context)
+                recs = chunk_records(engine, prompt, chunks, k, rows_per_batch, ep.answer, ep.needle, ep.context,
+                                     query=ep.question)
                 row = dict(task=args.task, setting=name, episode=e, seed=args.seed, chunking=cname, gold=ep.answer,
                            n_context_tokens=len(prompt.context_ids), chunk_size=L, k=k, chunks=recs,
                            seconds=round(time.perf_counter() - t, 2))
@@ -99,7 +100,13 @@ def score_rules(rows):
 
 
 def rules_main(paths) -> int:
-    rows = [json.loads(line) for p in paths for line in open(p)]
+    """One table row per (file, setting, chunking): pass one file per model (its name labels the rows)."""
+    rows = []
+    for p in paths:
+        for line in open(p):
+            row = json.loads(line)
+            row["task"] = f"{row['task']} ({Path(p).stem})"
+            rows.append(row)
     table = score_rules(rows)
     names = list(make_rules())
     print("rules: " + "; ".join(f"`{k}` = {v}" for k, v in RULE_NAMES.items()) + "\n")
@@ -111,6 +118,56 @@ def rules_main(paths) -> int:
         fr = f"{t['keyless_answer0'] / max(1, t['keyless']):.3f} / {t['keyless_answer_la'] / max(1, t['keyless']):.3f}"
         print(f"| {task} | {setting} | {chunking} | {n} | {t['needle_whole'] / n:.3f} | {t['oracle'] / n:.3f} | {fr} | "
               + " | ".join(f"{t[r] / n:.3f}" for r in names) + " |")
+    return 0
+
+
+def augment(paths, model: str | None = None) -> int:
+    """Add the extractive ``support`` field to records collected before it existed, by regenerating the same
+    episodes and chunks (tokenizer only)."""
+    from transformers import AutoTokenizer
+
+    from oprm.chunking import make_chunks
+    from oprm.models import resolve_model
+    from oprm.prompts import tokenize_with_offsets
+    from oprm.synthetic.chunk_stats import support
+
+    for path in paths:
+        rows = [json.loads(line) for line in open(path)]
+        task = rows[0]["task"]
+        if task == "ar":
+            from oprm.synthetic.measure import long_episodes
+
+            tok = AutoTokenizer.from_pretrained(model or str(Path(__file__).resolve().parents[1]
+                                                             / "src/oprm/models/oprm-ar-mamba2"))
+        else:
+            from oprm.synthetic.niah import make_secret_number_episode
+
+            folder, gguf = resolve_model(model or "smollm2")
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        cache = {}
+        for row in rows:
+            key = (row["setting"], row["seed"])
+            if key not in cache:
+                n = 1 + max(r["episode"] for r in rows if (r["setting"], r["seed"]) == key)
+                if task == "ar":
+                    m = _num(row["setting"])
+                    cache[key] = long_episodes(tok, m * row["chunk_size"], n, row["seed"] + m)[0]
+                else:
+                    n_tok = int(row["setting"])
+                    rng = random.Random(row["seed"] + n_tok)
+                    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+                    cache[key] = [make_secret_number_episode(rng, n_tok, count=count) for _ in range(n)]
+            ep = cache[key][row["episode"]]
+            assert ep.answer == row["gold"]
+            ids, offs = tokenize_with_offsets(tok, ep.context)
+            chunks = make_chunks(len(ids), row["chunk_size"], offsets=offs, text=ep.context,
+                                 **CHUNKINGS[row["chunking"]])
+            for c, rec in zip(chunks, row["chunks"]):
+                assert c.token_start == rec["token_start"]
+                rec["support"] = round(support(ep.context[c.char_start:c.char_end], rec["text"], ep.question), 4)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        print(f"augmented {path}: {len(rows)} rows")
     return 0
 
 
@@ -134,7 +191,12 @@ def main(argv=None) -> int:
     c.add_argument("--out", required=True)
     r = sub.add_parser("rules")
     r.add_argument("paths", nargs="+")
+    a = sub.add_parser("augment", help="add the support field to older records")
+    a.add_argument("paths", nargs="+")
+    a.add_argument("--model", default=None)
     args = ap.parse_args(argv)
+    if args.cmd == "augment":
+        return augment(args.paths, args.model)
     return collect(args) if args.cmd == "collect" else rules_main(args.paths)
 
 

@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="loss weight of each answer's first token (the value's first digit or Error)")
     ap.add_argument("--needle-prob", type=float, default=OPRM_MIX["needle_prob"],
                     help="--data oprm: share of questions about a key whole in the window")
+    ap.add_argument("--noun-prob", type=float, default=OPRM_MIX["hard_negative_noun_prob"],
+                    help="--data oprm: share of hard negatives that share the noun / surname (else the modifier)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -553,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                extra_questions=tuple(int(x) for x in args.extra_questions.split(",")),
                curriculum=(int(args.curriculum.split(",")[0]), float(args.curriculum.split(",")[1])))
     if args.data == "oprm":
-        mix = dict(OPRM_MIX, needle_prob=args.needle_prob)
+        mix = dict(OPRM_MIX, needle_prob=args.needle_prob, hard_negative_noun_prob=args.noun_prob)
     if args.init_from:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

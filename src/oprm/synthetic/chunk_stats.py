@@ -37,8 +37,35 @@ def lookahead(adapter, rows, k: int, eos: int):
     return first, torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(ents, 1)
 
 
+_STOP = frozenset("a an and are as at be by did do does for from how in is it its many much of on or that the this "
+                  "to was were what when where which who whom whose why with".split())
+
+
+def query_words(query: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", query.lower()) if w not in _STOP and len(w) > 1}
+
+
+def support(chunk_text: str, answer: str, query: str) -> float:
+    """Extractive support of an answer in its chunk: the largest share of the query's content words found in a
+    sentence of the chunk that holds the answer's value (as a whole number or word); 0 if the value is absent.
+    A key-less chunk that copies the value of another fact ("The pin of the green falcon is 123." for "What is the
+    code of the amber falcon?") supports it with 1/3; the needle's own sentence with 3/3."""
+    from ..chunking import sentence_spans
+
+    value, words = _answer_value(answer), query_words(query)
+    if not value or not words:
+        return 0.0
+    pattern = re.compile(r"(?<![0-9A-Za-z])" + re.escape(value) + r"(?![0-9A-Za-z])")
+    best = 0.0
+    for s0, s1 in sentence_spans(chunk_text):
+        sent = chunk_text[s0:s1]
+        if pattern.search(sent):
+            best = max(best, len(words & set(re.findall(r"[a-z0-9]+", sent.lower()))) / len(words))
+    return best
+
+
 def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str, needle: str | None,
-                  context: str, idk: str = "Error"):
+                  context: str, idk: str = "Error", query: str = ""):
     import torch
 
     tok = engine.tokenizer
@@ -70,6 +97,7 @@ def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str
                 needle_whole=bool(needle) and c.char_start <= s0 and s0 + len(needle) <= c.char_end,
                 needle_touch=bool(needle) and c.char_start < s0 + len(needle) and c.char_end > s0,
                 answer_in_chunk=bool(_answer_value(text)) and _answer_value(text) in ctext,
+                support=round(support(ctext, text, query), 4), char_start=c.char_start, char_end=c.char_end,
                 correct=_is_correct(text, gold)))
     return out
 
@@ -121,7 +149,10 @@ RULE_NAMES = {
     "la_digits_min": "look-ahead: min log-prob of the digit tokens",
     "la_div_logp": "look-ahead: log-prob where the candidates' answers diverge",
     "la_div_entropy": "look-ahead: -entropy where the candidates' answers diverge",
+    "la_div_mean": "look-ahead: mean log-prob of the answer from where the candidates' answers diverge",
     "la_digits_mean_pidk": "look-ahead digits mean log-prob + log(1 - P(IDK))",
+    "support_la": "extractive support of the answer (query words in its sentence), then la_digits_mean",
+    "support_entropy": "extractive support of the answer, then first-token entropy",
 }
 
 
@@ -148,9 +179,12 @@ def make_rules(idk: bool = True):
                                                      if i < len(c["logprobs"])] or [-1e9])),
         "la_div_logp": (span_ok, lambda c, d: c["logprobs"][d] if d < len(c["logprobs"]) else -1e9),
         "la_div_entropy": (span_ok, lambda c, d: -c["entropies"][d] if d < len(c["entropies"]) else -1e9),
+        "la_div_mean": (span_ok, lambda c, d: _mean(c["logprobs"][d:len(c["pieces"])] or c["logprobs"][-1:])),
         "la_digits_mean_pidk": (span_ok, lambda c, d: digits_mean(c) + log1m(c["p_idk0"])),
     }
-    for base in ("entropy", "p_idk", "la_digits_mean", "la_digits_mean_pidk"):
+    rules["support_la"] = (span_ok, lambda c, d: (c.get("support", 0.0), digits_mean(c)))
+    rules["support_entropy"] = (first_ok, lambda c, d: (c.get("support", 0.0), -c["entropy0"]))
+    for base in ("entropy", "p_idk", "la_digits_mean", "la_div_mean", "la_digits_mean_pidk"):
         f, s = rules[base]
         rules[f"{base}_grounded"] = (f, (lambda s: lambda c, d: (c["answer_in_chunk"], s(c, d)))(s))
     return rules

@@ -120,8 +120,8 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
 
 
 DEFAULT_VARIANTS = ("tokens/entropy/idk", "tokens/entropy/no-idk", "sent_end/entropy/idk", "sent_end/p_idk/idk",
-                    "sent_end/la_digits_mean/idk", "sent_end/la_digits_mean/no-idk", "sent_start/la_digits_mean/idk",
-                    "tokens/la_digits_mean/idk")
+                    "sent_end/la_digits_mean/idk", "tokens/support_la/idk", "sent_end/support_la/idk",
+                    "sent_end/support_la/no-idk")
 
 
 def variant_curve(folder: str, mults=(1, 4, 16, 64), n: int = 40, seed: int = 21_000, train_len: int = 128,
@@ -156,7 +156,8 @@ def variant_curve(folder: str, mults=(1, 4, 16, 64), n: int = 40, seed: int = 21
                 prompt = engine.build_prompt(**ep.prompt_kwargs())
                 chunks = make_chunks(len(prompt.context_ids), train_len, offsets=prompt.context_offsets,
                                      text=prompt.context_text, **CHUNKINGS[cname])
-                recs = chunk_records(engine, prompt, chunks, k, 40, ep.answer, ep.needle, ep.context)
+                recs = chunk_records(engine, prompt, chunks, k, 40, ep.answer, ep.needle, ep.context,
+                                     query=ep.question)
                 n_chunks += len(recs)
                 whole = [r for r in recs if r["needle_whole"]]
                 n_whole += bool(whole)
