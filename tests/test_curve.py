@@ -142,3 +142,28 @@ def test_replayed_paper_rule_matches_the_engine():
         pick = choose(recs, filt, score)
         assert (pick["text"] if pick else "Error") == res.text
         assert (pick["index"] if pick else None) == (res.chosen[0] if res.chosen else None)
+
+
+def test_train_ar_without_options_runs_the_shipped_recipe(tmp_path, monkeypatch):
+    import json
+
+    import oprm.train_ar as T
+
+    assert T._recipe_argv([]) == [] and T._recipe_argv(["--out", "x", "--no-measure"]) == ["--out", "x", "--no-measure"]
+    assert T._recipe_argv(["--minutes", "3"]) is None and T._recipe_argv(["--out", "x", "--data", "oprm"]) is None
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "training_meta.json").write_text(json.dumps({"command": "x"}))
+        return 0
+
+    monkeypatch.setattr(T, "main", fake_main)
+    assert T.train_recipe(["--out", str(tmp_path / "m"), "--no-measure"]) == 0
+    assert len(calls) == len(T.SHIPPED_RECIPE)
+    assert "--init-from" not in calls[0] and calls[1][calls[1].index("--init-from") + 1] == str(tmp_path / "m" / ".stage1")
+    assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
+    meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
+    assert len(meta["stages"]) == len(T.SHIPPED_RECIPE) and not (tmp_path / "m" / ".stage1").exists()

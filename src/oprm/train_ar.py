@@ -500,7 +500,75 @@ def heldout_episodes(seed: int, n: int, present: bool, num_facts=(1, 16), filler
 
 
 # --------------------------------------------------------------------------- main
+# The shipped model, as `oprm train-ar` (no training options) rebuilds it: each stage continues the previous one.
+# Stage 1 is the previous shipped model (whole documents and token windows; its schedule follows the wall clock);
+# stages 2-3 train on exactly the engine's chunks with step-exact schedules.
+SHIPPED_RECIPE: list[list[str]] = [
+    ["--minutes", "45", "--max-ctx-tokens", "128"],
+    ["--data", "oprm", "--first-token-weight", "3", "--needle-prob", "0.5", "--noun-prob", "0.6", "--lr", "1e-3",
+     "--warmup", "100", "--schedule-steps", "1000", "--minutes", "65"],
+    ["--data", "oprm", "--first-token-weight", "2", "--needle-prob", "0.7", "--noun-prob", "0.6", "--lr", "5e-4",
+     "--warmup", "50", "--schedule-steps", "1500", "--minutes", "35"],
+]
+_RECIPE_PASSTHROUGH = {"--out": True, "--threads": True, "--no-measure": False}
+
+
+def _recipe_argv(argv: list[str]) -> list[str] | None:
+    """The pass-through options when ``argv`` asks for the shipped recipe (no training options), else None."""
+    out, i = [], 0
+    while i < len(argv):
+        name = argv[i].split("=", 1)[0]
+        if name not in _RECIPE_PASSTHROUGH:
+            return None
+        takes_value = _RECIPE_PASSTHROUGH[name] and "=" not in argv[i]
+        out += argv[i:i + 1 + takes_value]
+        i += 1 + takes_value
+    return out
+
+
+def train_recipe(passthrough: list[str], recipe: list[list[str]] = SHIPPED_RECIPE) -> int:
+    """Run the stages of ``recipe`` in sequence; intermediate stages go to ``<out>/.stage<i>``."""
+    import shutil
+
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "models" / "oprm-ar-mamba2"))
+    ap.add_argument("--threads", default="1")
+    ap.add_argument("--no-measure", action="store_true")
+    opts = ap.parse_args(passthrough)
+    out = Path(opts.out)
+    prev = None
+    commands = []
+    for i, stage in enumerate(recipe):
+        last = i == len(recipe) - 1
+        stage_out = out if last else out / f".stage{i + 1}"
+        stage_argv = [*stage, "--out", str(stage_out), "--threads", opts.threads]
+        if prev is not None:
+            stage_argv += ["--init-from", str(prev)]
+        if not last or opts.no_measure:
+            stage_argv.append("--no-measure")
+        commands.append("python -m oprm.train_ar " + " ".join(stage_argv))
+        print(f"[train-ar] recipe stage {i + 1}/{len(recipe)}: {commands[-1]}", flush=True)
+        main(stage_argv)
+        prev = stage_out
+    meta_path = out / "training_meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["stages"] = commands
+    meta_path.write_text(json.dumps(meta, indent=1))
+    if not opts.no_measure:  # the chunking x selection x IDK ablation, then the card with it
+        from .synthetic.measure import main as measure_main
+
+        measure_main(["--model", str(out), "--variants", "--n-curve", "50"])
+        measure_main(["--model", str(out), "--card-only"])
+    for i in range(len(recipe) - 1):
+        shutil.rmtree(out / f".stage{i + 1}", ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = _recipe_argv(argv)
+    if passthrough is not None:
+        return train_recipe(passthrough)
     ap = argparse.ArgumentParser(prog="oprm train-ar", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "models" / "oprm-ar-mamba2"))
     ap.add_argument("--seed", type=int, default=0)

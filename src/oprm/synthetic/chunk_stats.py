@@ -153,6 +153,7 @@ RULE_NAMES = {
     "la_digits_mean_pidk": "look-ahead digits mean log-prob + log(1 - P(IDK))",
     "support_la": "extractive support of the answer (query words in its sentence), then la_digits_mean",
     "support_entropy": "extractive support of the answer, then first-token entropy",
+    "support_div": "extractive support of the answer, then la_div_mean",
 }
 
 
@@ -183,6 +184,7 @@ def make_rules(idk: bool = True):
         "la_digits_mean_pidk": (span_ok, lambda c, d: digits_mean(c) + log1m(c["p_idk0"])),
     }
     rules["support_la"] = (span_ok, lambda c, d: (c.get("support", 0.0), digits_mean(c)))
+    rules["support_div"] = (span_ok, lambda c, d: (c.get("support", 0.0), rules["la_div_mean"][1](c, d)))
     rules["support_entropy"] = (first_ok, lambda c, d: (c.get("support", 0.0), -c["entropy0"]))
     for base in ("entropy", "p_idk", "la_digits_mean", "la_div_mean", "la_digits_mean_pidk"):
         f, s = rules[base]

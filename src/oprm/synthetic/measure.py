@@ -186,10 +186,35 @@ def variant_table(res: dict) -> str:
     from ..report import markdown_table
 
     rows = []
+    chunkings = sorted(res["curve"][0]["oracle"])
     for p in res["curve"]:
-        rows.append([f"{p['mult']}x", p["num_facts"], f"{p['vanilla']:.2f}"] + [f"{p['oprm'][v]:.2f}"
-                                                                              for v in res["variants"]])
-    return markdown_table(["length", "facts", "vanilla"] + res["variants"], rows)
+        rows.append([f"{p['mult']}x", p["num_facts"], f"{p['vanilla']:.2f}"]
+                    + [f"{p['oprm'][v]:.2f}" for v in res["variants"]]
+                    + [f"{p['oracle'][c]:.2f}" for c in chunkings]
+                    + [f"{p['keyless_answer_rate'][c]:.3f}" for c in chunkings])
+    return markdown_table(["length", "facts", "vanilla"] + res["variants"] + [f"oracle {c}" for c in chunkings]
+                          + [f"key-less chunks answering ({c})" for c in chunkings], rows)
+
+
+def variants_section(var: dict) -> list[str]:
+    """Model-card lines for a ``--variants`` run: the ablation of chunking x selection x IDK."""
+    lines = [
+        "## OPRM variants: chunking x selection x IDK",
+        "",
+        f"Same episodes as the curve above where the seeds match (seeds {var['seed']} + multiple, {var['n']} episodes a "
+        "point). Each chunk's prompt is run on its own exactly as the engine does (`oprm.synthetic.chunk_stats`) and "
+        f"its greedy answer read from a {var['k']}-token look-ahead. Columns are `chunking/selection/IDK`: `tokens` "
+        "= the paper's plain windows, `sent_end` = boundary-safe windows ending on a sentence end; `entropy` = the "
+        "paper's first-token entropy, `p_idk` = lowest first-token P(Error), `la_digits_mean` = mean log-prob of "
+        "the look-ahead answer, `support_la` = extractive support of the answer in its chunk (query words in the "
+        "answer's sentence), then `la_digits_mean`; `idk` = drop chunks answering `Error` (first token, or anywhere "
+        "in the look-ahead for look-ahead rules), `no-idk` = no filter. `oracle` = the chunk holding the needle "
+        "answers right (the ceiling of any selection).",
+        "",
+        variant_table(var),
+        "",
+    ]
+    return lines
 
 
 def write_card(folder: str, meta: dict, res: dict | None):
@@ -289,6 +314,9 @@ def write_card(folder: str, meta: dict, res: dict | None):
         for c in res["curve"]:
             lines.append(f"| {c['mult']}x | {c['num_facts']} | {c['ctx_tokens']} | {c['vanilla']:.2f} | {c['oprm']:.2f} |")
         lines.append("")
+    var_path = folder / "variants.json"
+    if var_path.exists():
+        lines += variants_section(json.loads(var_path.read_text()))
     lines += [
         "## Reproduce",
         "",
