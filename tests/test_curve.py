@@ -144,7 +144,7 @@ def test_replayed_paper_rule_matches_the_engine():
         assert (pick["index"] if pick else None) == (res.chosen[0] if res.chosen else None)
 
 
-def test_train_ar_without_options_runs_the_shipped_recipe(tmp_path, monkeypatch):
+def test_train_ar_recipes(tmp_path, monkeypatch):
     import json
 
     import oprm.train_ar as T
@@ -161,9 +161,16 @@ def test_train_ar_without_options_runs_the_shipped_recipe(tmp_path, monkeypatch)
         return 0
 
     monkeypatch.setattr(T, "main", fake_main)
+    # stage 1 alone: the previous shipped model, train-ar's original single-stage defaults
+    assert T.train_recipe(["--no-measure", "--out", str(tmp_path / "s"), "--recipe", "stage1"]) == 0
+    assert calls == [["--minutes", "45", "--max-ctx-tokens", "128", "--out", str(tmp_path / "s"), "--threads", "1",
+                      "--no-measure"]]
+    calls.clear()
+    # no options: the shipped model's three stages
     assert T.train_recipe(["--out", str(tmp_path / "m"), "--no-measure"]) == 0
-    assert len(calls) == len(T.SHIPPED_RECIPE)
+    assert len(calls) == len(T.RECIPES["shipped"]) == 3
+    assert calls[2][:2] == ["--data", "oprm"]
     assert "--init-from" not in calls[0] and calls[1][calls[1].index("--init-from") + 1] == str(tmp_path / "m" / ".stage1")
     assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
     meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
-    assert len(meta["stages"]) == len(T.SHIPPED_RECIPE) and not (tmp_path / "m" / ".stage1").exists()
+    assert len(meta["stages"]) == 3 and not (tmp_path / "m" / ".stage1").exists()

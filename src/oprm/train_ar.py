@@ -86,6 +86,23 @@ CARD_NOTES: list[str] = [
     "entropy selection often picks a wrong chunk. A plausible cause: Mamba2's gated RMSNorm normalises the "
     "retrieved vector, so 'nothing matched' cannot show as a small read-out; the model must learn it against "
     "the skip term. Next: longer training (GPU), a larger state, or a Mamba1 model (no norm on the read-out).",
+    "Issue 9 (a flat OPRM curve), stage 1 = the model above. Diagnosis on 640 key-less chunks of 16x documents: "
+    "a chunk holding a fact whose key shares the query's noun ('green falcon' for 'amber falcon') answered its "
+    "value 24 of 24 times, a shared modifier 0 of 27, no shared word 5.4 %; P(Error) on a correct needle chunk never "
+    "fell below ~0.08, the same range as the false answers'. So the later stages train on exactly the engine's "
+    "chunks (`--data oprm`: boundary-safe and plain 128-token windows of 4-40-fact documents, a quarter whole "
+    "documents of <= 128 tokens; questions about keys whole in the window or absent from it, 60 % of the absent "
+    "ones sharing a word and the attribute with a fact of the window; extra question turns on the same window) "
+    "with a loss weight on each answer's first token.",
+    "OPRM-window runs from stage 1 (16x chunk metrics = teacher-forced needle-chunk exact match / key-less chunks "
+    "answering Error, 24 documents): run 1, lr 1.5e-3, first-token weight 3, 50 % needle questions, hard negatives "
+    "half noun / half modifier: 0.875 / 0.911 at 500 steps (stopped: a starved CPU); run 2, 70 % of the hard "
+    "negatives sharing the noun, 40 % needle questions: retrieval collapsed (needle chunk 0.29, present keys 0.46) "
+    "while key-less Error rose to 0.98 at 500 steps (stopped); run 3 (stage 2), lr 1e-3, 60 % noun, 50 % needle, "
+    "1000 steps: 0.79 / 0.92; stage 3 continues it with 70 % needle questions, weight 2, lr 5e-4, 1500 steps. "
+    "The IDK decision barely moved in any run (key-less chunks answering 8.5 % -> ~5 %): a 2-layer, 128-wide "
+    "Mamba2 does not learn to tell 'amber falcon' from 'green falcon' in this budget. What made the curve flat "
+    "is selection: an extractive support re-rank (see the variants table) reaches the needle chunk's own accuracy.",
 ]
 
 
@@ -500,17 +517,22 @@ def heldout_episodes(seed: int, n: int, present: bool, num_facts=(1, 16), filler
 
 
 # --------------------------------------------------------------------------- main
-# The shipped model, as `oprm train-ar` (no training options) rebuilds it: each stage continues the previous one.
-# Stage 1 is the previous shipped model (whole documents and token windows; its schedule follows the wall clock);
-# stages 2-3 train on exactly the engine's chunks with step-exact schedules.
-SHIPPED_RECIPE: list[list[str]] = [
-    ["--minutes", "45", "--max-ctx-tokens", "128"],
+# Multi-stage recipes `oprm train-ar [--recipe NAME]` runs when given no training options; each stage continues
+# the previous one. "shipped" rebuilds the shipped model: stage 1 on whole documents and token windows (the previous
+# shipped model; its schedule follows the wall clock), then issue 9's two stages on exactly the engine's chunks
+# (step-exact schedules; runs 3-4 of the model card). "stage1" is the previous shipped model alone.
+OPRM_WINDOW_STAGES: list[list[str]] = [
     ["--data", "oprm", "--first-token-weight", "3", "--needle-prob", "0.5", "--noun-prob", "0.6", "--lr", "1e-3",
      "--warmup", "100", "--schedule-steps", "1000", "--minutes", "65"],
     ["--data", "oprm", "--first-token-weight", "2", "--needle-prob", "0.7", "--noun-prob", "0.6", "--lr", "5e-4",
      "--warmup", "50", "--schedule-steps", "1500", "--minutes", "35"],
 ]
-_RECIPE_PASSTHROUGH = {"--out": True, "--threads": True, "--no-measure": False}
+RECIPES: dict[str, list[list[str]]] = {
+    "stage1": [["--minutes", "45", "--max-ctx-tokens", "128"]],
+}
+RECIPES["shipped"] = RECIPES["stage1"] + OPRM_WINDOW_STAGES
+SHIPPED_RECIPE = RECIPES["shipped"]
+_RECIPE_PASSTHROUGH = {"--out": True, "--threads": True, "--no-measure": False, "--recipe": True}
 
 
 def _recipe_argv(argv: list[str]) -> list[str] | None:
@@ -526,15 +548,17 @@ def _recipe_argv(argv: list[str]) -> list[str] | None:
     return out
 
 
-def train_recipe(passthrough: list[str], recipe: list[list[str]] = SHIPPED_RECIPE) -> int:
-    """Run the stages of ``recipe`` in sequence; intermediate stages go to ``<out>/.stage<i>``."""
+def train_recipe(passthrough: list[str], recipe: list[list[str]] | None = None) -> int:
+    """Run the stages of a recipe in sequence; intermediate stages go to ``<out>/.stage<i>``."""
     import shutil
 
-    ap = argparse.ArgumentParser(add_help=False)
+    ap = argparse.ArgumentParser(prog="oprm train-ar", add_help=False)
     ap.add_argument("--out", default=str(Path(__file__).parent / "models" / "oprm-ar-mamba2"))
     ap.add_argument("--threads", default="1")
     ap.add_argument("--no-measure", action="store_true")
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="shipped")
     opts = ap.parse_args(passthrough)
+    recipe = recipe or RECIPES[opts.recipe]
     out = Path(opts.out)
     prev = None
     commands = []
@@ -547,13 +571,15 @@ def train_recipe(passthrough: list[str], recipe: list[list[str]] = SHIPPED_RECIP
         if not last or opts.no_measure:
             stage_argv.append("--no-measure")
         commands.append("python -m oprm.train_ar " + " ".join(stage_argv))
-        print(f"[train-ar] recipe stage {i + 1}/{len(recipe)}: {commands[-1]}", flush=True)
+        if len(recipe) > 1:
+            print(f"[train-ar] recipe stage {i + 1}/{len(recipe)}: {commands[-1]}", flush=True)
         main(stage_argv)
         prev = stage_out
-    meta_path = out / "training_meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta["stages"] = commands
-    meta_path.write_text(json.dumps(meta, indent=1))
+    if len(recipe) > 1:
+        meta_path = out / "training_meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["stages"] = commands
+        meta_path.write_text(json.dumps(meta, indent=1))
     if not opts.no_measure:  # the chunking x selection x IDK ablation, then the card with it
         from .synthetic.measure import main as measure_main
 

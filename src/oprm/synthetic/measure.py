@@ -275,11 +275,20 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "## Training",
         "",
         f"- Training length: contexts of **at most {meta['max_ctx_tokens']} tokens** (plus ~45 prompt tokens).",
-        f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
-        "whose key is present (the rest answer `Error`; a share `hard_negative_prob` of those asks for a key sharing one word with "
-        "a present key); `slice_edges_prob` = share of contexts that are a random token window of a longer "
-        "document (like an OPRM chunk), the rest are whole documents; extra question turns on the same document "
-        "densify the supervision. Loss on the answer tokens and `<|im_end|>` only.",
+        (f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
+         "whose key is present (the rest answer `Error`; a share `hard_negative_prob` of those asks for a key sharing "
+         "one word with a present key); `slice_edges_prob` = share of contexts that are a random token window of a "
+         "longer document (like an OPRM chunk), the rest are whole documents; extra question turns on the same "
+         "document densify the supervision. Loss on the answer tokens and `<|im_end|>` only."
+         if meta.get("data", "docs") == "docs" else
+         f"- Mix (`--data oprm`, last stage): {json.dumps(meta['mix'])}. Each example is one of the engine's chunks "
+         "(`oprm.chunking.make_chunks`, exactly L tokens, `chunkings`/`snaps` drawn per example) of a document of "
+         "`doc_facts` facts, or with probability `whole_doc_prob` a whole document of <= L tokens; P, C, S tokenized "
+         "as the engine does. Questions: a key whose fact is whole in the window (probability `needle_prob`) or a "
+         "key the window lacks (`Error`): with probability `hard_negative_prob` sharing the attribute and one word "
+         "with a fact of the window (the noun/surname with probability `hard_negative_noun_prob`), else a key of "
+         "another window or a random key; keys of facts the window cuts are never asked. Loss on the answers and "
+         f"`<|im_end|>`, each answer's first token weighted {meta.get('first_token_weight', 1.0)}."),
         f"- AdamW lr {meta['lr']} (warm-up, cosine), batch {meta['batch_size']}, {meta['steps']} steps, "
         f"{meta['tokens']:,} tokens, {meta['train_minutes']} min on one CPU thread, seed {meta['seed']}"
         + (" (last stage; see *Reproduce* for the earlier stages)." if meta.get("reproduce") else "."),
