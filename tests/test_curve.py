@@ -174,3 +174,26 @@ def test_train_ar_recipes(tmp_path, monkeypatch):
     assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
     meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
     assert len(meta["stages"]) == 3 and not (tmp_path / "m" / ".stage1").exists()
+
+
+def test_support_and_rules_on_synthetic_records():
+    from oprm.synthetic.chunk_stats import choose, make_rules, support
+
+    q = "What is the code of the amber falcon?"
+    assert support("Hi. The pin of the green falcon is 123. The code of the amber falcon is 4821. Ok.", "4821", q) == 1
+    assert abs(support("The pin of the green falcon is 123. Yes.", "123", q) - 1 / 3) < 1e-9
+    assert support("The pin of the green falcon is 1234. Yes.", "123", q) == 0  # whole numbers only
+    assert support("Nothing here.", "", q) == 0
+
+    def rec(i, text, idk0, lps, supp, p_idk=0.1, ent=1.0):
+        return dict(index=i, text=text, pieces=list(text) or [""], is_idk0=idk0, logprobs=lps, entropies=[1.0] * len(lps),
+                    entropy0=ent, p_idk0=p_idk, answer_in_chunk=supp > 0, support=supp, correct=text == "4821")
+
+    chunks = [rec(0, "123", False, [-0.1, -0.1, -0.1], 1 / 3, ent=0.2),     # confident copy of a same-noun fact
+              rec(1, "Error", True, [-0.01], 0.0),
+              rec(2, "4821", False, [-0.3, -0.2, -0.2, -0.2], 1.0, ent=0.9)]
+    rules = make_rules()
+    assert choose(chunks, *rules["entropy"])["index"] == 0          # the paper's rule takes the confident copy
+    assert choose(chunks, *rules["support_div"])["index"] == 2      # support prefers the needle's own sentence
+    assert choose([chunks[1]], *rules["support_div"]) is None        # all IDK: the answer is the IDK word
+    assert choose([chunks[1]], *make_rules(idk=False)["support_div"])["index"] == 1
