@@ -119,6 +119,104 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=DEFAULT_M
     return res
 
 
+DEFAULT_VARIANTS = ("tokens/entropy/idk", "tokens/entropy/no-idk", "sent_end/entropy/idk", "sent_end/p_idk/idk",
+                    "sent_end/la_digits_mean/idk", "tokens/support_la/idk", "sent_end/support_la/idk",
+                    "sent_end/support_la/no-idk")
+
+
+def variant_curve(folder: str, mults=(1, 4, 16, 64), n: int = 40, seed: int = 21_000, train_len: int = 128,
+                  variants=DEFAULT_VARIANTS, k: int = 8, log=print) -> dict:
+    """OPRM accuracy for chunking x selection x IDK variants, from one scan of every chunk per episode and chunking
+    (:mod:`oprm.synthetic.chunk_stats`: each chunk's prompt run on its own, as the engine does, plus a greedy
+    look-ahead of ``k`` tokens that holds the whole answer), and vanilla through the engine. A variant is
+    ``chunking/rule/idk``: chunking in tokens, sent_end, sent_start; rule a :data:`chunk_stats.RULE_NAMES` id;
+    ``idk`` or ``no-idk``. Same episodes as :func:`measure`'s curve (seeds ``seed + mult``)."""
+    import torch
+
+    from .. import OPRM
+    from ..chunking import make_chunks
+    from .chunk_stats import CHUNKINGS, choose, chunk_records, make_rules
+
+    torch.set_num_threads(1)
+    model, tok = load(folder)
+    engine = OPRM(model, tok, chunk_size=train_len)
+    parsed = [tuple(v.split("/")) for v in variants]
+    rules = {True: make_rules(True), False: make_rules(False)}
+    out = {"chunk_size": train_len, "k": k, "n": n, "seed": seed, "variants": list(variants), "curve": []}
+    t0 = time.time()
+    for m in mults:
+        eps, nf = long_episodes(tok, m * train_len, n, seed + m)
+        point = {"mult": m, "num_facts": nf, "n": len(eps), "chunks": {}, "needle_whole": {}, "oracle": {},
+                 "keyless_answer_rate": {}}
+        point["vanilla"] = sum(run_engine(engine, ep, "vanilla").text.strip() == ep.answer for ep in eps) / len(eps)
+        hits = {v: 0 for v in variants}
+        for cname in sorted({c for c, _, _ in parsed}):
+            n_chunks = n_whole = n_oracle = keyless = keyless_ans = 0
+            for ep in eps:
+                prompt = engine.build_prompt(**ep.prompt_kwargs())
+                chunks = make_chunks(len(prompt.context_ids), train_len, offsets=prompt.context_offsets,
+                                     text=prompt.context_text, **CHUNKINGS[cname])
+                recs = chunk_records(engine, prompt, chunks, k, 40, ep.answer, ep.needle, ep.context,
+                                     query=ep.question)
+                n_chunks += len(recs)
+                whole = [r for r in recs if r["needle_whole"]]
+                n_whole += bool(whole)
+                n_oracle += any(r["correct"] for r in whole)
+                for r in recs:
+                    if not r["needle_touch"]:
+                        keyless += 1
+                        keyless_ans += not r["is_idk0"]
+                for v, (c, rule, idk) in zip(variants, parsed):
+                    if c == cname:
+                        pick = choose(recs, *rules[idk == "idk"][rule])
+                        hits[v] += bool(pick and pick["correct"])
+            point["chunks"][cname] = round(n_chunks / len(eps), 1)
+            point["needle_whole"][cname] = n_whole / len(eps)
+            point["oracle"][cname] = n_oracle / len(eps)
+            point["keyless_answer_rate"][cname] = round(keyless_ans / max(1, keyless), 4)
+        point["oprm"] = {v: hits[v] / len(eps) for v in variants}
+        out["curve"].append(point)
+        log(f"[measure] {m:>3}x vanilla {point['vanilla']:.3f}  " + "  ".join(
+            f"{v} {a:.3f}" for v, a in point["oprm"].items()) + f"  oracle {point['oracle']}  key-less answering "
+            f"{point['keyless_answer_rate']}  ({time.time() - t0:.0f}s)")
+    return out
+
+
+def variant_table(res: dict) -> str:
+    from ..report import markdown_table
+
+    rows = []
+    chunkings = sorted(res["curve"][0]["oracle"])
+    for p in res["curve"]:
+        rows.append([f"{p['mult']}x", p["num_facts"], f"{p['vanilla']:.2f}"]
+                    + [f"{p['oprm'][v]:.2f}" for v in res["variants"]]
+                    + [f"{p['oracle'][c]:.2f}" for c in chunkings]
+                    + [f"{p['keyless_answer_rate'][c]:.3f}" for c in chunkings])
+    return markdown_table(["length", "facts", "vanilla"] + res["variants"] + [f"oracle {c}" for c in chunkings]
+                          + [f"key-less chunks answering ({c})" for c in chunkings], rows)
+
+
+def variants_section(var: dict) -> list[str]:
+    """Model-card lines for a ``--variants`` run: the ablation of chunking x selection x IDK."""
+    lines = [
+        "## OPRM variants: chunking x selection x IDK",
+        "",
+        f"Same episodes as the curve above where the seeds match (seeds {var['seed']} + multiple, {var['n']} episodes a "
+        "point). Each chunk's prompt is run on its own exactly as the engine does (`oprm.synthetic.chunk_stats`) and "
+        f"its greedy answer read from a {var['k']}-token look-ahead. Columns are `chunking/selection/IDK`: `tokens` "
+        "= the paper's plain windows, `sent_end` = boundary-safe windows ending on a sentence end; `entropy` = the "
+        "paper's first-token entropy, `p_idk` = lowest first-token P(Error), `la_digits_mean` = mean log-prob of "
+        "the look-ahead answer, `support_la` = extractive support of the answer in its chunk (query words in the "
+        "answer's sentence), then `la_digits_mean`; `idk` = drop chunks answering `Error` (first token, or anywhere "
+        "in the look-ahead for look-ahead rules), `no-idk` = no filter. `oracle` = the chunk holding the needle "
+        "answers right (the ceiling of any selection).",
+        "",
+        variant_table(var),
+        "",
+    ]
+    return lines
+
+
 def write_card(folder: str, meta: dict, res: dict | None):
     from .. import __version__
 
@@ -177,11 +275,20 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "## Training",
         "",
         f"- Training length: contexts of **at most {meta['max_ctx_tokens']} tokens** (plus ~45 prompt tokens).",
-        f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
-        "whose key is present (the rest answer `Error`; a share `hard_negative_prob` of those asks for a key sharing one word with "
-        "a present key); `slice_edges_prob` = share of contexts that are a random token window of a longer "
-        "document (like an OPRM chunk), the rest are whole documents; extra question turns on the same document "
-        "densify the supervision. Loss on the answer tokens and `<|im_end|>` only.",
+        (f"- Mix: {json.dumps(meta['mix'])}. `num_facts` uniform in the range; `present_prob` = share of episodes "
+         "whose key is present (the rest answer `Error`; a share `hard_negative_prob` of those asks for a key sharing "
+         "one word with a present key); `slice_edges_prob` = share of contexts that are a random token window of a "
+         "longer document (like an OPRM chunk), the rest are whole documents; extra question turns on the same "
+         "document densify the supervision. Loss on the answer tokens and `<|im_end|>` only."
+         if meta.get("data", "docs") == "docs" else
+         f"- Mix (`--data oprm`, last stage): {json.dumps(meta['mix'])}. Each example is one of the engine's chunks "
+         "(`oprm.chunking.make_chunks`, exactly L tokens, `chunkings`/`snaps` drawn per example) of a document of "
+         "`doc_facts` facts, or with probability `whole_doc_prob` a whole document of <= L tokens; P, C, S tokenized "
+         "as the engine does. Questions: a key whose fact is whole in the window (probability `needle_prob`) or a "
+         "key the window lacks (`Error`): with probability `hard_negative_prob` sharing the attribute and one word "
+         "with a fact of the window (the noun/surname with probability `hard_negative_noun_prob`), else a key of "
+         "another window or a random key; keys of facts the window cuts are never asked. Loss on the answers and "
+         f"`<|im_end|>`, each answer's first token weighted {meta.get('first_token_weight', 1.0)}."),
         f"- AdamW lr {meta['lr']} (warm-up, cosine), batch {meta['batch_size']}, {meta['steps']} steps, "
         f"{meta['tokens']:,} tokens, {meta['train_minutes']} min on one CPU thread, seed {meta['seed']}"
         + (" (last stage; see *Reproduce* for the earlier stages)." if meta.get("reproduce") else "."),
@@ -216,6 +323,9 @@ def write_card(folder: str, meta: dict, res: dict | None):
         for c in res["curve"]:
             lines.append(f"| {c['mult']}x | {c['num_facts']} | {c['ctx_tokens']} | {c['vanilla']:.2f} | {c['oprm']:.2f} |")
         lines.append("")
+    var_path = folder / "variants.json"
+    if var_path.exists():
+        lines += variants_section(json.loads(var_path.read_text()))
     lines += [
         "## Reproduce",
         "",
@@ -249,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overlap", type=int, default=0, help="OPRM chunk overlap in tokens")
     ap.add_argument("--write-card", action="store_true")
     ap.add_argument("--card-only", action="store_true", help="rewrite README.md from results.json, no measuring")
+    ap.add_argument("--variants", nargs="?", const=",".join(DEFAULT_VARIANTS), default=None,
+                    help="measure chunking/selection/IDK variants instead (comma list of chunking/rule/idk; "
+                         "no value: the default set) and write variants.json")
+    ap.add_argument("--seed", type=int, default=21_000, help="--variants: episode seeds are SEED + multiple")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     folder = Path(args.model)
@@ -256,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if args.card_only:
         write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
+        return 0
+    if args.variants:
+        mults = [int(x) for x in args.mults.split(",")] if args.mults != ",".join(map(str, DEFAULT_MULTS)) \
+            else [1, 4, 16, 64]
+        res = variant_curve(str(folder), mults, args.n_curve, args.seed, meta.get("max_ctx_tokens", 128),
+                            args.variants.split(","))
+        (folder / "variants.json").write_text(json.dumps(res, indent=1))
+        print(variant_table(res))
         return 0
     res = measure(str(folder), args.n_indist, args.n_curve, [int(x) for x in args.mults.split(",")],
                   meta.get("max_ctx_tokens", 128), args.chunk_size, args.filler_ratio,

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 from . import words as W
 
 __all__ = [
+    "SECRET_NEEDLE", "SecretNumberEpisode", "make_secret_number_episode", "prose_haystack_path", "prose_sentences",
     "NIAH_TEMPLATE", "NIAH_TEMPLATE_SINGULAR", "NOISE_TEXT", "NIAHEpisode", "make_niah_episode", "load_haystack",
     "word_count",
 ]
@@ -180,3 +181,68 @@ def make_niah_episode(
     return NIAHEpisode(context=context, question=key, answers=answers, needles=[n for n in out if n in needles],
                        answer_prefix=answer_prefix,
                        template=template, depth=first_depth, length=count(context), variant=variant, distractors=distractors)
+
+
+# --------------------------------------------------------------------------- real-prose haystack, secret-number needle
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROSE_HAYSTACK = "moby_dick_ch1-18.txt"
+SECRET_NEEDLE = "The secret number written inside the {thing} of {person} is {value}."
+SECRET_QUESTION = "What is the secret number written inside the {thing} of {person}?"
+
+
+def prose_haystack_path() -> Path:
+    """The public-domain prose shipped with oprm (Moby-Dick, chapters 1-18; see ``data/README.md``)."""
+    return DATA_DIR / PROSE_HAYSTACK
+
+
+def prose_sentences(path: str | Path | None = None) -> list[str]:
+    """The sentences of a prose file (default: the shipped Moby-Dick chapters), hard-wrapped lines joined, cut by
+    :func:`oprm.chunking.sentence_spans` (the same rules boundary-safe chunking uses)."""
+    from oprm.chunking import sentence_spans  # noqa: PLC0415
+
+    text = Path(path or prose_haystack_path()).read_text(encoding="utf-8")
+    text = re.sub(r"(?<!\n)\n(?!\n)", " ", text)  # unwrap lines; blank lines stay paragraph breaks
+    text = re.sub(r"\n\s*\n\s*", "\n\n", text)
+    return [text[s:e].strip() for s, e in sentence_spans(text) if text[s:e].strip()]
+
+
+@dataclass
+class SecretNumberEpisode:
+    context: str
+    question: str
+    answer: str
+    needle: str
+    depth: float  # percent of the haystack sentences before the needle
+    length: int  # size of the context in ``count`` units
+
+
+def make_secret_number_episode(seed: int | random.Random, length: int, *, haystack: Sequence[str] | None = None,
+                               count: Callable[[str], int] = word_count, depth: float | None = None
+                               ) -> SecretNumberEpisode:
+    """A needle sentence ``The secret number written inside the <thing> of <person> is <5 digits>.`` planted at a
+    random depth (between two sentences) of about ``length`` units (``count``) of consecutive prose (default: the
+    shipped Moby-Dick chapters, read cyclically from a random sentence). The question is asked as plain QA (``oprm
+    ask``'s default prompt, no answer prefix)."""
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+    sents = list(haystack) if haystack else prose_sentences()
+    thing = rng.choice(W.OBJECTS)
+    person = f"{rng.choice(W.FIRST_NAMES)} {rng.choice(W.SURNAMES)}"
+    value = str(rng.randint(10_000, 99_999))
+    needle = SECRET_NEEDLE.format(thing=thing, person=person, value=value)
+    budget = max(0, length - count(needle))
+    body, total, i = [], 0, rng.randrange(len(sents))
+    # count the running text in blocks of sentences (a tokenizer call per sentence is slow for 32K tokens)
+    while total < budget:
+        block = sents[i % len(sents): i % len(sents) + 16] or sents[:16]
+        i += len(block)
+        body.extend(block)
+        total += count(" ".join(block))
+    while len(body) > 1 and total - count(body[-1]) >= budget:  # trim the overshoot of the last block
+        total -= count(body.pop())
+    d = rng.uniform(0, 100) if depth is None else float(depth)
+    pos = int(round(len(body) * d / 100))
+    body.insert(pos, needle)
+    context = " ".join(body)
+    return SecretNumberEpisode(context=context, question=SECRET_QUESTION.format(thing=thing, person=person),
+                               answer=value, needle=needle, depth=100 * pos / max(1, len(body) - 1),
+                               length=count(context))
