@@ -15,7 +15,7 @@ def engine():
     tok = tiny_tokenizer()
     model = tiny_model("mamba2")
     model.resize_token_embeddings(len(tok))
-    return OPRM(model, tok, chunk_size=24, idk=None)
+    return OPRM(model, tok, chunk_size=24, idk=None, selection="entropy")  # the chunk choice ignores eos ids
 
 
 def prompt(seed=0):

@@ -103,7 +103,8 @@ def test_automatic_cache_skips_the_prefill(chat_engine):
     assert second.document["cache"] == "hit" and again.document is None
     assert second.token_ids == again.token_ids
     assert max(abs(a.entropy - b.entropy) for a, b in zip(second.chunks, again.chunks)) < TOL
-    only_suffix = len(second.chunks) * second.prompt_tokens["suffix"] + len(second.token_ids) - 1
+    only_suffix = (len(second.chunks) * second.prompt_tokens["suffix"] + len(second.token_ids) - 1
+                   + second.lookahead_tokens)
     assert second.tokens_processed == only_suffix < again.tokens_processed
     other = chat_engine.generate(context=TEXT + " More.", query="What is the code?", max_new_tokens=4)
     assert other.document["cache"] == "miss"  # another context, another key

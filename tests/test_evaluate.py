@@ -41,7 +41,7 @@ class FakeResult:
 class FakeEngine:
     """Answers from a lookup on the question (OPRM modes) or a fixed wrong answer (vanilla); records every call."""
 
-    config = OPRMConfig(chunk_size=2000)
+    config = OPRMConfig.paper(chunk_size=2000)
     tokenizer = None
     name = "fake"
 
@@ -326,7 +326,7 @@ def test_end_to_end_tiny_mamba2(tmp_path):
     tok = tiny_tokenizer()
     model = tiny_model("mamba2")
     model.resize_token_embeddings(len(tok))
-    engine = oprm.OPRM(model, tok, chunk_size=64)
+    engine = oprm.OPRM(model, tok, oprm.OPRMConfig.paper(chunk_size=64))
     opts = {"ar_num_facts": [2], "samples_per_setting": 1, "lengths": [120]}
     res = evaluate(engine, "hotpotqa,qasper,gov_report,lcc,ar,niah_single", ["oprm", "vanilla", "truncate", "bm25",
                                                                           "oracle"],
@@ -402,12 +402,14 @@ def test_eval_flags_are_the_config_fields():
 def test_options_that_change_predictions_rename_the_config(tmp_path):
     from oprm.eval.configs import options_tag
 
-    assert options_tag(OPRMConfig.paper()) == "" and options_tag(OPRMConfig(max_batch_tokens=64)) == ""
-    assert options_tag(OPRMConfig(overlap=100, idk_fallback="min_entropy")) == "ov100_fallback-min_entropy"
-    assert options_tag(OPRMConfig(decode="top_k", num_decode=3)) == "decode-top_k_k3"
+    paper = OPRMConfig.paper
+    assert options_tag(paper()) == "" and options_tag(paper(max_batch_tokens=64)) == ""
+    assert options_tag(paper(overlap=100, idk_fallback="min_entropy")) == "ov100_fallback-min_entropy"
+    assert options_tag(paper(decode="top_k", num_decode=3)) == "decode-top_k_k3"
+    assert options_tag(OPRMConfig()) == "chunking-sentences"  # the selection has its own place in the name
 
     class OverlapEngine(FakeEngine):
-        config = OPRMConfig(chunk_size=2000, overlap=100)
+        config = OPRMConfig.paper(overlap=100)
 
     res = evaluate(OverlapEngine(ANSWERS), "hotpotqa", ["oprm", "vanilla"], None, None, True, 1, FIX, tmp_path, 0,
                    model_name="m", progress=False, plots=False)

@@ -40,7 +40,14 @@ def assert_same_as_generate(model, result, prompt_ids):
 
 
 def near_best(result, tol=TOL) -> set[int]:
-    """The chunks whose entropy is within ``tol`` of the lowest: more than one means rounding may decide."""
+    """The chunks whose selection score is within ``tol`` of the best (the lowest entropy, or the best look-ahead
+    score among the chunks of the best support): more than one means rounding may decide."""
+    if result.selection in ("support", "lookahead"):
+        passed = [c for c in result.chunks if c.score is not None]
+        top = max((c.support or 0.0) for c in passed)
+        passed = [c for c in passed if (c.support or 0.0) == top]
+        best = max(c.score for c in passed)
+        return {c.index for c in passed if best - c.score <= tol}
     best = min(c.entropy for c in result.chunks)
     return {c.index for c in result.chunks if c.entropy - best <= tol}
 
@@ -67,10 +74,25 @@ def test_every_chunk_row_equals_generate(model):
 
 def test_entropy_choice_equals_generate_and_is_min_entropy(model):
     P, C, S = make_prompt(1)
-    result = OPRM(model, chunk_size=12, idk=None).generate(prefix_ids=P, context_ids=C, suffix_ids=S,
-                                                           max_new_tokens=NEW, output_logits=True)
+    result = OPRM(model, chunk_size=12, idk=None, selection="entropy").generate(
+        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
     (j,) = result.chosen
     assert j == min(result.chunks, key=lambda c: c.entropy).index
+    c = result.chunks[j]
+    assert_same_as_generate(model, result, P + C[c.token_start:c.token_end] + S)
+
+
+def test_lookahead_choice_equals_generate_and_its_lookahead(model):
+    """The look-ahead (every chunk's greedy answer, all rows decoded together) is the chosen chunk's own greedy
+    answer, and the answer decoded from the chunk prefilled again equals model.generate."""
+    P, C, S = make_prompt(6)
+    result = OPRM(model, chunk_size=12, idk=None, selection="lookahead", lookahead_tokens=NEW).generate(
+        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
+    (j,) = result.chosen
+    assert j in near_best(result) and all(c.lookahead_ids is not None for c in result.chunks)
+    for c in result.chunks:  # each chunk's look-ahead is its own greedy decoding
+        ref_tokens, _ = reference_generate(model, P + C[c.token_start:c.token_end] + S, NEW)
+        assert c.lookahead_ids == ref_tokens[:len(c.lookahead_ids)]
     c = result.chunks[j]
     assert_same_as_generate(model, result, P + C[c.token_start:c.token_end] + S)
 
@@ -148,3 +170,27 @@ def test_bf16_sanity(arch):
     top2 = ref_first.topk(2).values
     if top2[0] - top2[1] > 2 * BF16_TOL:
         assert result.token_ids[0] == ref_tokens[0]
+
+
+def test_default_sentence_chunks_and_support_equal_generate(model):
+    """The defaults on text — boundary-safe sentence chunks and support selection (look-ahead, the winner prefilled
+    again if its state was not kept) — still answer exactly what model.generate answers on [P, C_j, S] alone."""
+    from tiny_tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model(model.config.model_type, vocab_size=len(tok)).to(DEVICE)
+    text = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
+            "Error Error error. The silver otter keeps 7731 in a box near the old harbour. ") * 3
+    result = OPRM(model, tok, chunk_size=48, lookahead_tokens=NEW, document_cache_bytes=0).generate(
+        context=text, query="What is the code of the amber falcon?", max_new_tokens=NEW, output_logits=True)
+    assert result.chunking == "sentences" and result.selection == "support" and len(result.chunks) > 2
+    prompt = OPRM(model, tok).build_prompt(text, "What is the code of the amber falcon?")
+    for c in result.chunks[1:]:  # the first starts at the start; the others end at a sentence end
+        assert text[:c.char_end].rstrip()[-1] in ".!?"
+    sentence = "The silver otter keeps 7731 in a box near the old harbour."
+    assert all(any(c.char_start <= s and s + len(sentence) <= c.char_end for c in result.chunks)
+               for s in (i for i in range(len(text)) if text.startswith(sentence, i)))
+    if result.chosen:
+        c = result.chunks[result.chosen[0]]
+        assert_same_as_generate(model, result, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
+                                + prompt.suffix_ids)

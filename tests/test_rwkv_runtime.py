@@ -81,8 +81,8 @@ def test_every_chunk_row_equals_runtime_greedy(model):
 
 def test_entropy_choice_equals_runtime_greedy(model):
     P, C, S = make_prompt(1)
-    result = OPRM(model, chunk_size=12, idk=None).generate(prefix_ids=P, context_ids=C, suffix_ids=S,
-                                                           max_new_tokens=NEW, output_logits=True)
+    result = OPRM(model, chunk_size=12, idk=None, selection="entropy").generate(
+        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
     (j,) = result.chosen
     entropies = sorted(c.entropy for c in result.chunks)
     if entropies[1] - entropies[0] > 1e-4:  # a clear winner, not a float-noise tie

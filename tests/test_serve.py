@@ -237,7 +237,8 @@ def test_plain_chat_is_vanilla(client, engine):
 
 def test_engine_options_and_completions_endpoint(client, engine):
     ep = ar(7)
-    options = {"selection": "max_prob", "idk": None, "overlap": 16, "shared_prefix": False, "chunk_size": 96}
+    options = {"selection": "max_prob", "idk": None, "chunking": "tokens", "overlap": 16, "shared_prefix": False,
+               "chunk_size": 96}
     ref = reference(engine, ep, **options)
     r = ask_server(client, ep, oprm={**options, "explain": True})
     assert r.choices[0].message.content == ref.text

@@ -87,9 +87,9 @@ CONFIGS = {
 }
 
 
-def tiny_model(model_type: str, seed: int = 0):
+def tiny_model(model_type: str, seed: int = 0, vocab_size: int = VOCAB):
     cls_name, kwargs = CONFIGS[model_type]
-    config = getattr(tf, cls_name)(vocab_size=VOCAB, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+    config = getattr(tf, cls_name)(vocab_size=vocab_size, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
                                    eos_token_id=2, **kwargs)
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()

@@ -19,12 +19,13 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .chunking import CHUNKINGS
 from .errors import OPRMUsageError
 
 IDK_WORD = "Error"  # the paper's "I don't know" answer, as in the official OPRM prompts
 MODES = ("oprm", "vanilla", "truncate")
-CHUNKINGS = ("tokens",)
-SELECTIONS = ("entropy", "query_likelihood", "max_prob", "random", "oracle")
+# entropy / query_likelihood: the paper's; p_idk, lookahead, support: oprm's (benchmarks/selection_study.md)
+SELECTIONS = ("support", "lookahead", "p_idk", "entropy", "query_likelihood", "max_prob", "random", "oracle")
 IDK_FALLBACKS = ("answer", "min_entropy")
 DECODES = ("one", "all", "top_k")
 
@@ -45,9 +46,16 @@ class OPRMConfig:
                                "middle truncation to --max-input-tokens)", choices=MODES)
     chunk_size: int = option(2000, "tokens per chunk (L)", minimum=1)
     overlap: int = option(0, "tokens shared by neighbouring chunks", minimum=0)
-    chunking: str = option("tokens", "where chunks start and end", choices=CHUNKINGS)
-    selection: str = option("entropy", "how the chunk to decode from is chosen (entropy: the paper's lowest "
-                                       "first-token entropy)", choices=SELECTIONS)
+    chunking: str = option("sentences", "where chunks start and end: tokens (the paper's plain windows), sentences or "
+                                        "lines (boundary-safe: every sentence/line shorter than a chunk lies whole in "
+                                        "one; pre-tokenized input falls back to tokens)", choices=CHUNKINGS)
+    selection: str = option("support", "how the chunk to decode from is chosen: support (a look-ahead answer "
+                                       "found in its chunk next to the question's words, then the look-ahead's "
+                                       "confidence), lookahead (that confidence alone), p_idk (lowest first-token "
+                                       "P(IDK)), entropy (the paper's lowest first-token entropy), query_likelihood "
+                                       "(the paper's alternative), max_prob, random, oracle", choices=SELECTIONS)
+    lookahead_tokens: int = option(24, "support/lookahead selection: tokens decoded from every chunk that passes the "
+                                       "IDK filter (an IDK word anywhere in them drops the chunk)", minimum=1)
     idk: str | None = option(IDK_WORD, 'the IDK word of the prompt and of the filter (default "Error")',
                              negate="no-idk")
     idk_fallback: str = option("answer", "when every chunk says IDK: answer the IDK word, or decode the "
@@ -80,6 +88,9 @@ class OPRMConfig:
                 if value < meta["minimum"]:
                     what = "positive" if meta["minimum"] == 1 else f"at least {meta['minimum']}"
                     raise OPRMUsageError(f"{f.name} must be {what}, got {value}")
+        if self.overlap and self.chunking != "tokens":
+            raise OPRMUsageError(f"overlap applies to token chunking; {self.chunking} chunking places its own "
+                                 "overlap (use chunking='tokens' or overlap=0)")
         if self.overlap >= self.chunk_size:
             raise OPRMUsageError(f"overlap must be smaller than the chunk size, got {self.overlap} with chunk size "
                                  f"{self.chunk_size}")

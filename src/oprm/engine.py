@@ -250,7 +250,7 @@ class OPRM:
                 raise OPRMUsageError("this prompt's prefix P differs from the encoded document's: use the template, "
                                      "chat setting and system prompt it was encoded with")
         prompt = PromptParts(document.prefix_ids, document.context_ids, frame.suffix_ids, document.context_text,
-                             query_span=frame.query_span)
+                             query_span=frame.query_span, query_text=frame.query_text)
         if not reusable(prompt, config):
             raise OPRMUsageError("a question on an encoded document needs a non-empty suffix S whose first token is "
                                  "not a query token scored by query_likelihood (the context's last logits are not kept)")

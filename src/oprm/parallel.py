@@ -37,12 +37,13 @@ class ChunkParallel:
         return (sorted((r for part in parts for r in part[0]), key=lambda r: r.index),
                 [c for part in parts for c in part[1]], [c for part in parts for c in part[2]])
 
-    def merge_answers(self, answers: list, tokens_processed: int, prefix_tokens: int) -> tuple[list, int]:
-        """Every rank's decoded answers, and the tokens processed with the shared prefix counted once (as one
-        process counts it: each rank ran it)."""
-        parts = self.gather((answers, tokens_processed))
-        total = sum(part[1] for part in parts) - (self.world_size - 1) * prefix_tokens
-        return [a for part in parts for a in part[0]], total
+    def merge_answers(self, answers: list, stats, prefix_tokens: int) -> list:
+        """Every rank's decoded answers; ``stats`` (a RunStats) becomes the total over the ranks, with the shared
+        prefix counted once (as one process counts it: each rank ran it)."""
+        parts = self.gather((answers, stats.tokens_processed, stats.lookahead_tokens))
+        stats.tokens_processed = sum(part[1] for part in parts) - (self.world_size - 1) * prefix_tokens
+        stats.lookahead_tokens = sum(part[2] for part in parts)
+        return [a for part in parts for a in part[0]]
 
 
 def init_from_env(backend: str | None = None) -> bool:

@@ -23,7 +23,8 @@ class RunStats:
     """What one ``generate`` call did: tokens run through the model and seconds per phase."""
 
     tokens_processed: int = 0
-    timings: dict = field(default_factory=lambda: {"prefill": 0.0, "selection": 0.0, "decode": 0.0})
+    lookahead_tokens: int = 0  # of which: look-ahead decoding for the selection (support / lookahead)
+    timings: dict = field(default_factory=lambda: {"prefill": 0.0, "selection": 0.0, "lookahead": 0.0, "decode": 0.0})
 
 
 @dataclass

@@ -39,6 +39,7 @@ class PromptParts:
     context_text: str | None = None
     context_offsets: list[tuple[int, int]] | None = None  # character span of each context token
     query_span: tuple[int, int] | None = None  # token span of the query inside the suffix, end exclusive
+    query_text: str | None = None  # the question (the support selection looks for its words around an answer)
 
     def full_ids(self) -> list[int]:
         return self.prefix_ids + self.context_ids + self.suffix_ids
@@ -96,6 +97,7 @@ def prompt_frame(tokenizer, template: str, fields: dict | None = None, *, query_
         raise OPRMUsageError("the prompt template must contain the placeholder {context} exactly once")
     fields = dict(fields or {})
     fields.pop("context", None)
+    query_text = fields.get(query_field)
     answer_prefix = _fill(answer_prefix, fields) if answer_prefix else ""
     if query_field in fields:  # mark the query so its tokens can be found in S (query-likelihood selection)
         fields[query_field] = f"{_QUERY_OPEN}{fields[query_field]}{_QUERY_CLOSE}"
@@ -132,7 +134,8 @@ def prompt_frame(tokenizer, template: str, fields: dict | None = None, *, query_
         inside = [i for i, (s, e) in enumerate(suffix_offsets) if e > query_chars[0] and s < query_chars[1]]
         if inside:
             query_span = (inside[0], inside[-1] + 1)
-    return PromptParts(prefix_ids, [], suffix_ids, query_span=query_span)
+    return PromptParts(prefix_ids, [], suffix_ids, query_span=query_span,
+                       query_text=query_text if isinstance(query_text, str) else None)
 
 
 def tokenize_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]] | None]:

@@ -14,14 +14,23 @@ def _tok(text: str | None) -> str:
 
 
 def explain(result, context: str | None = None, opening_words: int = 30) -> str:
+    """The chunk table of ``oprm ask --explain``: per chunk its first-token entropy, IDK flag and top tokens, and
+    with look-ahead selection its answer and support; then the chosen chunk's opening words and the costs."""
+    lookahead = any(c.lookahead is not None for c in result.chunks)
     rows = []
     for c in result.chunks:
         top = ", ".join(f"{_tok(t)} {p:.2f}" for _, t, p in c.top_tokens[:3])
-        rows.append([c.index, f"{c.token_start}-{c.token_end}", f"{c.entropy:.3f}", "yes" if c.is_idk else "",
-                     top, "" if c.score is None else f"{c.score:.3f}", "◀" if c.index in result.chosen else ""])
+        row = [c.index, f"{c.token_start}-{c.token_end}", f"{c.entropy:.3f}", "yes" if c.is_idk else "", top]
+        if lookahead:
+            row += [_tok(c.lookahead) if c.lookahead is not None else "", "" if c.support is None else
+                    f"{c.support:.2f}"]
+        rows.append(row + ["" if c.score is None else f"{c.score:.3f}", "◀" if c.index in result.chosen else ""])
+    headers = ["chunk", "tokens", "entropy (nats)", "IDK", "top first tokens"]
+    headers += ["look-ahead answer", "support"] if lookahead else []
+    extra = f"  extra tokens: {result.extra_tokens}" if result.extra_tokens else ""
     out = [f"mode: {result.mode}  chunks: {len(result.chunks)}  chunk size: {result.chunk_size}  "
-           f"selection: {result.selection}",
-           markdown_table(["chunk", "tokens", "entropy (nats)", "IDK", "top first tokens", "score", "chosen"], rows)]
+           f"chunking: {result.chunking}{extra}  selection: {result.selection}",
+           markdown_table(headers + ["score", "chosen"], rows)]
     if result.idk_fallback_used:
         out.append("every chunk answered IDK: fallback used")
     for span in result.chosen_spans:
@@ -30,7 +39,8 @@ def explain(result, context: str | None = None, opening_words: int = 30) -> str:
             opening = " ".join(words[:opening_words]) + (" …" if len(words) > opening_words else "")
             out.append(f"chunk {span['chunk']} opens: {opening}")
     t = result.timings
-    out.append(f"tokens processed: {result.tokens_processed}  time: prefill {t.get('prefill', 0):.2f}s, "
-               f"selection {t.get('selection', 0):.2f}s, decode {t.get('decode', 0):.2f}s")
+    out.append(f"tokens processed: {result.tokens_processed} (look-ahead {result.lookahead_tokens})  time: prefill "
+               f"{t.get('prefill', 0):.2f}s, selection {t.get('selection', 0):.2f}s, look-ahead "
+               f"{t.get('lookahead', 0):.2f}s, decode {t.get('decode', 0):.2f}s")
     out.append(f"answer: {result.text}")
     return "\n\n".join(out)

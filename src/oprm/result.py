@@ -23,8 +23,11 @@ class OPRMResult:
     selection: str | None = None
     idk_fallback_used: bool = False
     chunk_size: int | None = None
+    chunking: str | None = None  # the chunking used (tokens when the text's token offsets were unknown)
+    extra_tokens: int | None = None  # context tokens prefilled beyond the context itself (chunks x L - N)
     prompt_tokens: dict = field(default_factory=dict)  # |P|, |C|, |S|
     tokens_processed: int = 0
+    lookahead_tokens: int = 0  # of which: the selection's look-ahead decoding
     timings: dict = field(default_factory=dict)  # seconds: prefill, selection, decode, total
     logits: list[torch.Tensor] | None = None  # raw logits of each generated token (output_logits=True, one answer)
     document: dict | None = None  # encoded-document reuse: {"source": "document"|"cache", "cache": "hit"|...}
@@ -46,4 +49,5 @@ def make_result(mode: str, prompt: PromptParts, stats: RunStats, logits: list | 
                       records, answers, prompt_tokens={"prefix": len(prompt.prefix_ids),
                                                        "context": len(prompt.context_ids),
                                                        "suffix": len(prompt.suffix_ids)},
-                      tokens_processed=stats.tokens_processed, timings=stats.timings, logits=logits, **extra)
+                      tokens_processed=stats.tokens_processed, lookahead_tokens=stats.lookahead_tokens,
+                      timings=stats.timings, logits=logits, **extra)

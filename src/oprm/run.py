@@ -8,15 +8,15 @@ import time
 
 import torch
 
-from .chunking import make_chunks
+from .chunking import extra_tokens, make_chunks
 from .config import OPRMConfig
-from .decoding import Answer, AnswerDecoder
+from .decoding import Answer, AnswerDecoder, eos_ids, greedy_lookahead
 from .document import EncodedDocument
 from .errors import OPRMUsageError
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
-from .selection import CandidatePolicy, chunk_records, make_selector, query_logprobs
+from .selection import CandidatePolicy, chunk_records, make_selector, query_logprobs, support
 
 CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
 
@@ -36,6 +36,12 @@ def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
 def cache_folder(config: OPRMConfig) -> str | None:
     return config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
 
+
+def chunking_used(prompt: PromptParts, config: OPRMConfig) -> str:
+    """The configured chunking, or plain tokens where the text or its token offsets are unknown (pre-tokenized)."""
+    known = prompt.context_text is not None and prompt.context_offsets is not None
+    return config.chunking if known else "tokens"
+
 class ChunkRun:
     """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the candidate policy,
     the merge across ranks under chunk parallelism, and decoding of the winners. ``engine`` is the calling
@@ -50,7 +56,10 @@ class ChunkRun:
 
     @staticmethod
     def chunks_of(prompt: PromptParts, config: OPRMConfig):
-        return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets)
+        """The chunks of the context; boundary-safe chunking needs the text and its token offsets, so pre-tokenized
+        input is chunked in plain token windows (``chunking_used``)."""
+        return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets,
+                           chunking=chunking_used(prompt, config), text=prompt.context_text)
 
     def batches(self, chunks, num_logits: int):
         """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
@@ -70,7 +79,8 @@ class ChunkRun:
         selector = make_selector(config.selection, seed=config.seed,
                                  gold_chunks=self.gold_chunks(gold_chunk, gold_text))
         use_idk = config.idk is not None and selector.uses_idk_filter and config.decode != "all"
-        policy = CandidatePolicy(selector, config.decode, config.num_decode, use_idk, config.idk_fallback)
+        policy = CandidatePolicy(selector, config.decode, config.num_decode, use_idk, config.idk_fallback,
+                                 config.idk if use_idk else None)
         idk_ids = engine.idk_ids(config.idk) if use_idk else set()
         num_logits, query_ids = self.query_positions(selector.needs_query_logprob)
 
@@ -86,19 +96,34 @@ class ChunkRun:
         if config.decode == "all":
             winners, fallback_used = [c.index for c in self.chunks], False
         else:
-            choice = policy.choose(candidates, fallbacks)
+            choice = policy.choose(records, candidates, fallbacks)
             winners, fallback_used = sorted(choice.winners), choice.fallback_used
             kept = policy.states()  # under chunk parallelism, only the rank holding a winner decodes it
+            kept.update(self.prefill_again([i for i in winners if i not in kept and self.holds(i)]))
             answers += [self.decoder.answer(i, *kept[i], self.chunk_prompt(i)) for i in winners if i in kept]
         if parallel:
-            answers, self.prefiller.stats.tokens_processed = parallel.merge_answers(
-                answers, self.prefiller.stats.tokens_processed, self.prefiller.shared_prefix_tokens)
+            answers = parallel.merge_answers(answers, self.prefiller.stats, self.prefiller.shared_prefix_tokens)
         if not winners:  # every chunk said IDK: the answer is the IDK word
             answers = [Answer(None, config.idk, engine.tokenizer(config.idk, add_special_tokens=False)["input_ids"])]
         answers.sort(key=lambda a: -1 if a.chunk is None else a.chunk)
         return make_result("oprm", self.prompt, self.prefiller.stats, self.decoder.logits, answers, winners, records,
                            selection=config.selection, idk_fallback_used=fallback_used or not winners,
-                           chunk_size=config.chunk_size)
+                           chunk_size=config.chunk_size, chunking=chunking_used(self.prompt, config),
+                           extra_tokens=extra_tokens(self.chunks, len(self.prompt.context_ids)))
+
+    def holds(self, index: int) -> bool:
+        """Whether this process prefills chunk ``index`` (every chunk, or this rank's round-robin share)."""
+        parallel = self.engine.chunk_parallel
+        return parallel is None or index % parallel.world_size == parallel.rank
+
+    def prefill_again(self, indices: list[int]) -> dict[int, tuple]:
+        """States and first-token logits of chunks whose states were not kept (look-ahead selection ranks chunks
+        only once all are known): their prompts run again, exactly as in the speculative prefill."""
+        kept = {}
+        for batch in self.batches([self.chunks[i] for i in indices], 1) if indices else ():
+            kept.update({c.index: (self.engine.adapter.select(batch.state, [r]), batch.logits[r, -1].clone())
+                         for r, c in enumerate(batch.chunks)})
+        return kept
 
     def observe(self, batch, policy: CandidatePolicy, records: list, idk_ids: set[int], query_ids) -> list[Answer]:
         """Record one micro-batch's chunks and keep the states that can still win; with ``decode="all"`` decode its
@@ -109,10 +134,40 @@ class ChunkRun:
         qlp = None if query_ids is None else query_logprobs(batch.logits[:, :len(query_ids)], query_ids)
         batch_records = chunk_records(batch.chunks, first, idk_ids, engine.tokenizer, config.top_k_tokens, qlp)
         records += batch_records
+        self.prefiller.stats.timings["selection"] += time.perf_counter() - t
+        if policy.selector.lookahead and not policy.decode_all:
+            self.look_ahead(batch, batch_records, policy.selector.name == "support")
+        t = time.perf_counter()
         decode_now = policy.observe(batch_records, lambda r: (engine.adapter.select(batch.state, [r]),
                                                               first[r].clone()))
         self.prefiller.stats.timings["selection"] += time.perf_counter() - t
         return [self.decoder.answer(rec.index, *kept, self.chunk_prompt(rec.index)) for rec, kept in decode_now]
+
+    def look_ahead(self, batch, records: list, with_support: bool) -> None:
+        """Decode ``lookahead_tokens`` greedily from every chunk of the batch that passes the first-token IDK filter
+        (all rows in one batch) and note each answer, its log-probabilities and, for ``support``, its extractive
+        support in the chunk."""
+        t = time.perf_counter()
+        engine, p = self.engine, self.prompt
+        rows = [r for r, rec in enumerate(records) if not rec.is_idk]
+        if rows:
+            state = engine.adapter.select(batch.state, rows)
+            position = len(p.prefix_ids) + batch.chunks[0].num_tokens + len(p.suffix_ids)
+            # the answer ends where the model ends it, whatever eos the caller decodes with (e.g. none)
+            eos = eos_ids(self.decoder.config) | eos_ids(getattr(engine.model, "generation_config", None))
+            tokens, logprobs = greedy_lookahead(engine.adapter, state, batch.logits[rows, -1], position,
+                                                self.config.lookahead_tokens, eos)
+            steps = len(rows) * (max(map(len, logprobs)) - 1)  # the first token came with the prefill
+            self.prefiller.stats.tokens_processed += steps
+            self.prefiller.stats.lookahead_tokens += steps
+            for r, ids, lps in zip(rows, tokens, logprobs):
+                rec = records[r]
+                rec.lookahead_ids, rec.lookahead_logprobs = ids, lps
+                rec.lookahead = (engine.tokenizer.decode(ids, skip_special_tokens=True).strip() if engine.tokenizer
+                                 else " ".join(map(str, ids)))
+                if with_support and p.context_text is not None and p.query_text and rec.char_start is not None:
+                    rec.support = support(p.context_text[rec.char_start:rec.char_end], rec.lookahead, p.query_text)
+        self.prefiller.stats.timings["lookahead"] += time.perf_counter() - t
 
     def query_positions(self, needed: bool) -> tuple[int, torch.Tensor | None]:
         """(logits to keep per row, query token ids): the query-likelihood criterion scores the query tokens of S."""

@@ -18,6 +18,14 @@ class RwkvAdapter(StateAdapter):
         out = self.model(input_ids=input_ids, state=state, use_cache=True, logits_to_keep=num_logits)
         return self.last_logits(out.logits, num_logits), out.state
 
+    def step(self, token, state, position):
+        if token.shape[0] == 1:
+            return super().step(token, state, position)
+        # the batched single-token path is the broken one: one row at a time
+        steps = [super(RwkvAdapter, self).step(token[r:r + 1], self.select(state, [r]), position)
+                 for r in range(token.shape[0])]
+        return torch.cat([logits for logits, _ in steps]), self.concat([s for _, s in steps])
+
     def select(self, state, rows):
         index = torch.as_tensor(rows, dtype=torch.long, device=state[0].device)
         return [s.index_select(0, index) for s in state]

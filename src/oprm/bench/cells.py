@@ -94,7 +94,7 @@ def _call(engine, spec, mode, prefix, context, suffix, document=None) -> dict:
     return {"mode": mode, "ttft_s": first.wall - wall0, "ttft_cpu_s": first.cpu - cpu0,
             "cpu_s": time.process_time() - cpu0, "prefill_s": t["prefill"], "selection_s": t["selection"],
             "decode_s": t["decode"], "total_s": t["total"], "generated": len(result.token_ids),
-            "tokens_processed": result.tokens_processed,
+            "tokens_processed": result.tokens_processed, "lookahead_tokens": result.lookahead_tokens,
             "num_chunks": len(result.chunks) if mode != "vanilla" else 1}
 
 

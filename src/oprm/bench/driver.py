@@ -15,9 +15,10 @@ from .cells import RESULT_MARK
 
 __all__ = ["add_parser", "plan", "run_bench", "spawn_cell", "meta", "parse_ints", "ENGINE_FLAGS"]
 
-# the engine options a bench varies; the others need text (IDK word, chat template, a query for query_likelihood,
-# a gold for oracle) or are fixed by --modes (mode, max_input_tokens)
-ENGINE_FLAGS = ("chunk_size", "overlap", "max_batch_tokens", "shared_prefix", "decode", "num_decode")
+# the engine options a bench varies; the others need text (chunks at sentences, IDK word, chat template, a query for
+# query_likelihood, a gold for oracle) or are fixed by --modes (mode, max_input_tokens)
+ENGINE_FLAGS = ("chunk_size", "overlap", "max_batch_tokens", "shared_prefix", "selection", "lookahead_tokens",
+                "decode", "num_decode")
 KERNEL_MODES = {"auto": ("auto",), "off": ("off",), "both": ("auto", "off")}
 
 
@@ -63,9 +64,10 @@ def parse_ints(value: str, flag: str) -> list[int]:
 def plan(args) -> list[dict]:
     """The cells: per length, thread count (and kernel mode), one timing cell (modes interleaved) and one memory
     cell per mode. Every flag is checked here, before any process starts."""
-    from oprm.config import config_from_args, generation_from_args
+    from oprm.config import OPRMConfig, config_from_args, generation_from_args
 
-    config = config_from_args(args).replace(idk=None)  # random token ids: no tokenizer, no IDK word
+    # random token ids: plain token chunks (no text to find sentences in), no tokenizer, no IDK word
+    config = config_from_args(args, base=OPRMConfig(chunking="tokens")).replace(idk=None)
     generation = generation_from_args(args)
     lengths = parse_ints(args.lengths, "--lengths")
     threads = parse_ints(args.threads, "--threads") if args.threads else [None]  # None: the family's default

@@ -22,7 +22,7 @@ def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
 
     r0 = runs[0]
     decode_steps = max(0, r0["generated"] - 1)
-    prefill_tokens = r0["tokens_processed"] - decode_steps
+    prefill_tokens = r0["tokens_processed"] - decode_steps - r0.get("lookahead_tokens", 0)
     floor = r0["num_chunks"] * cell["suffix_tokens"]
     if mode != "document":
         floor += cell["length"] + cell["prefix_tokens"]

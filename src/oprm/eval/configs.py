@@ -50,7 +50,7 @@ class RunConfig:
 # options that change OPRM's predictions without being grid axes; shared_prefix, max_batch_tokens and
 # top_k_tokens only change speed, memory or diagnostics (the engine is exact), so they do not rename a config
 _TAGGED = {"overlap": "ov", "chunking": "chunking-", "idk_fallback": "fallback-", "decode": "decode-",
-           "num_decode": "k"}
+           "num_decode": "k", "lookahead_tokens": "la"}
 
 
 def options_tag(config: OPRMConfig) -> str:
@@ -58,7 +58,8 @@ def options_tag(config: OPRMConfig) -> str:
     paper = OPRMConfig.paper()
     parts = [f"{short}{getattr(config, name)}" for name, short in _TAGGED.items()
              if getattr(config, name) != getattr(paper, name)
-             and not (name == "num_decode" and config.decode != "top_k")]
+             and not (name == "num_decode" and config.decode != "top_k")
+             and not (name == "lookahead_tokens" and config.selection not in ("support", "lookahead"))]
     if config.system_prompt:
         parts.append("sys" + hashlib.sha1(config.system_prompt.encode()).hexdigest()[:8])
     return "_".join(parts)
@@ -74,7 +75,8 @@ def _as_list(x) -> list:
 
 def build_configs(modes: Sequence[str] | str, chunk_sizes: Sequence[int] | int | None = None,
                   selections: Sequence[str] | str | None = None, idk: bool | Sequence[bool] = True,
-                  default_chunk_size: int = DEFAULT_CHUNK_SIZE, tag: str = "") -> list[RunConfig]:
+                  default_chunk_size: int = DEFAULT_CHUNK_SIZE, tag: str = "",
+                  default_selection: str | None = None) -> list[RunConfig]:
     """The ablation grid: OPRM over chunk sizes x selections x IDK on/off; truncate/bm25/oracle per chunk size."""
     modes = [m.strip() for m in (modes.split(",") if isinstance(modes, str) else modes) if m and m.strip()]
     if not modes:
@@ -83,7 +85,7 @@ def build_configs(modes: Sequence[str] | str, chunk_sizes: Sequence[int] | int |
     if bad:
         raise OPRMUsageError(f"unknown mode {bad[0]!r}; choose from {', '.join(MODES)}")
     sizes = [int(c) for c in _as_list(chunk_sizes)] or [default_chunk_size]
-    sels = _as_list(selections) or [None]
+    sels = _as_list(selections) or [default_selection]
     for size in sizes:  # the config's own checks and messages ("chunk_size must be positive, got 0")
         OPRMConfig(chunk_size=size)
     for sel in sels:

@@ -198,7 +198,7 @@ def evaluate(engine: EvalEngine, tasks, modes: Sequence[str] | str = ("oprm", "v
     check_run_options(chat, prompt_style, max_new_tokens_budget, limit, max_new_tokens)
     task_list = _task_list(tasks)
     configs = build_configs(modes, chunk_sizes, selections, idk, default_chunk_size=engine.config.chunk_size,
-                            tag=options_tag(engine.config))
+                            tag=options_tag(engine.config), default_selection=engine.config.selection)
     for cfg in configs:  # sizes and selections against the engine's other options (e.g. overlap < chunk size)
         if cfg.chunk_size:
             engine.config.replace(chunk_size=cfg.chunk_size, **({"selection": cfg.selection} if cfg.selection else {}))
