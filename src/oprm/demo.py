@@ -1,10 +1,13 @@
 """``oprm demo``: the paper's overflow curve (its Fig. 1), offline, on the recurrent model that ships with oprm.
 
-It sweeps the number of facts in an associative-recall document from the model's training length to 64x it, runs
-vanilla and OPRM through the ``oprm eval`` runner (so predictions are resumable JSONL with the usual results files),
-prints a table, writes a PNG plot and a JSON of the numbers, and walks through one long example chunk by chunk.
+It sweeps the number of facts in an associative-recall document from the model's training length to 64x it and runs
+three lines through the ``oprm eval`` runner (so predictions are resumable JSONL with the usual results files):
+vanilla, OPRM as the paper configures it (token chunks, first-token entropy, the IDK filter) and OPRM with oprm's
+measured defaults (boundary-safe sentence chunks, look-ahead support selection; or the options given). It prints a
+table, writes a PNG plot and a JSON of the numbers, and walks through one long example chunk by chunk.
 ``--model smollm2`` runs the same comparison as context extension on SmolLM2-135M-Instruct (a transformer with an
-8192-position window) on needle-in-a-haystack documents.
+8192-position window): a secret number planted in Moby-Dick at 2x and 4x its window, asked with ``oprm ask``'s
+default prompt.
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ OWN_FLAGS = ("mode", "max_input_tokens", "idk", "seed")
 
 def add_parser(sub) -> None:
     from .cli import add_model_arguments
-    from .config import OPRMConfig, add_config_arguments
+    from .config import add_config_arguments
 
     p = sub.add_parser("demo", help="offline demo: vanilla vs OPRM as the context overflows the state")
     add_model_arguments(p, default=SHIPPED_MODEL,
                         model_help=f"shipped model name or folder (default {SHIPPED_MODEL}); 'smollm2' for the GGUF "
                                    "context-extension demo")
-    p.add_argument("--samples", type=int, default=None, help="episodes per point (default 25; smollm2: 2)")
+    p.add_argument("--samples", type=int, default=None, help="episodes per point (default 30; smollm2: 3)")
     p.add_argument("--multiples", default=None, help="context lengths as multiples of the training length "
-                                                     "(default 1,2,4,8,16,32,64)")
+                                                     "(default 1,2,4,8,16,32,64; smollm2: of its window, 2,4)")
     p.add_argument("--output-path", default="oprm-demo", help="folder for predictions, table, plot and JSON")
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the engine")
-    add_config_arguments(p, exclude=OWN_FLAGS, defaults=OPRMConfig.paper().to_dict(),
+    add_config_arguments(p, exclude=OWN_FLAGS,
                          later={"chunk_size": f"the model's training length; {SMOLLM2_CHUNK_SIZE} for smollm2"})
     p.set_defaults(func=run_demo)
 
@@ -68,7 +71,7 @@ def run_demo(args) -> int:
     from .models import resolve_model
 
     if args.samples is None:
-        args.samples = 2 if args.model == "smollm2" else 25
+        args.samples = 3 if args.model == "smollm2" else 30
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
     if args.chunk_size is None:
@@ -81,8 +84,35 @@ def run_demo(args) -> int:
     return _demo_overflow(args, engine)
 
 
-def _demo_overflow(args, engine) -> int:
+def _three_lines(engine, task: str, settings: dict, args, **eval_options) -> tuple[dict, dict]:
+    """Vanilla and OPRM as the paper configures it, then OPRM with the engine's own options (unless they are the
+    paper's): one results folder, accumulated. Returns (by_setting per line, the results of the last run)."""
+    from .config import IDK_WORD
     from .eval.runner import evaluate
+
+    options = engine.config
+    paper = options.replace(chunking="tokens", overlap=0, selection="entropy", idk=IDK_WORD)
+    lines = {}
+    engine.config = paper
+    try:
+        results = evaluate(engine, task, modes=("vanilla", "oprm"), chunk_sizes=[paper.chunk_size],
+                           output_path=args.output_path, seed=args.seed, synthetic_options=settings, **eval_options)
+        names = {c["config"]["mode"]: name for name, c in results["configs"].items()}
+        lines["vanilla"], lines["paper"] = names["vanilla"], names["oprm"]
+        if options != paper:
+            engine.config = options
+            results = evaluate(engine, task, modes=("oprm",), chunk_sizes=[options.chunk_size],
+                               output_path=args.output_path, seed=args.seed, synthetic_options=settings,
+                               **eval_options)
+            lines["oprm"] = next(n for n, c in results["configs"].items()
+                                 if c["config"]["mode"] == "oprm" and n != lines["paper"])
+    finally:
+        engine.config = options
+    by_line = {line: results["configs"][name]["tasks"][task]["by_setting"] for line, name in lines.items()}
+    return by_line, results
+
+
+def _demo_overflow(args, engine) -> int:
     from .models import resolve_model
     from .report import explain, markdown_table
     from .synthetic.ar import make_ar_episode
@@ -97,18 +127,15 @@ def _demo_overflow(args, engine) -> int:
     facts = [max(1, round(m * train_len / per_fact)) for m in multiples]
     print(f"model {args.model}: trained on documents of <= {train_len} tokens; OPRM chunk size {chunk_size}; "
           f"{args.samples} episodes per point")
-    results = evaluate(engine, "ar", modes=("vanilla", "oprm"), chunk_sizes=[chunk_size], output_path=args.output_path,
-                       seed=args.seed, model_name=Path(folder).name, plots=True,
-                       synthetic_options={"ar_num_facts": facts, "samples_per_setting": args.samples})
-    by_mode = {c["config"]["mode"]: c["tasks"]["ar"]["by_setting"] for c in results["configs"].values()}
+    by_line, results = _three_lines(engine, "ar", {"ar_num_facts": facts, "samples_per_setting": args.samples}, args,
+                                    model_name=Path(folder).name, plots=True)
     rows, points = [], []
     for m, f in zip(multiples, facts):
-        van, opr = by_mode["vanilla"].get(str(f)), by_mode["oprm"].get(str(f))
-        tokens = round(f * per_fact)
-        rows.append([f"{m}x", f, tokens, f"{van:.0f}", f"{opr:.0f}"])
-        points.append({"multiple": m, "num_facts": f, "approx_context_tokens": tokens, "vanilla": van, "oprm": opr})
+        accs = {line: by_line[line].get(str(f)) for line in by_line}
+        rows.append([f"{m}x", f, round(f * per_fact)] + [f"{accs[line]:.0f}" for line in by_line])
+        points.append({"multiple": m, "num_facts": f, "approx_context_tokens": round(f * per_fact), **accs})
     print()
-    print(markdown_table(["length", "facts", "≈ tokens", "vanilla acc %", "OPRM acc %"], rows))
+    print(markdown_table(["length", "facts", "≈ tokens"] + [LINE_NAMES[line] for line in by_line], rows))
 
     # one example, chunk by chunk, at 16x the training length (or the longest point below it)
     m = max([x for x in multiples if x <= 16] or multiples[:1])
@@ -123,7 +150,8 @@ def _demo_overflow(args, engine) -> int:
 
     out = Path(results["paths"]["root"])
     summary = {"model": args.model, "train_len": train_len, "chunk_size": chunk_size, "samples": args.samples,
-               "seed": args.seed, "points": points, "seconds": round(time.perf_counter() - start, 1),
+               "seed": args.seed, "lines": {line: LINE_NAMES[line] for line in by_line}, "points": points,
+               "options": engine.config.to_dict(), "seconds": round(time.perf_counter() - start, 1),
                "walkthrough": {"question": episode.question, "gold": episode.answer, "vanilla": vanilla.text,
                                "oprm": oprm.text, "chosen": oprm.chosen}}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
@@ -133,29 +161,31 @@ def _demo_overflow(args, engine) -> int:
     return 0
 
 
+LINE_NAMES = {"vanilla": "vanilla acc %", "paper": "OPRM (paper) acc %", "oprm": "OPRM (oprm) acc %"}
+
+
 def _demo_context_extension(args, engine) -> int:
-    from .eval.runner import evaluate
     from .report import markdown_table
 
     start = time.perf_counter()
     chunk_size = engine.config.chunk_size
     window = engine.model.config.max_position_embeddings
-    lengths = [int(m * window) for m in ((0.5, 1.5) if not args.multiples else _parse_multiples(args.multiples))]
-    print(f"SmolLM2-135M-Instruct: a transformer with a {window}-position window; OPRM chunk size {chunk_size}")
-    results = evaluate(engine, "niah_single", modes=("vanilla", "oprm"), chunk_sizes=[chunk_size],
-                       output_path=args.output_path, seed=args.seed, model_name="smollm2", max_new_tokens=16,
-                       synthetic_options={"lengths": lengths, "samples_per_setting": args.samples,
-                                          "haystack": "filler"})
-    by_mode = {c["config"]["mode"]: c["tasks"]["niah_single"]["by_setting"] for c in results["configs"].values()}
+    multiples = [2, 4] if not args.multiples else _parse_multiples(args.multiples)
+    lengths = [int(m * window) for m in multiples]
+    print(f"SmolLM2-135M-Instruct: a transformer with a {window}-position window; OPRM chunk size {chunk_size}; "
+          f"{args.samples} episodes per point")
+    by_line, results = _three_lines(engine, "secret_number", {"lengths": lengths, "samples_per_setting": args.samples},
+                                    args, model_name="smollm2", max_new_tokens=24)
     rows, points = [], []
     for n in lengths:
-        van, opr = by_mode["vanilla"].get(str(n)), by_mode["oprm"].get(str(n))
-        rows.append([n, f"{n / window:.1f}x", f"{van:.0f}", f"{opr:.0f}"])
-        points.append({"context_tokens": n, "vanilla": van, "oprm": opr})
-    print(markdown_table(["context tokens", "× window", "vanilla acc %", "OPRM acc %"], rows))
+        accs = {line: by_line[line].get(str(n)) for line in by_line}
+        rows.append([n, f"{n / window:.0f}x"] + [f"{accs[line]:.0f}" for line in by_line])
+        points.append({"context_tokens": n, **accs})
+    print(markdown_table(["context tokens", "× window"] + [LINE_NAMES[line] for line in by_line], rows))
     out = Path(results["paths"]["root"])
     (out / "demo.json").write_text(json.dumps({"model": "smollm2", "window": window, "chunk_size": chunk_size,
-                                               "points": points,
+                                               "samples": args.samples, "points": points,
+                                               "options": engine.config.to_dict(),
                                                "seconds": round(time.perf_counter() - start, 1)}, indent=2))
     print(f"wrote {out / 'demo.json'} and the predictions under {out}")
     return 0

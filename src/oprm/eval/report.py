@@ -117,7 +117,7 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_title("Score by length bucket")
         save(fig, ax, "score_by_length.png")
     for group, fname, xlabel in ((["ar"], "ar_accuracy_vs_facts.png", "number of facts"),
-                                 ([n for n in tasks_meta if n.startswith("niah_") or n == "passkey"],
+                                 ([n for n in tasks_meta if n.startswith("niah_") or n in ("passkey", "secret_number")],
                                   "synthetic_by_length.png", "target context length")):
         group = [n for n in group if n in tasks_meta]
         if not group:

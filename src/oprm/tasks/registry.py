@@ -34,7 +34,7 @@ LONGBENCH_DATASETS: tuple[str, ...] = tuple(longbench_table()["datasets"])
 LONGBENCH_E_DATASETS: tuple[str, ...] = tuple(longbench_table()["longbench_e"])
 LONGBENCH_EN_DATASETS: tuple[str, ...] = tuple(
     d for d, spec in longbench_table()["datasets"].items() if spec["language"] in ("en", "code"))
-SYNTHETIC_TASKS = ("ar", "niah_single", "niah_multikey", "niah_multivalue", "passkey")
+SYNTHETIC_TASKS = ("ar", "niah_single", "niah_multikey", "niah_multivalue", "passkey", "secret_number")
 
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
     "longbench": LONGBENCH_DATASETS,

@@ -45,6 +45,13 @@ def synthetic_task(name: str) -> Task:
         return Task(name=name, dataset=name, suite="synthetic", category="Synthetic (NIAH)", language="en",
                     metric="string_match_all", template=NIAH_TEMPLATE.format(type_v="numbers"), max_new_tokens=128,
                     oprm_max_new_tokens=64, params={"variant": name[len("niah_"):]})
+    if name == "secret_number":
+        from oprm.prompts import default_qa_template  # noqa: PLC0415
+
+        # a needle sentence in public-domain prose, asked with `oprm ask`'s own default prompt (no answer prefix)
+        return Task(name="secret_number", dataset="secret_number", suite="synthetic", category="Synthetic (prose NIAH)",
+                    language="en", metric="word_match", template=default_qa_template(), max_new_tokens=24,
+                    oprm_max_new_tokens=24)
     if name == "passkey":
         from oprm.synthetic.passkey import PASSKEY_TEMPLATE  # noqa: PLC0415
 
@@ -104,6 +111,22 @@ def synthetic_samples(task: Task, limit: int | None = None, seed: int = 42, opti
                     "answers": ep.answers, "all_classes": None, "length": len(ep.context.split()),
                     "dataset": task.name, "language": "en", "gold": ep.needles[0], "template": ep.template,
                     "answer_prefix": ep.answer_prefix,
+                    "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
+                })
+        return out
+    if task.name == "secret_number":
+        from oprm.synthetic.niah import make_secret_number_episode, prose_sentences  # noqa: PLC0415
+
+        hay = prose_sentences(None if opts["haystack"] in ("noise", "filler") else opts["haystack"])
+        for length in opts["lengths"]:
+            for i in range(per):
+                rng = random.Random(f"{seed}-secret-{length}-{i}")
+                depth = None if not depths else depths[i % len(depths)]
+                ep = make_secret_number_episode(rng, int(length), haystack=hay, count=count, depth=depth)
+                out.append({
+                    "_id": f"secret_number-L{length}-{i}-s{seed}", "context": ep.context, "input": ep.question,
+                    "answers": [ep.answer], "all_classes": None, "length": len(ep.context.split()),
+                    "dataset": "secret_number", "language": "en", "gold": ep.needle,
                     "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
                 })
         return out
