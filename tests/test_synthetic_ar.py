@@ -199,9 +199,14 @@ def test_demo_prints_the_table_and_writes_plot_and_json(tmp_path, capsys):
 
     assert main(["demo", "--samples", "2", "--multiples", "1,4", "--output-path", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| length | facts | ≈ tokens | vanilla acc % | OPRM acc % |" in out and "| 4x |" in out
-    assert "vanilla answer:" in out and "OPRM answer:" in out
+    assert ("| length | facts | ≈ tokens | vanilla acc % | OPRM (paper) acc % | OPRM (oprm) acc % |" in out
+            and "| 4x |" in out)
+    assert "vanilla answer:" in out and "OPRM answer:" in out and "selection: support" in out
     summary = json.loads((tmp_path / "oprm-ar-mamba2" / "demo.json").read_text())
     train_len = json.loads((MODEL_DIR / "training_meta.json").read_text())["max_ctx_tokens"]
     assert [p["multiple"] for p in summary["points"]] == [1, 4] and summary["chunk_size"] == train_len
+    assert set(summary["points"][0]) >= {"vanilla", "paper", "oprm"}
+    results = json.loads((tmp_path / "oprm-ar-mamba2" / "results.json").read_text())
+    assert set(results["configs"]) == {"vanilla", f"oprm_cs{train_len}_entropy_idk",
+                                       f"oprm_cs{train_len}_support_idk_chunking-sentences"}
     assert (tmp_path / "oprm-ar-mamba2" / "plots" / "ar_accuracy_vs_facts.png").stat().st_size > 0
