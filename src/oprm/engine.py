@@ -172,10 +172,11 @@ class OPRM:
             keep = {} if key is not None and document is None else None  # a miss: keep the states while answering
         if document is not None and not document.held:
             document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
-        result = ChunkRun(self, prompt, config, prefiller, decoder, document, keep).run(gold_chunk, gold_text)
+        run = ChunkRun(self, prompt, config, prefiller, decoder, document, keep)
+        result = run.run(gold_chunk, gold_text)
         if keep:
             new = EncodedDocument({**self.fingerprint, **chunking_of(config)}, prompt.prefix_ids, prompt.context_ids,
-                                  ChunkRun.chunks_of(prompt, config), prompt.context_text, states=keep)
+                                  run.chunks, prompt.context_text, states=keep)
             info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
         result.document = info
         return result
@@ -212,7 +213,9 @@ class OPRM:
         question."""
         config = self.config.replace(**options)
         if context_ids is not None:
-            prompt = self._prompt(None, None, None, None, None, prefix_ids, context_ids, [], None, config)
+            if not context_ids:
+                raise OPRMUsageError("the context is empty")
+            prompt = PromptParts(list(prefix_ids or []), list(context_ids), [])
         else:
             template, fields = self._template("?", template, fields, config)
             if "{input}" in template.split("{context}")[0]:
