@@ -57,11 +57,10 @@ def ar_costs(mults=(1, 4, 16, 64), n: int = 40, L: int = 128) -> list[dict]:
     from transformers import AutoTokenizer
 
     from oprm.chunking import extra_tokens, make_chunks
-    from oprm.synthetic.measure import long_episodes
-    from oprm.train_ar import __file__ as train_file  # noqa: F401 - the shipped model's folder sits beside it
-    from pathlib import Path
+    from oprm.synthetic import long_episodes
+    from oprm.training.model import SHIPPED_MODEL
 
-    tok = AutoTokenizer.from_pretrained(Path(train_file).parent / "models" / "oprm-ar-mamba2")
+    tok = AutoTokenizer.from_pretrained(SHIPPED_MODEL)
     rows = []
     for m in mults:
         eps, facts = long_episodes(tok, m * L, n, 30_000 + m)

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from oprm.synthetic.chunk_stats import CHUNKINGS, RULE_NAMES, choose, chunk_records, make_rules
+from oprm.training.chunk_stats import CHUNKINGS, RULE_NAMES, choose, chunk_records, make_rules
 
 
 def collect(args) -> int:
@@ -35,7 +35,7 @@ def collect(args) -> int:
     torch.set_num_threads(1)
     out = open(args.out, "a")
     if args.task == "ar":
-        from oprm.synthetic.measure import long_episodes
+        from oprm.synthetic import long_episodes
 
         model = args.model or str(Path(__file__).resolve().parents[1] / "src/oprm/models/oprm-ar-mamba2")
         engine = OPRM.from_pretrained(model, chunk_size=args.chunk_size or 128)
@@ -129,13 +129,13 @@ def augment(paths, model: str | None = None) -> int:
     from oprm.chunking import make_chunks
     from oprm.models import resolve_model
     from oprm.prompts import tokenize_with_offsets
-    from oprm.synthetic.chunk_stats import support
+    from oprm.training.chunk_stats import support
 
     for path in paths:
         rows = [json.loads(line) for line in open(path)]
         task = rows[0]["task"]
         if task == "ar":
-            from oprm.synthetic.measure import long_episodes
+            from oprm.synthetic import long_episodes
 
             tok = AutoTokenizer.from_pretrained(model or str(Path(__file__).resolve().parents[1]
                                                              / "src/oprm/models/oprm-ar-mamba2"))

@@ -47,8 +47,10 @@ def test_oprm_training_windows_are_engine_chunks():
     """--data oprm trains on [P, C_j, S] with C_j one of the engine's chunks of a longer document."""
     from transformers import AutoTokenizer
 
-    from oprm.synthetic.ar import IDK
-    from oprm.train_ar import OPRM_MIX, make_batches, prompt_parts, sample_oprm_example, weighted_loss
+    from oprm.config import IDK_WORD
+    from oprm.training.chat import prompt_parts
+    from oprm.training.data import OPRM_MIX, make_batches, sample_oprm_example
+    from oprm.training.train import weighted_loss
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     rng = random.Random(0)
@@ -59,7 +61,7 @@ def test_oprm_training_windows_are_engine_chunks():
         assert len(ids) == len(labels) and firsts
         for f in firsts:  # every supervised answer starts at a first-answer position
             assert labels[f] == ids[f] and labels[f - 1] == -100
-            if tok.decode([ids[f]]) == IDK:
+            if tok.decode([ids[f]]) == IDK_WORD:
                 n_idk += 1
             else:
                 n_value += 1
@@ -92,7 +94,7 @@ def test_oprm_training_windows_are_engine_chunks():
 def test_window_eval_runs():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from oprm.train_ar import window_eval
+    from oprm.training.heldout import window_eval
 
     tok = AutoTokenizer.from_pretrained(MODEL_DIR)
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
@@ -107,7 +109,7 @@ def test_chunk_stats_lookahead_equals_generate_on_boundary_safe_chunks():
 
     from oprm import OPRM
     from oprm.synthetic.ar import make_ar_episode
-    from oprm.synthetic.chunk_stats import chunk_records
+    from oprm.training.chunk_stats import chunk_records
     engine = OPRM.from_pretrained(str(MODEL_DIR), chunk_size=128)
     ep = make_ar_episode(random.Random(99), 24)
     prompt = engine.build_prompt(**ep.prompt_kwargs())
@@ -129,8 +131,8 @@ def test_chunk_stats_lookahead_equals_generate_on_boundary_safe_chunks():
 def test_replayed_paper_rule_matches_the_engine():
     """chunk_stats' replay of token chunks + entropy + IDK picks the engine's chunk and answer (the paper config)."""
     from oprm import OPRM
-    from oprm.synthetic.chunk_stats import choose, chunk_records, make_rules
-    from oprm.synthetic.measure import long_episodes
+    from oprm.training.chunk_stats import choose, chunk_records, make_rules
+    from oprm.synthetic import long_episodes
 
     engine = OPRM.from_pretrained(str(MODEL_DIR), config=OPRMConfig.paper(chunk_size=128))
     eps, _ = long_episodes(engine.tokenizer, 6 * 128, 4, 777)
@@ -149,8 +151,8 @@ def test_replayed_support_rule_matches_the_engine():
     """The engine's default (sentence chunks + support selection) picks the chunk and answer that chunk_stats'
     offline replay of the study's support_div rule picks."""
     from oprm import OPRM
-    from oprm.synthetic.chunk_stats import choose, chunk_records, make_rules
-    from oprm.synthetic.measure import long_episodes
+    from oprm.training.chunk_stats import choose, chunk_records, make_rules
+    from oprm.synthetic import long_episodes
 
     engine = OPRM.from_pretrained(str(MODEL_DIR), chunk_size=128, lookahead_tokens=8)
     eps, _ = long_episodes(engine.tokenizer, 8 * 128, 6, 778)
@@ -172,10 +174,20 @@ def test_replayed_support_rule_matches_the_engine():
 def test_train_ar_recipes(tmp_path, monkeypatch):
     import json
 
-    import oprm.train_ar as T
+    import oprm.training.recipe as R
+    import oprm.training.train as T
 
-    assert T._recipe_argv([]) == [] and T._recipe_argv(["--out", "x", "--no-measure"]) == ["--out", "x", "--no-measure"]
-    assert T._recipe_argv(["--minutes", "3"]) is None and T._recipe_argv(["--out", "x", "--data", "oprm"]) is None
+    assert R.recipe_argv([]) == [] and R.recipe_argv(["--out", "x", "--no-measure"]) == ["--out", "x", "--no-measure"]
+    assert R.recipe_argv(["--minutes", "3"]) is None and R.recipe_argv(["--out", "x", "--data", "oprm"]) is None
+    # train-ar with no training options runs a recipe, each stage through train-ar itself
+    dispatched = []
+    monkeypatch.setattr(T, "train_recipe", lambda passthrough, run_stage: dispatched.append((passthrough, run_stage)))
+    T.main(["--out", "x", "--recipe", "stage1"])
+    assert dispatched == [(["--out", "x", "--recipe", "stage1"], T.main)]
+    import oprm.train_ar  # the recorded command `python -m oprm.train_ar` runs the same entry point
+
+    assert oprm.train_ar.main is T.main
+
     calls = []
 
     def fake_main(argv):
@@ -185,15 +197,14 @@ def test_train_ar_recipes(tmp_path, monkeypatch):
         (out / "training_meta.json").write_text(json.dumps({"command": "x"}))
         return 0
 
-    monkeypatch.setattr(T, "main", fake_main)
     # stage 1 alone: the previous shipped model, train-ar's original single-stage defaults
-    assert T.train_recipe(["--no-measure", "--out", str(tmp_path / "s"), "--recipe", "stage1"]) == 0
+    assert R.train_recipe(["--no-measure", "--out", str(tmp_path / "s"), "--recipe", "stage1"], fake_main) == 0
     assert calls == [["--minutes", "45", "--max-ctx-tokens", "128", "--out", str(tmp_path / "s"), "--threads", "1",
                       "--no-measure"]]
     calls.clear()
     # no options: the shipped model's three stages
-    assert T.train_recipe(["--out", str(tmp_path / "m"), "--no-measure"]) == 0
-    assert len(calls) == len(T.RECIPES["shipped"]) == 3
+    assert R.train_recipe(["--out", str(tmp_path / "m"), "--no-measure"], fake_main) == 0
+    assert len(calls) == len(R.RECIPES["shipped"]) == 3
     assert calls[2][:2] == ["--data", "oprm"]
     assert "--init-from" not in calls[0] and calls[1][calls[1].index("--init-from") + 1] == str(tmp_path / "m" / ".stage1")
     assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
@@ -202,7 +213,7 @@ def test_train_ar_recipes(tmp_path, monkeypatch):
 
 
 def test_support_and_rules_on_synthetic_records():
-    from oprm.synthetic.chunk_stats import choose, make_rules, support
+    from oprm.training.chunk_stats import choose, make_rules, support
 
     q = "What is the code of the amber falcon?"
     assert support("Hi. The pin of the green falcon is 123. The code of the amber falcon is 4821. Ok.", "4821", q) == 1

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from oprm.synthetic import AR_TEMPLATE, IDK, AREpisode, ar_messages, make_ar_episode
+from oprm.config import IDK_WORD
+from oprm.synthetic import AR_TEMPLATE, AREpisode, ar_messages, make_ar_episode
 from oprm.synthetic.ar import extra_question
 from oprm.synthetic.filler import filler_sentence
 
@@ -14,7 +15,7 @@ MODEL_DIR = Path(__file__).resolve().parents[1] / "src" / "oprm" / "models" / "o
 
 def test_template_has_placeholders_and_idk_instruction():
     assert AR_TEMPLATE.count("{context}") == 1 and AR_TEMPLATE.count("{input}") == 1
-    assert 'return "Error"' in AR_TEMPLATE and IDK == "Error"
+    assert 'return "Error"' in AR_TEMPLATE and IDK_WORD == "Error"
 
 
 def test_generator_is_deterministic():
@@ -40,7 +41,7 @@ def test_answer_in_context_iff_present(seed):
         assert ep.needle == f"{ep.answer_prefix}{ep.answer}."  # the reply opens with the fact's own words
         assert ep.context.count(ep.key) == 1  # the key occurs only in its fact
     else:
-        assert ep.answer == IDK and ep.needle is None
+        assert ep.answer == IDK_WORD and ep.needle is None
         assert ep.key not in ep.context  # IDK episodes never mention the key
     assert all(f in ep.context for f in ep.facts)
     assert len({r[0] for r in ep.records}) == len(ep.records)  # keys are unique within a document
@@ -66,8 +67,8 @@ def test_extra_question():
     seen = set()
     for _ in range(40):
         q, prefix, a = extra_question(rng, ep)
-        seen.add(a == IDK)
-        if a == IDK:
+        seen.add(a == IDK_WORD)
+        if a == IDK_WORD:
             assert not any(k in q for k, _, _ in ep.records)
         else:
             assert f"{prefix}{a}." in ep.facts
@@ -137,7 +138,7 @@ def test_shipped_model_retrieves_and_says_error(shipped):
     import torch
 
     from oprm.prompts import build_prompt
-    from oprm.train_ar import heldout_episodes
+    from oprm.training.heldout import heldout_episodes
 
     model, tok = shipped
     train_len = json.loads((MODEL_DIR / "training_meta.json").read_text())["max_ctx_tokens"]
@@ -159,7 +160,7 @@ def test_shipped_model_retrieves_and_says_error(shipped):
 def test_shipped_model_overflows_and_oprm_recovers(shipped):
     """At 8x the training length vanilla has lost the facts; OPRM with chunks of the training length finds most."""
     from oprm import OPRM
-    from oprm.synthetic.measure import long_episodes
+    from oprm.synthetic import long_episodes
 
     model, tok = shipped
     train_len = json.loads((MODEL_DIR / "training_meta.json").read_text())["max_ctx_tokens"]
@@ -177,7 +178,8 @@ def test_shipped_model_overflows_and_oprm_recovers(shipped):
 def test_training_tokenizes_prompts_exactly_as_the_engine(shipped):
     """Training builds [P, C, S] itself (fast); it must produce the same ids as oprm.prompts.build_prompt."""
     from oprm.prompts import build_prompt
-    from oprm.train_ar import prompt_parts, sample_example
+    from oprm.training.chat import prompt_parts
+    from oprm.training.data import sample_example
 
     _, tok = shipped
     for seed in range(5):

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # so would loading bars
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train-ar"]:
-        from .train_ar import main as train_ar
+        from .training.train import main as train_ar
 
         return train_ar(argv[1:])
     if argv[:1] == ["lm-eval"]:  # serve/lm-eval hook

@@ -115,8 +115,7 @@ def _three_lines(engine, task: str, settings: dict, args, **eval_options) -> tup
 def _demo_overflow(args, engine) -> int:
     from .models import resolve_model
     from .report import explain, markdown_table
-    from .synthetic.ar import make_ar_episode
-    from .synthetic.measure import tokens_per_fact
+    from .synthetic.ar import make_ar_episode, tokens_per_fact
 
     start = time.perf_counter()
     folder, _ = resolve_model(args.model)

@@ -2,7 +2,8 @@
 
 A document is a shuffled mix of *fact sentences* ("The code of the amber falcon is 4821.") and *filler
 sentences* from :mod:`oprm.synthetic.filler`. The question asks for the value of one key. The answer is the
-value, or the IDK word ``"Error"`` when the key does not occur in the document (``present=False``).
+value, or the IDK word ``oprm.config.IDK_WORD`` ("Error") when the key does not occur in the document
+(``present=False``).
 
 Everything is deterministic given the seed: pass an ``int`` seed or a ``random.Random``.
 
@@ -21,10 +22,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..config import IDK_WORD
 from . import words as W
 from .filler import filler_sentence
-
-IDK = "Error"
 
 AR_TEMPLATE = (
     'Answer the question using the text below. If the answer does not exist in the text, return "Error".\n\n'
@@ -181,7 +181,7 @@ def make_ar_episode(
                 break
         assert qkey is not None
         qrel = rng.choice(W.ATTRIBUTES)
-        answer, needle = IDK, None
+        answer, needle = IDK_WORD, None
 
     def clean_filler() -> str:
         while True:
@@ -250,9 +250,29 @@ def extra_question(rng: random.Random, ep: AREpisode, present_prob: float = 0.6,
         cand = _near_key(rng, rng.choice(keys)) if keys and rng.random() < 0.5 else _random_key(rng, person_prob)
         if cand.text not in ep.context:
             break
-    return (*_question(cand, rng.choice(W.ATTRIBUTES)), IDK)
+    return (*_question(cand, rng.choice(W.ATTRIBUTES)), IDK_WORD)
 
 
 def ar_messages(ep: AREpisode, template: str = AR_TEMPLATE) -> list[dict]:
     """Chat messages (user turn only) for ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``."""
     return [{"role": "user", "content": ep.user_message(template)}]
+
+
+# --------------------------------------------------------------------------- documents of a given token length
+def tokens_per_fact(tok, filler_ratio: float, seed: int = 20_000, n: int = 20) -> float:
+    """Mean context tokens per fact in ``tok``'s tokens (40-fact documents), to size documents to a token length."""
+    rng = random.Random(seed)
+    tot = facts = 0
+    for _ in range(n):
+        ep = make_ar_episode(rng, 40, filler_ratio=filler_ratio)
+        tot += len(tok.encode(ep.context, add_special_tokens=False))
+        facts += 40
+    return tot / facts
+
+
+def long_episodes(tok, target_tokens: int, n: int, seed: int, filler_ratio: float = 1.0, present: bool = True):
+    """``n`` episodes whose contexts are about ``target_tokens`` tokens long (needle uniformly placed)."""
+    per_fact = tokens_per_fact(tok, filler_ratio)
+    num_facts = max(1, round(target_tokens / per_fact))
+    rng = random.Random(seed)
+    return [make_ar_episode(rng, num_facts, filler_ratio=filler_ratio, present=present) for _ in range(n)], num_facts

@@ -63,7 +63,3 @@ def filler_sentence(rng: random.Random) -> str:
         c = f"{rng.choice(W.WEATHER).lower()}, and {_clause(rng)}"
     end = "." if rng.random() < 0.92 else "!"
     return _cap(c) + end
-
-
-def filler_text(rng: random.Random, n: int) -> str:
-    return " ".join(filler_sentence(rng) for _ in range(n))

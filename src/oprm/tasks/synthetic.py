@@ -15,7 +15,7 @@ from oprm.tasks.task import Task
 __all__ = ["synthetic_task", "synthetic_samples", "DEFAULT_OPTIONS", "OVERFLOW_MULTIPLES"]
 
 # the overflow curve (the paper's Fig. 1): context lengths as multiples of a model's training length, as swept by
-# `oprm demo` and by the shipped model's measurement (oprm.synthetic.measure)
+# `oprm demo` and by the shipped model's measurement (oprm.training.measure)
 OVERFLOW_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)
 
 DEFAULT_OPTIONS: dict[str, Any] = {

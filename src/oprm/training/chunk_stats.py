@@ -4,15 +4,18 @@ Every chunk's prompt [P, C_j, S] is run on its own (rows batched, no padding: al
 as the engine prefills it, so a rule's chosen chunk answers what the engine would answer for it. For each chunk:
 the first answer token's entropy, P(IDK) and argmax, and a greedy look-ahead of ``k`` tokens with each token's
 log-probability and the entropy of its distribution. :func:`make_rules` replays selection rules on those numbers
-(used by ``benchmarks/selection_study.py`` and ``python -m oprm.synthetic.measure``).
+(used by ``benchmarks/selection_study.py`` and ``python -m oprm.training.measure``).
 """
 from __future__ import annotations
 
 import math
 import re
 
+from ..config import IDK_WORD
+
 CHUNKINGS = {"tokens": dict(chunking="tokens"), "sent_end": dict(chunking="sentences", snap="end"),
              "sent_start": dict(chunking="sentences", snap="start")}
+
 
 def lookahead(adapter, rows, k: int, eos: int):
     """Greedy k-token continuation of each row [P, C_j, S] (batched); per row the first-token distribution's
@@ -65,7 +68,7 @@ def support(chunk_text: str, answer: str, query: str) -> float:
 
 
 def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str, needle: str | None,
-                  context: str, idk: str = "Error", query: str = ""):
+                  context: str, idk: str = IDK_WORD, query: str = ""):
     import torch
 
     tok = engine.tokenizer
@@ -163,7 +166,7 @@ def make_rules(idk: bool = True):
     score among the rest wins; no candidate left means the answer is the IDK word. ``<id>_grounded`` first prefers
     chunks whose answer (its first number, else its text) occurs in the chunk's own text."""
     first_ok = (lambda c: not c["is_idk0"]) if idk else (lambda c: True)
-    span_ok = (lambda c: not c["is_idk0"] and "Error" not in c["text"] and c["text"] != "") if idk else \
+    span_ok = (lambda c: not c["is_idk0"] and IDK_WORD not in c["text"] and c["text"] != "") if idk else \
         (lambda c: True)
     log1m = lambda p: math.log(max(1e-12, 1 - p))  # noqa: E731
     digits_mean = lambda c: _mean([c["logprobs"][i] for i in _span(c, True) if i < len(c["logprobs"])])  # noqa: E731
