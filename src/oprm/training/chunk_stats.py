@@ -9,9 +9,9 @@ log-probability and the entropy of its distribution. :func:`make_rules` replays 
 from __future__ import annotations
 
 import math
-import re
 
 from ..config import IDK_WORD
+from ..selection import answer_value, support
 
 CHUNKINGS = {"tokens": dict(chunking="tokens"), "sent_end": dict(chunking="sentences", snap="end"),
              "sent_start": dict(chunking="sentences", snap="start")}
@@ -38,33 +38,6 @@ def lookahead(adapter, rows, k: int, eos: int):
         logits, state = adapter.prefill(tok[:, None], state, start=ids.shape[1] + t, num_logits=1)
         logp = F.log_softmax(logits[:, -1].float(), -1)
     return first, torch.stack(toks, 1), torch.stack(lps, 1), torch.stack(ents, 1)
-
-
-_STOP = frozenset("a an and are as at be by did do does for from how in is it its many much of on or that the this "
-                  "to was were what when where which who whom whose why with".split())
-
-
-def query_words(query: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", query.lower()) if w not in _STOP and len(w) > 1}
-
-
-def support(chunk_text: str, answer: str, query: str) -> float:
-    """Extractive support of an answer in its chunk: the largest share of the query's content words found in a
-    sentence of the chunk that holds the answer's value (as a whole number or word); 0 if the value is absent.
-    A key-less chunk that copies the value of another fact ("The pin of the green falcon is 123." for "What is the
-    code of the amber falcon?") supports it with 1/3; the needle's own sentence with 3/3."""
-    from ..chunking import sentence_spans
-
-    value, words = _answer_value(answer), query_words(query)
-    if not value or not words:
-        return 0.0
-    pattern = re.compile(r"(?<![0-9A-Za-z])" + re.escape(value) + r"(?![0-9A-Za-z])")
-    best = 0.0
-    for s0, s1 in sentence_spans(chunk_text):
-        sent = chunk_text[s0:s1]
-        if pattern.search(sent):
-            best = max(best, len(words & set(re.findall(r"[a-z0-9]+", sent.lower()))) / len(words))
-    return best
 
 
 def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str, needle: str | None,
@@ -99,16 +72,10 @@ def chunk_records(engine, prompt, chunks, k: int, rows_per_batch: int, gold: str
                 entropies=[round(float(x), 5) for x in ents[r][:max(1, n + (n < len(ids)))]],
                 needle_whole=bool(needle) and c.char_start <= s0 and s0 + len(needle) <= c.char_end,
                 needle_touch=bool(needle) and c.char_start < s0 + len(needle) and c.char_end > s0,
-                answer_in_chunk=bool(_answer_value(text)) and _answer_value(text) in ctext,
+                answer_in_chunk=bool(answer_value(text)) and answer_value(text) in ctext,
                 support=round(support(ctext, text, query), 4), char_start=c.char_start, char_end=c.char_end,
                 correct=_is_correct(text, gold)))
     return out
-
-
-def _answer_value(text: str) -> str:
-    """The answer's value: the first run of digits (AR values, secret numbers), else the stripped text."""
-    m = re.search(r"\d+", text)
-    return m.group(0) if m else text.strip()
 
 
 def _is_correct(text: str, gold: str) -> bool:

@@ -36,6 +36,7 @@ def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
     template = template or AR_TEMPLATE
     idk_id = tok.convert_tokens_to_ids(IDK_WORD)
     ok = idk = 0
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         for i in range(0, len(episodes), batch_size):
@@ -57,7 +58,7 @@ def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
                 got = pred[j, pl - 1:pl - 1 + al]
                 ok += bool((tgt == got).all())
                 idk += int(got[0] == idk_id)
-    model.train()
+    model.train(was_training)  # as it came: the training loop's model trains on, the measurement's stays in eval
     return ok / len(episodes), idk / len(episodes)
 
 

@@ -38,7 +38,8 @@ def measure(folder: str, n_indist: int = 256, n_curve: int = 50, mults=OVERFLOW_
     torch.set_num_threads(1)
     model, tok = load_model(folder)
     chunk_size = chunk_size or train_len
-    engine = OPRM(model, tok, chunk_size=chunk_size, overlap=overlap)
+    # the card's curve is OPRM as the paper configures it; the variants table holds oprm's other options
+    engine = OPRM(model, tok, config=OPRMConfig.paper(chunk_size=chunk_size, overlap=overlap))
     idk_id = tok.convert_tokens_to_ids(IDK_WORD)
     res: dict = {"train_len": train_len, "chunk_size": chunk_size, "overlap": overlap, "filler_ratio": filler_ratio}
     t0 = time.time()
