@@ -23,7 +23,7 @@ from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
 from .prompts import PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result
-from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, reusable
+from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, chunking_used, reusable
 from .runtime import default_threads, set_threads  # noqa: F401 - their former home; kept importable
 from .selection import chunk_records
 
@@ -175,8 +175,8 @@ class OPRM:
         run = ChunkRun(self, prompt, config, prefiller, decoder, document, keep)
         result = run.run(gold_chunk, gold_text)
         if keep:
-            new = EncodedDocument({**self.fingerprint, **chunking_of(config)}, prompt.prefix_ids, prompt.context_ids,
-                                  run.chunks, prompt.context_text, states=keep)
+            new = EncodedDocument({**self.fingerprint, **chunking_of(config), "chunking": run.chunking},
+                                  prompt.prefix_ids, prompt.context_ids, run.chunks, prompt.context_text, states=keep)
             info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
         result.document = info
         return result
@@ -231,8 +231,8 @@ class OPRM:
                                   default_max_batch_tokens(self.adapter.device), model_name=self.name)
             states = prefiller.chunk_states(prompt.prefix_ids, prompt.context_ids,
                                             parallel.share(chunks) if parallel else chunks, config.shared_prefix)
-        return EncodedDocument({**self.fingerprint, **chunking_of(config)}, prompt.prefix_ids, prompt.context_ids,
-                               chunks, prompt.context_text, states=states)
+        meta = {**self.fingerprint, **chunking_of(config), "chunking": chunking_used(prompt, config)}
+        return EncodedDocument(meta, prompt.prefix_ids, prompt.context_ids, chunks, prompt.context_text, states=states)
 
     def _document_config(self, document: EncodedDocument, overrides: dict, config: OPRMConfig) -> OPRMConfig:
         """The document's chunking wins; asking for another one in the same call is an error."""

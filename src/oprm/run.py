@@ -42,6 +42,7 @@ def chunking_used(prompt: PromptParts, config: OPRMConfig) -> str:
     known = prompt.context_text is not None and prompt.context_offsets is not None
     return config.chunking if known else "tokens"
 
+
 class ChunkRun:
     """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the candidate policy,
     the merge across ranks under chunk parallelism, and decoding of the winners. ``engine`` is the calling
@@ -53,6 +54,7 @@ class ChunkRun:
         self.prefiller, self.decoder = prefiller, decoder
         self.document, self.keep = document, keep
         self.chunks = document.chunks if document is not None else self.chunks_of(prompt, config)
+        self.chunking = document.meta["chunking"] if document is not None else chunking_used(prompt, config)
 
     @staticmethod
     def chunks_of(prompt: PromptParts, config: OPRMConfig):
@@ -108,7 +110,7 @@ class ChunkRun:
         answers.sort(key=lambda a: -1 if a.chunk is None else a.chunk)
         return make_result("oprm", self.prompt, self.prefiller.stats, self.decoder.logits, answers, winners, records,
                            selection=config.selection, idk_fallback_used=fallback_used or not winners,
-                           chunk_size=config.chunk_size, chunking=chunking_used(self.prompt, config),
+                           chunk_size=config.chunk_size, chunking=self.chunking,
                            extra_tokens=extra_tokens(self.chunks, len(self.prompt.context_ids)))
 
     def holds(self, index: int) -> bool:
