@@ -1,11 +1,11 @@
-"""Torch CPU threads: how many a model gets by default, per architecture family.
+"""Torch CPU threads: how many a model gets by default.
 
-Recurrent scans (Mamba, Mamba2, RWKV, ...) are chains of small, memory-bound steps: on small machines a second
-thread only adds synchronisation. Matmul-bound models (transformers, and hybrids, whose attention and MLP dominate at
-real sizes) split their large matrix products across threads, but only win when the cores are free: on a 2-vCPU
-machine two threads sped SmolLM2-135M's prefill up 1.85x with the second core idle (40.2 s -> 21.7 s, issue 11) and
-slowed it down 3-4x, its decode 25x, with the second core busy (``docs/bench/threads/``, with the command that
-reproduces it). So the matmul-bound families take the cores that the 1-minute load average leaves idle.
+On a 2-vCPU machine a second thread pays off for every family measured when the second core is free: prefill
+1.5-1.9x faster for the pure-PyTorch Mamba/Mamba2 scans, the Zamba2 hybrid, Llama and SmolLM2 (decode 1.03-1.7x),
+and no slower for RWKV7 (``docs/bench/threads/idle/``). When another job holds that core, two threads lose for every
+family, by 2-8x in prefill and up to 30x in decode (threads spin-waiting for a busy core;
+``docs/bench/threads/loaded/``). So on small machines a model takes the cores that the 1-minute load average leaves
+idle; the per-family table stays so that a family measured otherwise can get its own rule.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ HYBRID = ("zamba", "zamba2", "jamba", "bamba", "falcon_h1", "nemotron_h", "grani
           "qwen3_5_text", "minimax")
 
 # threads on machines with at most SMALL_MACHINE cores, per family ("idle": the cores the load average leaves free)
-FAMILY_THREADS = {"recurrent": 1, "hybrid": "idle", "matmul": "idle"}
+FAMILY_THREADS = {"recurrent": "idle", "hybrid": "idle", "matmul": "idle"}
 SMALL_MACHINE = 4
 
 
@@ -51,7 +51,7 @@ def idle_cores() -> int:
 
 
 def default_threads(model=None) -> int:
-    """Torch CPU threads for ``model`` (a model, config or model_type; None: the recurrent family's count).
+    """Torch CPU threads for ``model`` (a model, config or model_type; None: the recurrent family's rule).
 
     Small machines (<= 4 cores) use their family's rule (``FAMILY_THREADS``); larger ones half the cores, leaving
     room for the data loading and tokenization around the model."""

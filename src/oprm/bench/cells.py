@@ -121,9 +121,11 @@ def _warm_context(spec, context):
 
 def run_timing(spec: dict) -> dict:
     """Time every mode in one process, interleaved (A B, B A, A B, ...) so load drift hits all modes alike."""
+    import tempfile
+
     import torch
 
-    import tempfile
+    from oprm.runtime import family
 
     model, engine, (prefix, context, suffix) = _setup(spec)
     with tempfile.TemporaryDirectory() as folder:
@@ -136,7 +138,7 @@ def run_timing(spec: dict) -> dict:
             for mode in (spec["modes"] if r % 2 == 0 else spec["modes"][::-1]):
                 runs.append(_call(engine, spec, mode, prefix, context, suffix, document))
     return dict(spec, kind="timing", runs=runs, torch_threads=torch.get_num_threads(), scan=scan_path(model),
-                params=sum(p.numel() for p in model.parameters()), document=encoding)
+                family=family(model), params=sum(p.numel() for p in model.parameters()), document=encoding)
 
 
 def run_memory(spec: dict) -> dict:

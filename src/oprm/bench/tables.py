@@ -31,7 +31,7 @@ def summarize(timing: dict | None, memory: dict | None, mode: str) -> dict:
         row["model"] += " (PyTorch scan)"
     elif cell.get("scan") == "mamba_ssm":
         row["model"] += " (mamba_ssm scan)"
-    row["scan"] = cell.get("scan")
+    row["scan"], row["family"] = cell.get("scan"), cell.get("family")
     row.update(mode=mode, repeats=len(runs), ttft_s=med("ttft_s"), ttft_cpu_s=med("ttft_cpu_s"),
                prefill_s=med("prefill_s"), decode_s=med("decode_s"), total_s=med("total_s"),
                prefill_tok_s=prefill_tokens / med("prefill_s") if med("prefill_s") > 0 else None,
