@@ -150,7 +150,8 @@ def meta(args) -> dict:
 
     config = config_from_args(args)
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": args.model,
-            "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()], "machine": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__, "device": args.device or "cpu", "dtype": args.dtype,
             "chunk_size": config.chunk_size, "max_batch_tokens": config.max_batch_tokens,
             "prefix_tokens": args.prefix_tokens, "suffix_tokens": args.suffix_tokens,
