@@ -7,6 +7,7 @@ Every sample is generated from its own seed string, so runs are reproducible and
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Any, Callable
 
@@ -114,34 +115,25 @@ def synthetic_samples(task: Task, limit: int | None = None, seed: int = 42, opti
                     "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
                 })
         return out
-    if task.name == "secret_number":
-        from oprm.synthetic.niah import make_secret_number_episode, prose_sentences  # noqa: PLC0415
+    if task.name in ("secret_number", "passkey"):  # one needle, one answer; they differ in haystack and needle
+        if task.name == "secret_number":
+            from oprm.synthetic.niah import make_secret_number_episode, prose_sentences  # noqa: PLC0415
 
-        hay = prose_sentences(None if opts["haystack"] in ("noise", "filler") else opts["haystack"])
+            hay = prose_sentences(None if opts["haystack"] in ("noise", "filler") else opts["haystack"])
+            make, rng_name = functools.partial(make_secret_number_episode, haystack=hay), "secret"
+        else:
+            from oprm.synthetic.passkey import make_passkey_episode as make  # noqa: PLC0415
+
+            rng_name = "passkey"
         for length in opts["lengths"]:
             for i in range(per):
-                rng = random.Random(f"{seed}-secret-{length}-{i}")
+                rng = random.Random(f"{seed}-{rng_name}-{length}-{i}")
                 depth = None if not depths else depths[i % len(depths)]
-                ep = make_secret_number_episode(rng, int(length), haystack=hay, count=count, depth=depth)
+                ep = make(rng, int(length), count=count, depth=depth)
                 out.append({
-                    "_id": f"secret_number-L{length}-{i}-s{seed}", "context": ep.context, "input": ep.question,
+                    "_id": f"{task.name}-L{length}-{i}-s{seed}", "context": ep.context, "input": ep.question,
                     "answers": [ep.answer], "all_classes": None, "length": len(ep.context.split()),
-                    "dataset": "secret_number", "language": "en", "gold": ep.needle,
-                    "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
-                })
-        return out
-    if task.name == "passkey":
-        from oprm.synthetic.passkey import make_passkey_episode  # noqa: PLC0415
-
-        for length in opts["lengths"]:
-            for i in range(per):
-                rng = random.Random(f"{seed}-passkey-{length}-{i}")
-                depth = None if not depths else depths[i % len(depths)]
-                ep = make_passkey_episode(rng, int(length), depth=depth, count=count)
-                out.append({
-                    "_id": f"passkey-L{length}-{i}-s{seed}", "context": ep.context, "input": ep.question,
-                    "answers": [ep.answer], "all_classes": None, "length": len(ep.context.split()),
-                    "dataset": "passkey", "language": "en", "gold": ep.needle,
+                    "dataset": task.name, "language": "en", "gold": ep.needle,
                     "setting": {"target_length": int(length), "depth": round(ep.depth, 2)},
                 })
         return out
