@@ -8,7 +8,6 @@ empty suffix, so the chunks' first-token argmaxes differ and the IDK word can be
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -16,15 +15,10 @@ import torch.multiprocessing as mp
 
 from oprm.eval.storage import merge_prediction_files
 from oprm.parallel import shard_samples
+from ports import free_port
 
 WORLD = 2
 CHUNK = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _summary(result) -> dict:
@@ -127,7 +121,7 @@ def distributed_results(tmp_path_factory):
     model.save_pretrained(out_dir / "model")
     tok.save_pretrained(out_dir / "model")
     (out_dir / "context.txt").write_text("The code of the amber falcon is 4821. The weather was calm. " * 6)
-    mp.start_processes(_worker, args=(WORLD, _free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(WORLD, free_port(), str(out_dir)), nprocs=WORLD, start_method="spawn")
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

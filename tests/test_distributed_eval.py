@@ -1,17 +1,11 @@
 """Data-parallel `oprm eval` on 2 gloo ranks: every sample predicted once, the same predictions as one process."""
 
 import json
-import socket
 
 import torch.multiprocessing as mp
+from ports import free_port
 
 SYNTH = {"ar_num_facts": [3, 6], "samples_per_setting": 5}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(out_dir, data_parallel=None):
@@ -46,7 +40,7 @@ def _predictions(root):
 
 
 def test_data_parallel_eval_matches_one_process(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "dp")), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path / "dp")), nprocs=2, start_method="spawn")
     _run(tmp_path / "single")
     dp, single = _predictions(tmp_path / "dp"), _predictions(tmp_path / "single")
     assert set(dp) == set(single) and len(single) == 2  # vanilla and oprm

@@ -26,18 +26,13 @@ pytest.importorskip("uvicorn")
 import oprm  # noqa: E402
 from oprm import OPRM  # noqa: E402
 from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode  # noqa: E402
+from ports import free_port  # noqa: E402
 
 MODEL = "oprm-ar-mamba2"
 CHUNK = 128
 MAX_NEW = 16
 MAX_QUEUE = 24
 MAX_BODY_MB = 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env() -> dict:

@@ -211,19 +211,13 @@ def support(chunk_text: str, answer: str, query: str) -> float:
     return best
 
 
+_PLAIN_SELECTORS = {"support": SupportSelector, "lookahead": LookaheadSelector, "p_idk": PIdkSelector,
+                    "entropy": EntropySelector, "query_likelihood": QueryLikelihoodSelector, "max_prob": MaxProbSelector}
+
+
 def make_selector(name: str, *, seed: int = 0, gold_chunks: set[int] | None = None) -> Selector:
-    if name == "support":
-        return SupportSelector()
-    if name == "lookahead":
-        return LookaheadSelector()
-    if name == "p_idk":
-        return PIdkSelector()
-    if name == "entropy":
-        return EntropySelector()
-    if name == "query_likelihood":
-        return QueryLikelihoodSelector()
-    if name == "max_prob":
-        return MaxProbSelector()
+    if name in _PLAIN_SELECTORS:
+        return _PLAIN_SELECTORS[name]()
     if name == "random":
         return RandomSelector(seed)
     if name == "oracle":
