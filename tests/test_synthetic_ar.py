@@ -206,9 +206,31 @@ def test_demo_prints_the_table_and_writes_plot_and_json(tmp_path, capsys):
     assert "vanilla answer:" in out and "OPRM answer:" in out and "selection: support" in out
     summary = json.loads((tmp_path / "oprm-ar-mamba2" / "demo.json").read_text())
     train_len = json.loads((MODEL_DIR / "training_meta.json").read_text())["max_ctx_tokens"]
-    assert [p["multiple"] for p in summary["points"]] == [1, 4] and summary["chunk_size"] == train_len
+    best = json.loads((MODEL_DIR / "chunk_sizes.json").read_text())["best"]
+    assert best < train_len  # the measured best chunks shorter than the training length
+    assert [p["multiple"] for p in summary["points"]] == [1, 4] and summary["chunk_size"] == best
     assert set(summary["points"][0]) >= {"vanilla", "paper", "oprm"}
     results = json.loads((tmp_path / "oprm-ar-mamba2" / "results.json").read_text())
+    # the paper line chunks at the training length, oprm's at the measured best
     assert set(results["configs"]) == {"vanilla", f"oprm_cs{train_len}_entropy_idk",
-                                       f"oprm_cs{train_len}_support_idk_chunking-sentences"}
+                                       f"oprm_cs{best}_support_idk_chunking-sentences"}
     assert (tmp_path / "oprm-ar-mamba2" / "plots" / "ar_accuracy_vs_facts.png").stat().st_size > 0
+
+
+@needs_model
+def test_chunk_size_sweep_writes_the_best_size_the_demo_uses(tmp_path):
+    import shutil
+
+    from oprm.demo import best_chunk_size
+    from oprm.training.measure import main as measure_main
+
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder, ignore=shutil.ignore_patterns("chunk_sizes.json"))
+    train_len = json.loads((folder / "training_meta.json").read_text())["max_ctx_tokens"]
+    assert best_chunk_size(folder) == train_len  # no sweep yet: the training length
+    assert measure_main(["--model", str(folder), "--chunk-sizes", "32,128", "--mults", "4", "--n-curve", "6"]) == 0
+    res = json.loads((folder / "chunk_sizes.json").read_text())
+    assert res["sizes"] == [32, 128] and res["mults"] == [4] and set(res["accuracy"]) == {"32", "128"}
+    assert all(0 <= a["4"] <= 1 for a in res["accuracy"].values())
+    assert res["best"] == max([32, 128], key=lambda s: (res["mean"][str(s)], s)) == best_chunk_size(folder)
+    assert res["options"]["selection"] == "support" and "chunk_size" not in res["options"]

@@ -2,8 +2,9 @@
 
 It sweeps the number of facts in an associative-recall document from the model's training length to 64x it and runs
 three lines through the ``oprm eval`` runner (so predictions are resumable JSONL with the usual results files):
-vanilla, OPRM as the paper configures it (token chunks, first-token entropy, the IDK filter) and OPRM with oprm's
-measured defaults (boundary-safe sentence chunks, look-ahead support selection; or the options given). It prints a
+vanilla, OPRM as the paper configures it (token chunks of the training length, first-token entropy, the IDK filter)
+and OPRM with oprm's measured defaults (boundary-safe sentence chunks, look-ahead support selection, the chunk size
+measured best on the model; or the options given). It prints a
 table, writes a PNG plot and a JSON of the numbers, and walks through one long example chunk by chunk.
 ``--model smollm2`` runs the same comparison as context extension on SmolLM2-135M-Instruct (a transformer with an
 8192-position window): a secret number planted in Moby-Dick at 2x and 4x its window, asked with ``oprm ask``'s
@@ -37,7 +38,9 @@ def add_parser(sub) -> None:
     p.add_argument("--output-path", default="oprm-demo", help="folder for predictions, table, plot and JSON")
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the engine")
     add_config_arguments(p, exclude=OWN_FLAGS,
-                         later={"chunk_size": f"the model's training length; {SMOLLM2_CHUNK_SIZE} for smollm2"})
+                         later={"chunk_size": "the size measured best on the model (chunk_sizes.json in its folder), else its "
+                                              f"training length; {SMOLLM2_CHUNK_SIZE} for smollm2. The paper line "
+                                              "always chunks at the training length"})
     p.set_defaults(func=run_demo)
 
 
@@ -47,6 +50,15 @@ def training_length(folder: str | Path, default: int = 128) -> int:
     if path.is_file():
         return int(json.loads(path.read_text()).get("max_ctx_tokens", default))
     return default
+
+
+def best_chunk_size(folder: str | Path) -> int:
+    """The chunk size OPRM measured best on this model (``chunk_sizes.json``, written by
+    ``python -m oprm.training.measure --chunk-sizes``), else its training length."""
+    path = Path(folder) / "chunk_sizes.json"
+    if path.is_file():
+        return int(json.loads(path.read_text())["best"])
+    return training_length(folder)
 
 
 def _parse_multiples(text: str | None) -> list[int]:
@@ -75,7 +87,7 @@ def run_demo(args) -> int:
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
     if args.chunk_size is None:
-        args.chunk_size = SMOLLM2_CHUNK_SIZE if args.model == "smollm2" else training_length(resolve_model(args.model)[0])
+        args.chunk_size = SMOLLM2_CHUNK_SIZE if args.model == "smollm2" else best_chunk_size(resolve_model(args.model)[0])
     config = config_from_args(args)  # every option checked before the model loads
     _parse_multiples(args.multiples)
     engine = engine_from_args(args, config=config)
@@ -84,14 +96,17 @@ def run_demo(args) -> int:
     return _demo_overflow(args, engine)
 
 
-def _three_lines(engine, task: str, settings: dict, args, **eval_options) -> tuple[dict, dict]:
-    """Vanilla and OPRM as the paper configures it, then OPRM with the engine's own options (unless they are the
-    paper's): one results folder, accumulated. Returns (by_setting per line, the results of the last run)."""
+def _three_lines(engine, task: str, settings: dict, args, paper_chunk_size: int,
+                 **eval_options) -> tuple[dict, dict]:
+    """Vanilla and OPRM as the paper configures it (chunks of ``paper_chunk_size``), then OPRM with the engine's own
+    options (unless they are the paper's): one results folder, accumulated. Returns (by_setting per line, the
+    results of the last run)."""
     from .config import IDK_WORD
     from .eval.runner import evaluate
 
     options = engine.config
-    paper = options.replace(chunking="tokens", overlap=0, selection="entropy", idk=IDK_WORD)
+    paper = options.replace(chunking="tokens", chunk_size=paper_chunk_size, overlap=0, selection="entropy",
+                            idk=IDK_WORD)
     lines = {}
     engine.config = paper
     try:
@@ -124,10 +139,11 @@ def _demo_overflow(args, engine) -> int:
     per_fact = tokens_per_fact(engine.tokenizer, 1.0)
     multiples = _parse_multiples(args.multiples)
     facts = [max(1, round(m * train_len / per_fact)) for m in multiples]
-    print(f"model {args.model}: trained on documents of <= {train_len} tokens; OPRM chunk size {chunk_size}; "
+    print(f"model {args.model}: trained on documents of <= {train_len} tokens; OPRM chunk size {chunk_size} "
+          f"(the paper line: {train_len}); "
           f"{args.samples} episodes per point")
     by_line, results = _three_lines(engine, "ar", {"ar_num_facts": facts, "samples_per_setting": args.samples}, args,
-                                    model_name=Path(folder).name, plots=True)
+                                    train_len, model_name=Path(folder).name, plots=True)
     rows, points = [], []
     for m, f in zip(multiples, facts):
         accs = {line: by_line[line].get(str(f)) for line in by_line}
@@ -136,8 +152,8 @@ def _demo_overflow(args, engine) -> int:
     print()
     print(markdown_table(["length", "facts", "≈ tokens"] + [LINE_NAMES[line] for line in by_line], rows))
 
-    # one example, chunk by chunk, at 16x the training length (or the longest point below it)
-    m = max([x for x in multiples if x <= 16] or multiples[:1])
+    # one example, chunk by chunk: the longest point with at most 16 chunks (or the shortest point)
+    m = max([x for x in multiples if x * train_len <= 16 * chunk_size] or multiples[:1])
     episode = make_ar_episode(random.Random(f"{args.seed}-walkthrough"), facts[multiples.index(m)])
     kwargs = dict(episode.prompt_kwargs(), max_new_tokens=8)
     vanilla = engine.generate(mode="vanilla", **kwargs)
@@ -174,7 +190,7 @@ def _demo_context_extension(args, engine) -> int:
     print(f"SmolLM2-135M-Instruct: a transformer with a {window}-position window; OPRM chunk size {chunk_size}; "
           f"{args.samples} episodes per point")
     by_line, results = _three_lines(engine, "secret_number", {"lengths": lengths, "samples_per_setting": args.samples},
-                                    args, model_name="smollm2", max_new_tokens=24)
+                                    args, chunk_size, model_name="smollm2", max_new_tokens=24)
     rows, points = [], []
     for n in lengths:
         accs = {line: by_line[line].get(str(n)) for line in by_line}

@@ -1,5 +1,6 @@
 """The shipped model's card (``README.md`` of its folder), written from ``training_meta.json``, the measurement's
-``results.json`` and, when present, the variants ablation's ``variants.json``."""
+``results.json`` and, when present, the variants ablation's ``variants.json`` and the chunk-size sweep's
+``chunk_sizes.json``."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,30 @@ def variant_table(res: dict) -> str:
                     + [f"{p['keyless_answer_rate'][c]:.3f}" for c in chunkings])
     return markdown_table(["length", "facts", "vanilla"] + res["variants"] + [f"oracle {c}" for c in chunkings]
                           + [f"key-less chunks answering ({c})" for c in chunkings], rows)
+
+
+def chunk_size_table(res: dict) -> str:
+    last = str(res["mults"][-1])
+    rows = [[f"L = {s}"] + [f"{res['accuracy'][str(s)][str(m)]:.3f}" for m in res["mults"]]
+            + [f"{res['mean'][str(s)]:.3f}", f"{res['seconds_per_episode'][str(s)][last]:.2f}"] for s in res["sizes"]]
+    return markdown_table(["chunk size"] + [f"{m}x" for m in res["mults"]] + ["mean", f"s / episode at {last}x"],
+                          rows)
+
+
+def chunk_size_section(res: dict) -> list[str]:
+    """Model-card lines for a ``--chunk-sizes`` run: OPRM's accuracy against the chunk size L."""
+    return [
+        "## Chunk size",
+        "",
+        f"OPRM with the engine's default options (`{res['options']['chunking']}` chunking, `{res['options']['selection']}` "
+        f"selection, IDK `{res['options']['idk']}`) at each chunk size L; {res['n']} episodes a point (seeds "
+        f"{res['seed']} + multiple), lengths in multiples of the {res['train_len']}-token training length. Shorter "
+        "chunks hold fewer facts, so the model confuses fewer keys; the look-ahead selection keeps the many key-less "
+        f"chunks out. `oprm demo` uses the best (L = {res['best']}); its paper line keeps L = the training length.",
+        "",
+        chunk_size_table(res),
+        "",
+    ]
 
 
 def variants_section(var: dict) -> list[str]:
@@ -60,8 +85,8 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "A tiny recurrent language model (stock `transformers` `Mamba2ForCausalLM`) trained from scratch by "
         "`oprm` on a synthetic **natural-language associative-recall task with an IDK answer**. It exists to "
         "show *overflow* — a recurrent state that fits the facts of a short document but not of a long one — "
-        "and how OPRM (arXiv 2505.07793) prevents it: split the long document into chunks of about the training "
-        "length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident one.",
+        "and how OPRM (arXiv 2505.07793) prevents it: split the long document into chunks no longer than the "
+        "training length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident one.",
         "",
         *([f"**Status:** {meta['status']}", ""] if meta.get("status") else []),
         "## Task",
@@ -152,6 +177,10 @@ def write_card(folder: str, meta: dict, res: dict | None):
     var_path = folder / "variants.json"
     if var_path.exists():
         lines += variants_section(json.loads(var_path.read_text()))
+    sizes_path = folder / "chunk_sizes.json"
+    sweep = json.loads(sizes_path.read_text()) if sizes_path.exists() else None
+    if sweep:
+        lines += chunk_size_section(sweep)
     lines += [
         "## Reproduce",
         "",
@@ -161,6 +190,8 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "export OMP_NUM_THREADS=1",
         *meta.get("reproduce", [meta["command"]]),
         f"{MEASURE_COMMAND} --model src/oprm/models/oprm-ar-mamba2 --write-card",
+        *([f"{MEASURE_COMMAND} --model src/oprm/models/oprm-ar-mamba2 --chunk-sizes "
+           f"{','.join(map(str, sweep['sizes']))} --n-curve {sweep['n']}"] if sweep else []),
         "```",
         "",
         f"Trained and measured with oprm {__version__}, transformers, torch on CPU (1 thread). "

@@ -21,7 +21,7 @@ from ..config import IDK_WORD, OPRMConfig, add_config_arguments
 from ..models import load_model
 from ..synthetic import long_episodes
 from ..tasks.synthetic import OVERFLOW_MULTIPLES
-from .card import variant_table, write_card
+from .card import chunk_size_table, variant_table, write_card
 from .chunk_stats import CHUNKINGS, choose, chunk_records, make_rules
 from .heldout import answer_accuracy, heldout_episodes
 from .model import SHIPPED_MODEL
@@ -153,6 +153,36 @@ def variant_curve(folder: str, mults=(1, 4, 16, 64), n: int = 40, seed: int = 21
     return out
 
 
+def chunk_size_sweep(folder: str, sizes, mults=(1, 4, 16, 64), n: int = 200, seed: int = 22_000,
+                     train_len: int = 128, log=print) -> dict:
+    """OPRM with the engine's default options at each chunk size L: which L to use with this model. ``best`` has the
+    highest mean accuracy over the multiples (a tie goes to the larger L: fewer chunks). Episodes from seeds
+    ``seed + multiple``, disjoint from the curve's, the variants' and ``oprm demo``'s."""
+    import torch
+
+    torch.set_num_threads(1)
+    model, tok = load_model(folder)
+    engine = OPRM(model, tok)
+    acc: dict[str, dict[str, float]] = {str(size): {} for size in sizes}
+    seconds: dict[str, dict[str, float]] = {str(size): {} for size in sizes}  # per episode, one thread
+    t0 = time.time()
+    for m in mults:
+        eps, _ = long_episodes(tok, m * train_len, n, seed + m)
+        for size in sizes:
+            start = time.perf_counter()
+            hits = sum(engine.generate(**ep.prompt_kwargs(), chunk_size=size, max_new_tokens=8).text.strip()
+                       == ep.answer for ep in eps)
+            acc[str(size)][str(m)] = hits / len(eps)
+            seconds[str(size)][str(m)] = round((time.perf_counter() - start) / len(eps), 4)
+        log(f"[measure] {m:>3}x  " + "  ".join(f"L={s} {acc[str(s)][str(m)]:.3f}" for s in sizes)
+            + f"  ({time.time() - t0:.0f}s)")
+    mean = {s: sum(a.values()) / len(a) for s, a in acc.items()}
+    best = max(sizes, key=lambda s: (round(mean[str(s)], 6), s))
+    options = {k: v for k, v in engine.config.to_dict().items() if k != "chunk_size"}
+    return {"sizes": list(sizes), "mults": list(mults), "n": n, "seed": seed, "train_len": train_len,
+            "options": options, "accuracy": acc, "mean": mean, "best": best, "seconds_per_episode": seconds}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m oprm.training.measure")
     ap.add_argument("--model", default=str(SHIPPED_MODEL))
@@ -165,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", nargs="?", const=",".join(DEFAULT_VARIANTS), default=None,
                     help="measure chunking/selection/IDK variants instead (comma list of chunking/rule/idk; "
                          "no value: the default set) and write variants.json")
-    ap.add_argument("--seed", type=int, default=21_000, help="--variants: episode seeds are SEED + multiple")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="episode seeds are SEED + multiple (default 21000 for --variants, 22000 for --chunk-sizes)")
+    ap.add_argument("--chunk-sizes", default=None,
+                    help="measure OPRM (the engine's default options) at these chunk sizes instead (comma list; "
+                         "1x,4x,16x,64x or --mults, --n-curve episodes a point) and write chunk_sizes.json, whose best "
+                         "size `oprm demo` uses")
     # the curve varies only the chunk size and overlap; every other engine option stays at the engine's default
     add_config_arguments(ap, exclude=tuple(n for n in OPRMConfig.names() if n not in ("chunk_size", "overlap")),
                          later={"chunk_size": "the model's training length"})
@@ -177,10 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.card_only:
         write_card(str(folder), meta, json.loads((folder / "results.json").read_text()))
         return 0
+    # --chunk-sizes and --variants measure four points of the curve unless --mults says otherwise
+    points = [int(x) for x in args.mults.split(",")] if args.mults != ",".join(map(str, OVERFLOW_MULTIPLES)) \
+        else [1, 4, 16, 64]
+    if args.chunk_sizes:
+        sizes = [int(x) for x in args.chunk_sizes.split(",")]
+        res = chunk_size_sweep(str(folder), sizes, points, args.n_curve, args.seed or 22_000,
+                               meta.get("max_ctx_tokens", 128))
+        (folder / "chunk_sizes.json").write_text(json.dumps(res, indent=1))
+        print(chunk_size_table(res))
+        return 0
     if args.variants:
-        mults = [int(x) for x in args.mults.split(",")] if args.mults != ",".join(map(str, OVERFLOW_MULTIPLES)) \
-            else [1, 4, 16, 64]
-        res = variant_curve(str(folder), mults, args.n_curve, args.seed, meta.get("max_ctx_tokens", 128),
+        res = variant_curve(str(folder), points, args.n_curve, args.seed or 21_000, meta.get("max_ctx_tokens", 128),
                             args.variants.split(","))
         (folder / "variants.json").write_text(json.dumps(res, indent=1))
         print(variant_table(res))
