@@ -126,3 +126,28 @@ def test_several_questions_share_one_encoding(model_dir, context_file, tmp_path,
     out = capsys.readouterr().out
     assert out.startswith("| question | answer | chunk | seconds |") and "| Where? |" in out
     one_line_error(capsys, ask(model_dir, context_file, "--question", " "), "question is empty")
+
+
+def test_chunk_size_defaults_to_the_models_measured_best(model_dir, context_file, tmp_path, capsys):
+    """ask (and OPRM.from_pretrained) chunk at chunk_sizes.json's best when the user gives no chunk size."""
+    import shutil
+
+    from oprm import OPRM, OPRMConfig
+
+    def chunk_lengths(folder, *extra):
+        argv = ["ask", "--model", str(folder), "--context", str(context_file), "--question", "What is the code?",
+                "--max-new-tokens", "2", "--json", *extra]
+        assert main(argv) == 0
+        return {c["token_end"] - c["token_start"] for c in json.loads(capsys.readouterr().out)["chunks"]}
+
+    assert chunk_lengths(model_dir) == {len(OPRM.from_pretrained(str(model_dir)).tokenizer.encode(
+        context_file.read_text(), add_special_tokens=False))}  # no sweep: one chunk of at most 2000 tokens
+    measured = tmp_path / "measured"
+    shutil.copytree(model_dir, measured)
+    (measured / "chunk_sizes.json").write_text(json.dumps({"best": 16}))
+    assert chunk_lengths(measured) == {16}
+    assert chunk_lengths(measured, "--chunk-size", "32") == {32}
+    assert OPRM.from_pretrained(str(measured)).config.chunk_size == 16
+    assert OPRM.from_pretrained(str(measured), chunk_size=32).config.chunk_size == 32
+    assert OPRM.from_pretrained(str(measured), config=OPRMConfig()).config.chunk_size == 2000
+    assert OPRM.from_pretrained(str(model_dir)).config.chunk_size == 2000

@@ -221,16 +221,15 @@ def test_demo_prints_the_table_and_writes_plot_and_json(tmp_path, capsys):
 def test_chunk_size_sweep_writes_the_best_size_the_demo_uses(tmp_path):
     import shutil
 
-    from oprm.demo import best_chunk_size
+    from oprm.models import measured_chunk_size
     from oprm.training.measure import main as measure_main
 
     folder = tmp_path / "model"
     shutil.copytree(MODEL_DIR, folder, ignore=shutil.ignore_patterns("chunk_sizes.json"))
-    train_len = json.loads((folder / "training_meta.json").read_text())["max_ctx_tokens"]
-    assert best_chunk_size(folder) == train_len  # no sweep yet: the training length
+    assert measured_chunk_size(str(folder)) is None  # no sweep yet
     assert measure_main(["--model", str(folder), "--chunk-sizes", "32,128", "--mults", "4", "--n-curve", "6"]) == 0
     res = json.loads((folder / "chunk_sizes.json").read_text())
     assert res["sizes"] == [32, 128] and res["mults"] == [4] and set(res["accuracy"]) == {"32", "128"}
     assert all(0 <= a["4"] <= 1 for a in res["accuracy"].values())
-    assert res["best"] == max([32, 128], key=lambda s: (res["mean"][str(s)], s)) == best_chunk_size(folder)
+    assert res["best"] == max([32, 128], key=lambda s: (res["mean"][str(s)], s)) == measured_chunk_size(str(folder))
     assert res["options"]["selection"] == "support" and "chunk_size" not in res["options"]

@@ -34,6 +34,10 @@ def add_model_arguments(p: argparse.ArgumentParser, *, default: str | None = Non
     p.add_argument("--trust-remote-code", action="store_true")
 
 
+# the --chunk-size default of ask, encode and serve
+MEASURED_CHUNK_SIZE = "the size measured best on the model (chunk_sizes.json in its folder), else 2000"
+
+
 def engine_from_args(args, config=None, **extra):
     """The engine the flags describe: the model (--model, --dtype, --device, ...) and every OPRMConfig flag
     (or ``config``, when the command builds it itself)."""
@@ -41,6 +45,11 @@ def engine_from_args(args, config=None, **extra):
     from .engine import OPRM
     from .runtime import set_threads
 
+    if getattr(args, "chunk_size", 0) is None:  # --chunk-size not given: the model's measured best, else the default
+        from .config import OPRMConfig
+        from .models import measured_chunk_size
+
+        args.chunk_size = measured_chunk_size(args.model) or OPRMConfig().chunk_size
     config = config or config_from_args(args)  # every option checked before the model loads
     set_threads(args.threads)  # loading (e.g. GGUF de-quantization) runs on these threads too
     engine = OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,
@@ -84,7 +93,7 @@ def add_ask(sub) -> None:
     out.add_argument("--json", action="store_true", help="print the result as JSON (one line per question when "
                                                          "there are several)")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    add_config_arguments(p)
+    add_config_arguments(p, later={"chunk_size": MEASURED_CHUNK_SIZE})
     add_generation_arguments(p)
     p.set_defaults(func=run_ask)
 
@@ -123,7 +132,8 @@ def run_ask(args) -> int:
         source["document"] = EncodedDocument.load(args.document)
         args.model = args.model or source["document"].meta["model"]
         # chunking flags given explicitly must match the document's (it fixes the chunks)
-        source.update({k: getattr(args, k) for k in CHUNKING_OPTIONS if getattr(args, k) != getattr(OPRMConfig(), k)})
+        source.update({k: getattr(args, k) for k in CHUNKING_OPTIONS
+                       if getattr(args, k) not in (None, getattr(OPRMConfig(), k))})
     else:
         source["context"] = read_text(args.context, "context")
         if not source["context"].strip():
@@ -188,7 +198,8 @@ def add_encode(sub) -> None:
     p.add_argument("--prompt-template", default=None, help="file with a template holding {context} and {input}; "
                                                            "questions must use the same one")
     add_config_arguments(p, exclude=("mode", "decode", "num_decode", "selection", "idk_fallback", "max_input_tokens",
-                                     "top_k_tokens", "seed", "document_cache_bytes", "cache_dir"))
+                                     "top_k_tokens", "seed", "document_cache_bytes", "cache_dir"),
+                         later={"chunk_size": MEASURED_CHUNK_SIZE})
     p.set_defaults(func=run_encode)
 
 

@@ -52,13 +52,6 @@ def training_length(folder: str | Path, default: int = 128) -> int:
     return default
 
 
-def best_chunk_size(folder: str | Path) -> int:
-    """The chunk size OPRM measured best on this model (``chunk_sizes.json``, written by
-    ``python -m oprm.training.measure --chunk-sizes``), else its training length."""
-    path = Path(folder) / "chunk_sizes.json"
-    if path.is_file():
-        return int(json.loads(path.read_text())["best"])
-    return training_length(folder)
 
 
 def _parse_multiples(text: str | None) -> list[int]:
@@ -80,14 +73,16 @@ def run_demo(args) -> int:
     from .cli import engine_from_args
     from .config import config_from_args
     from .errors import OPRMUsageError
-    from .models import resolve_model
+    from .models import measured_chunk_size, resolve_model
 
     if args.samples is None:
         args.samples = 3 if args.model == "smollm2" else 30
     if args.samples <= 0:
         raise OPRMUsageError(f"--samples must be positive, got {args.samples}")
-    if args.chunk_size is None:
-        args.chunk_size = SMOLLM2_CHUNK_SIZE if args.model == "smollm2" else best_chunk_size(resolve_model(args.model)[0])
+    if args.chunk_size is None and args.model == "smollm2":
+        args.chunk_size = SMOLLM2_CHUNK_SIZE
+    elif args.chunk_size is None:
+        args.chunk_size = measured_chunk_size(args.model) or training_length(resolve_model(args.model)[0])
     config = config_from_args(args)  # every option checked before the model loads
     _parse_multiples(args.multiples)
     engine = engine_from_args(args, config=config)

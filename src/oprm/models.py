@@ -57,6 +57,13 @@ def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | N
     return os.path.expanduser(name), gguf_file
 
 
+def measured_chunk_size(name: str) -> int | None:
+    """The chunk size OPRM measured best on this model: ``best`` of ``chunk_sizes.json`` in its folder (written by
+    ``python -m oprm.training.measure --chunk-sizes``; the shipped model has one), else None."""
+    path = Path(resolve_model(name)[0]) / "chunk_sizes.json"
+    return int(json.loads(path.read_text())["best"]) if path.is_file() else None
+
+
 def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_file: str | None = None,
                trust_remote_code: bool = False):
     """(model, tokenizer) the transformers way, with every failure as one clear line.

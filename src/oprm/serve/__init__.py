@@ -38,7 +38,7 @@ def _require_stack() -> None:
 
 
 def add_parser(sub) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import MEASURED_CHUNK_SIZE, add_model_arguments
     from ..config import add_config_arguments, add_generation_arguments
 
     p = sub.add_parser("serve", help="serve a model with OPRM over an OpenAI-compatible HTTP API",
@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default warning)")
-    add_config_arguments(p)
+    add_config_arguments(p, later={"chunk_size": MEASURED_CHUNK_SIZE})
     add_generation_arguments(p)
     p.set_defaults(func=run_serve)
 
