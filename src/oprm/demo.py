@@ -52,8 +52,6 @@ def training_length(folder: str | Path, default: int = 128) -> int:
     return default
 
 
-
-
 def _parse_multiples(text: str | None) -> list[int]:
     from .errors import OPRMUsageError
     from .tasks.synthetic import OVERFLOW_MULTIPLES
