@@ -217,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         else [1, 4, 16, 64]
     if args.chunk_sizes:
         sizes = [int(x) for x in args.chunk_sizes.split(",")]
-        res = chunk_size_sweep(str(folder), sizes, points, args.n_curve, args.seed or 22_000,
+        res = chunk_size_sweep(str(folder), sizes, points, args.n_curve, 22_000 if args.seed is None else args.seed,
                                meta.get("max_ctx_tokens", 128))
         (folder / "chunk_sizes.json").write_text(json.dumps(res, indent=1))
         print(chunk_size_table(res))
         return 0
     if args.variants:
-        res = variant_curve(str(folder), points, args.n_curve, args.seed or 21_000, meta.get("max_ctx_tokens", 128),
-                            args.variants.split(","))
+        res = variant_curve(str(folder), points, args.n_curve, 21_000 if args.seed is None else args.seed,
+                            meta.get("max_ctx_tokens", 128), args.variants.split(","))
         (folder / "variants.json").write_text(json.dumps(res, indent=1))
         print(variant_table(res))
         return 0
