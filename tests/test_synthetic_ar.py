@@ -210,6 +210,7 @@ def test_demo_prints_the_table_and_writes_plot_and_json(tmp_path, capsys):
     assert best < train_len  # the measured best chunks shorter than the training length
     assert [p["multiple"] for p in summary["points"]] == [1, 4] and summary["chunk_size"] == best
     assert set(summary["points"][0]) >= {"vanilla", "paper", "oprm"}
+    assert summary["options"]["document_cache_bytes"] == 0  # each document is asked once: no cache
     results = json.loads((tmp_path / "oprm-ar-mamba2" / "results.json").read_text())
     # the paper line chunks at the training length, oprm's at the measured best
     assert set(results["configs"]) == {"vanilla", f"oprm_cs{train_len}_entropy_idk",
