@@ -46,10 +46,9 @@ def engine_from_args(args, config=None, **extra):
     from .runtime import set_threads
 
     if getattr(args, "chunk_size", 0) is None:  # --chunk-size not given: the model's measured best, else the default
-        from .config import OPRMConfig
-        from .models import measured_chunk_size
+        from .models import default_chunk_size
 
-        args.chunk_size = measured_chunk_size(args.model) or OPRMConfig().chunk_size
+        args.chunk_size = default_chunk_size(args.model)
     config = config or config_from_args(args)  # every option checked before the model loads
     set_threads(args.threads)  # loading (e.g. GGUF de-quantization) runs on these threads too
     engine = OPRM.from_pretrained(args.model, dtype=args.dtype, device=args.device,

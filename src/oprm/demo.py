@@ -39,9 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--output-path", default="oprm-demo", help="folder for predictions, table, plot and JSON")
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the engine")
     add_config_arguments(p, exclude=OWN_FLAGS,
-                         later={"chunk_size": "the size measured best on the model (chunk_sizes.json in its folder), else its "
-                                              f"training length; {SMOLLM2_CHUNK_SIZE} for smollm2. The paper line "
-                                              "always chunks at the training length"})
+                         later={"chunk_size": "the size measured best on the model (chunk_sizes.json in its folder), "
+                                              f"else its training length; {SMOLLM2_CHUNK_SIZE} for smollm2. The paper "
+                                              "line always chunks at the training length"})
     p.set_defaults(func=run_demo)
 
 

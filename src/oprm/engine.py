@@ -57,12 +57,12 @@ class OPRM:
         of a model that ships with oprm), or an RWKV ``.pth`` checkpoint on the `rwkv` runtime (``dtype`` may then be a
         runtime strategy, e.g. "cuda fp16i8"). Without ``chunk_size`` or ``config``, a folder's measured best chunk
         size (``chunk_sizes.json``) is the default."""
-        from .models import load_model, measured_chunk_size
+        from .models import default_chunk_size, load_model
 
         model, tokenizer = load_model(model_id_or_path, dtype=dtype, device=device, gguf_file=gguf_file,
                                       trust_remote_code=trust_remote_code)
         if "config" not in engine_kwargs and "chunk_size" not in engine_kwargs:
-            engine_kwargs["chunk_size"] = measured_chunk_size(model_id_or_path) or OPRMConfig().chunk_size
+            engine_kwargs["chunk_size"] = default_chunk_size(model_id_or_path)
         return cls(model, tokenizer, **engine_kwargs)
 
     @property

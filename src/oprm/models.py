@@ -64,6 +64,13 @@ def measured_chunk_size(name: str) -> int | None:
     return int(json.loads(path.read_text())["best"]) if path.is_file() else None
 
 
+def default_chunk_size(name: str) -> int:
+    """The chunk size a model gets when none is given: its measured best, else ``OPRMConfig``'s default."""
+    from .config import OPRMConfig
+
+    return measured_chunk_size(name) or OPRMConfig().chunk_size
+
+
 def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_file: str | None = None,
                trust_remote_code: bool = False):
     """(model, tokenizer) the transformers way, with every failure as one clear line.

@@ -37,8 +37,8 @@ def chunk_size_section(res: dict) -> list[str]:
     return [
         "## Chunk size",
         "",
-        f"OPRM with the engine's default options (`{res['options']['chunking']}` chunking, `{res['options']['selection']}` "
-        f"selection, IDK `{res['options']['idk']}`) at each chunk size L; {res['n']} episodes a point (seeds "
+        f"OPRM with the engine's default options (`{res['options']['chunking']}` chunking, "
+        f"`{res['options']['selection']}` selection, IDK `{res['options']['idk']}`) at each chunk size L; {res['n']} episodes a point (seeds "
         f"{res['seed']} + multiple), lengths in multiples of the {res['train_len']}-token training length. Shorter "
         "chunks hold fewer facts, so the model confuses fewer keys; the look-ahead selection keeps the many key-less "
         f"chunks out. `oprm demo` uses the best (L = {res['best']}); its paper line keeps L = the training length.",
@@ -86,7 +86,8 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "`oprm` on a synthetic **natural-language associative-recall task with an IDK answer**. It exists to "
         "show *overflow* — a recurrent state that fits the facts of a short document but not of a long one — "
         "and how OPRM (arXiv 2505.07793) prevents it: split the long document into chunks no longer than the "
-        "training length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident one.",
+        "training length, prefill every chunk, drop the chunks that answer `Error`, decode from the most confident "
+        "one.",
         "",
         *([f"**Status:** {meta['status']}", ""] if meta.get("status") else []),
         "## Task",
