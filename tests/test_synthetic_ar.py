@@ -61,6 +61,18 @@ def test_needle_position_and_hard_negatives():
     assert shared == 50
 
 
+
+def test_shared_prefix_values():
+    """The training option that makes values share leading digits: distinct values, each after the first sharing
+    at least its first digit with an earlier one when asked always; off by default without touching the seeds."""
+    for s in range(30):
+        values = [v for _, _, v in make_ar_episode(s, 8, shared_prefix_prob=1.0).records]
+        assert len(set(values)) == len(values)
+        assert all(any(v[0] == u[0] for u in values[:i]) for i, v in enumerate(values) if i)
+    # the values this seed drew before the option existed
+    assert [v for _, _, v in make_ar_episode(3, 8).records] == ["7350", "7471", "3197", "2596", "239", "4555",
+                                                                  "8146", "7900"]
+
 def test_extra_question():
     rng = random.Random(0)
     ep = make_ar_episode(3, 6)
@@ -102,6 +114,39 @@ def test_folder_contents():
               "generation_config.json", "README.md"):
         assert (MODEL_DIR / f).exists(), f
     assert (MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2 ** 20
+
+
+def test_ar_prompt_format_gives_each_question_its_answer_prefix(tmp_path):
+    from oprm.prompts import PromptFormat
+    from oprm.synthetic.ar import AR_PROMPT_FORMAT
+
+    for s in range(40):
+        ep = make_ar_episode(s, 3, person_prob=0.5)
+        assert AR_PROMPT_FORMAT.answer_prefix_for(ep.question) == ep.answer_prefix
+    assert AR_PROMPT_FORMAT.answer_prefix_for("Who signed the agreement?") is None
+    assert AR_PROMPT_FORMAT.answer_prefix_for(None) is None
+    AR_PROMPT_FORMAT.save(tmp_path)
+    assert PromptFormat.load(tmp_path) == AR_PROMPT_FORMAT and PromptFormat.load(tmp_path / "none") is None
+    if MODEL_DIR.exists():  # the shipped model speaks it (written by training's save)
+        assert PromptFormat.load(MODEL_DIR) == AR_PROMPT_FORMAT
+
+
+@needs_model
+def test_questions_without_a_template_use_the_shipped_models_prompt(tmp_path):
+    """`oprm ask`'s path (OPRM.from_pretrained, a bare question): the prompt is the one the model was trained on, so
+    the answer is the fact's value, as with the episode's own prompt; an explicit template still wins."""
+    from oprm import OPRM
+
+    engine = OPRM.from_pretrained("oprm-ar-mamba2")
+    ep = make_ar_episode(5, 40)
+    bare = engine.build_prompt(ep.context, ep.question)
+    own = engine.build_prompt(**{k: v for k, v in ep.prompt_kwargs().items() if k != "context"}, context=ep.context)
+    assert (bare.prefix_ids, bare.context_ids, bare.suffix_ids) == (own.prefix_ids, own.context_ids, own.suffix_ids)
+    assert engine.generate(ep.context, ep.question, max_new_tokens=8).text.strip() == ep.answer
+    doc = engine.encode(ep.context)
+    assert engine.generate(document=doc, query=ep.question, max_new_tokens=8).text.strip() == ep.answer
+    other = engine.build_prompt(ep.context, ep.question, template="{context}\nQ: {input}")
+    assert other.suffix_ids != bare.suffix_ids
 
 
 @needs_model

@@ -21,7 +21,7 @@ from .decoding import Answer, AnswerDecoder, make_generation_config
 from .document import DocumentCache, EncodedDocument, document_key, fingerprint
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
-from .prompts import PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
+from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result
 from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, chunking_used, reusable
 from .runtime import default_threads, set_threads  # noqa: F401 - their former home; kept importable
@@ -38,13 +38,14 @@ class OPRM:
     """
 
     def __init__(self, model, tokenizer=None, config: OPRMConfig | None = None, *, generation_config=None,
-                 adapter=None, chunk_parallel=None, **options):
+                 adapter=None, chunk_parallel=None, prompt_format: PromptFormat | None = None, **options):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter or get_adapter(model)  # a custom StateAdapter serves models we do not know
         self.config = (config or OPRMConfig()).replace(**options)
         self.generation_config = generation_config
         self.chunk_parallel = chunk_parallel  # a parallel.ChunkParallel: shard chunks across torch.distributed ranks
+        self.prompt_format = prompt_format  # the model's own prompt, for questions asked without a template
         self.documents = DocumentCache()  # the automatic cache of encoded documents (config.document_cache_bytes)
         self._idk_ids: dict[str, set[int]] = {}
         self._fingerprint: dict | None = None
@@ -56,13 +57,15 @@ class OPRM:
         """Load a model and tokenizer the transformers way (a hub id, a local folder, a ``.gguf`` file, or the name
         of a model that ships with oprm), or an RWKV ``.pth`` checkpoint on the `rwkv` runtime (``dtype`` may then be a
         runtime strategy, e.g. "cuda fp16i8"). Without ``chunk_size`` or ``config``, a folder's measured best chunk
-        size (``chunk_sizes.json``) is the default."""
-        from .models import default_chunk_size, load_model
+        size (``chunk_sizes.json``) is the default, and a folder's ``prompt_format.json`` the prompt of questions asked
+        without a template."""
+        from .models import default_chunk_size, load_model, resolve_model
 
         model, tokenizer = load_model(model_id_or_path, dtype=dtype, device=device, gguf_file=gguf_file,
                                       trust_remote_code=trust_remote_code)
         if "config" not in engine_kwargs and "chunk_size" not in engine_kwargs:
             engine_kwargs["chunk_size"] = default_chunk_size(model_id_or_path)
+        engine_kwargs.setdefault("prompt_format", PromptFormat.load(resolve_model(model_id_or_path, gguf_file)[0]))
         return cls(model, tokenizer, **engine_kwargs)
 
     @property
@@ -77,9 +80,17 @@ class OPRM:
         if self.tokenizer is None:
             raise OPRMUsageError("text input needs a tokenizer; pass prefix_ids/context_ids/suffix_ids instead")
         config = config or self.config
+        template, answer_prefix = self._model_prompt(query, template, answer_prefix)
         template, fields = self._template(query, template, fields, config)
         return build_prompt(self.tokenizer, context, template, fields, chat=config.chat,
                             system_prompt=config.system_prompt, answer_prefix=answer_prefix)
+
+    def _model_prompt(self, query, template, answer_prefix) -> tuple[str | None, str | None]:
+        """Without a template, the model's own prompt format (if it has one) gives the template and answer prefix."""
+        if template is not None or self.prompt_format is None:
+            return template, answer_prefix
+        fmt = self.prompt_format
+        return fmt.template, answer_prefix if answer_prefix is not None else fmt.answer_prefix_for(query)
 
     def _template(self, query, template, fields, config) -> tuple[str, dict]:
         fields = dict(fields or {})
@@ -220,6 +231,7 @@ class OPRM:
                 raise OPRMUsageError("the context is empty")
             prompt = PromptParts(list(prefix_ids or []), list(context_ids), [])
         else:
+            template, _ = self._model_prompt(None, template, None)
             template, fields = self._template("?", template, fields, config)
             if "{input}" in template.split("{context}")[0]:
                 raise OPRMUsageError("this template asks the question before {context}: a document encoded with it "
@@ -249,6 +261,7 @@ class OPRM:
         else:
             if self.tokenizer is None:
                 raise OPRMUsageError("text input needs a tokenizer; pass suffix_ids instead")
+            template, answer_prefix = self._model_prompt(query, template, answer_prefix)
             template, fields = self._template(query, template, fields, config)
             frame = prompt_frame(self.tokenizer, template, fields, chat=config.chat, system_prompt=config.system_prompt,
                                  answer_prefix=answer_prefix)

@@ -9,7 +9,10 @@ never merge tokens across P/C/S.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .config import IDK_WORD
 from .errors import OPRMUsageError
@@ -23,6 +26,40 @@ def default_qa_template(idk: str | None = IDK_WORD) -> str:
     idk_instruction = f' If the answer does not exist in the text, return "{idk}".' if idk else ""
     return (f"{_QA_INSTRUCTION}\n\nText:\n{{context}}\n\n{_QA_INSTRUCTION}{idk_instruction}\n\n"
             "Question: {input}\nAnswer:")
+
+
+PROMPT_FORMAT_FILE = "prompt_format.json"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """The prompt a model was trained on, kept in its folder (``prompt_format.json``) as its chat template is: the
+    template (``{context}``, ``{input}``) and rules that open the reply with an answer prefix derived from the question
+    (RULER's convention), e.g. "What is the code of X?" -> "The code of X is ". ``OPRM`` uses it for a question asked
+    without a template, so ``oprm ask`` and ``oprm serve`` speak the model's own format."""
+
+    template: str
+    answer_prefixes: tuple[tuple[str, str], ...] = ()  # (regex the whole question matches, prefix of its named groups)
+
+    def answer_prefix_for(self, query: str | None) -> str | None:
+        for pattern, prefix in self.answer_prefixes:
+            match = re.fullmatch(pattern, (query or "").strip())
+            if match:
+                return prefix.format(**match.groupdict())
+        return None
+
+    def save(self, folder: str | Path) -> None:
+        data = {"template": self.template, "answer_prefixes": [list(rule) for rule in self.answer_prefixes]}
+        (Path(folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(data, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "PromptFormat | None":
+        """The folder's prompt format, or None when it has none (hub ids and most models)."""
+        path = Path(folder) / PROMPT_FORMAT_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(data["template"], tuple(tuple(rule) for rule in data.get("answer_prefixes", ())))
 
 
 _CONTEXT_MARK = "\x00OPRM_CONTEXT\x00"

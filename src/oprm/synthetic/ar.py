@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..config import IDK_WORD
+from ..prompts import PromptFormat
 from . import words as W
 from .filler import filler_sentence
 
@@ -31,6 +32,12 @@ AR_TEMPLATE = (
     "Text:\n{context}\n\n"
     'Answer with the value only, or "Error" if the text does not say. Question: {input}'
 )
+
+QUESTION = "What is the {attribute} of {key}?"
+ANSWER_PREFIX = "The {attribute} of {key} is "
+# the shipped model's prompt_format.json: a question asked without a template gets AR_TEMPLATE and, when it has the
+# AR question's form, the answer prefix the model was trained to continue
+AR_PROMPT_FORMAT = PromptFormat(AR_TEMPLATE, ((r"What is the (?P<attribute>.+?) of (?P<key>.+)\?", ANSWER_PREFIX),))
 
 
 @dataclass
@@ -97,6 +104,22 @@ def _random_number(rng: random.Random, digits: tuple[int, int]) -> str:
     return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
 
 
+def _values(rng: random.Random, n: int, digits: tuple[int, int], shared_prefix_prob: float) -> list[str]:
+    """``n`` distinct values; each after the first shares leading digits with an earlier one with probability
+    ``shared_prefix_prob`` (no extra random draws when it is 0, so episodes of existing seeds are unchanged)."""
+    vals: list[str] = []
+    while len(vals) < n:
+        v = _random_number(rng, digits)
+        if shared_prefix_prob and vals and rng.random() < shared_prefix_prob:
+            src = rng.choice(vals)
+            k = rng.randint(1, min(len(src), len(v)) - 1)
+            v = src[:k] + v[k:]
+            if v in vals:
+                continue
+        vals.append(v)
+    return vals
+
+
 def _cap(s: str) -> str:
     return s[0].upper() + s[1:]
 
@@ -108,7 +131,7 @@ def _fact_sentence(k: _Key, attr: str, v: str) -> str:
 def _question(k: _Key, attr: str) -> tuple[str, str]:
     """The question and the answer prefix that opens the assistant's reply (as in RULER): the prefix repeats
     the key, so the value is predicted right after the same words that precede it in the fact."""
-    return f"What is the {attr} of {k.ref}?", f"The {attr} of {k.ref} is "
+    return QUESTION.format(attribute=attr, key=k.ref), ANSWER_PREFIX.format(attribute=attr, key=k.ref)
 
 
 def _cut_tail(rng: random.Random, s: str) -> str:
@@ -135,6 +158,7 @@ def make_ar_episode(
     person_prob: float = 0.2,
     value_digits: tuple[int, int] = (3, 4),
     slice_edges: bool = False,
+    shared_prefix_prob: float = 0.0,
 ) -> AREpisode:
     """Build one AR episode.
 
@@ -147,6 +171,8 @@ def make_ar_episode(
     person_prob:   share of person-name keys ("Maria Lopez") among the keys.
     value_digits:  (min, max) digits of numeric values.
     slice_edges:   start and end the document mid-sentence, like an arbitrary slice of a longer text.
+    shared_prefix_prob: probability that a value repeats the leading digits of an earlier value of the document
+                   (a training mix: the answer's later digits must then come from the key, not the digits before).
     """
     rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
     if present and num_facts < 1:
@@ -160,7 +186,7 @@ def make_ar_episode(
             used.add(k.text)
             keys.append(k)
     rels = [rng.choice(W.ATTRIBUTES) for _ in keys]
-    vals = [_random_number(rng, value_digits) for _ in keys]
+    vals = _values(rng, len(keys), value_digits, shared_prefix_prob)
     facts = [_fact_sentence(k, rel, v) for k, rel, v in zip(keys, rels, vals)]
 
     if present:
