@@ -233,3 +233,20 @@ def test_support_and_rules_on_synthetic_records():
     assert choose(chunks, *rules["support_div"])["index"] == 2      # support prefers the needle's own sentence
     assert choose([chunks[1]], *rules["support_div"]) is None        # all IDK: the answer is the IDK word
     assert choose([chunks[1]], *make_rules(idk=False)["support_div"])["index"] == 1
+
+
+@needs_model
+@pytest.mark.parametrize("grow", ["conv", "layers"])
+def test_grown_model_computes_the_same_function(grow):
+    """Growing the shipped model (wider convolutions, more layers) starts from the same function it had."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from oprm.training.model import grow_conv, grow_layers
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+    grown = (grow_conv(model, model.config.conv_kernel + 4) if grow == "conv" else grow_layers(model, 4)).eval()
+    assert grown.config.conv_kernel == model.config.conv_kernel + 4 or grown.config.num_hidden_layers == 4
+    ids = torch.randint(5, model.config.vocab_size, (2, 150), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, grown(ids).logits, atol=1e-4)

@@ -24,6 +24,7 @@ TRAIN_MIX = dict(
     hard_negative_prob=0.5,
     extra_questions=(2, 6),     # extra question turns on the same document (denser supervision)
     curriculum=(3, 0.4),        # max num_facts starts at 3 and reaches the full range at 40 % of the budget
+    value_prefix_prob=0.0,      # values sharing leading digits with an earlier value of the document
 )
 
 # ``--data oprm``: train on exactly the inputs OPRM gives the model (also written into the model card)
@@ -38,6 +39,7 @@ OPRM_MIX = dict(
     hard_negative_prob=0.6,     # absent keys sharing the attribute and one word with a fact of the window
     hard_negative_noun_prob=0.7,  # ... of which share the noun / surname (the shipped model answers those 100 %)
     extra_questions=(3, 6),
+    value_prefix_prob=0.0,      # values sharing leading digits with an earlier value of the document
 )
 
 
@@ -70,7 +72,8 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     width = rng.randint(max_ctx_tokens // 4, max(max_ctx_tokens // 4, round(max_ctx_tokens * max(cur, 0.25))))
     while True:
         ep = make_ar_episode(rng.getrandbits(48), max(n, 1 if present else 0), filler_ratio=fr, present=present,
-                             hard_negative_prob=mix["hard_negative_prob"])
+                             hard_negative_prob=mix["hard_negative_prob"],
+                             shared_prefix_prob=mix.get("value_prefix_prob", 0.0))
         enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         if sliced:
@@ -158,7 +161,8 @@ def sample_oprm_example(rng: random.Random, tok, chunk_size: int, mix: dict = OP
     fr = rng.choice(mix["filler_ratio"])
     while True:
         ep = make_ar_episode(rng.getrandbits(48), n, filler_ratio=fr, present=True,
-                             slice_edges=rng.random() < mix["slice_edges_prob"])
+                             slice_edges=rng.random() < mix["slice_edges_prob"],
+                             shared_prefix_prob=mix.get("value_prefix_prob", 0.0))
         enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
         if not whole_doc or len(ids) <= chunk_size:

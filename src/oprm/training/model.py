@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import IDK_WORD
 from ..models import SHIPPED_DIR
 from ..synthetic import AR_TEMPLATE, make_ar_episode
+from ..synthetic.ar import AR_PROMPT_FORMAT
 from ..synthetic import words as W
 from .chat import BOS, CHAT_TEMPLATE, IM_END, IM_START, PAD, render_chat
 
@@ -94,11 +95,30 @@ def grow_layers(model, layers: int, seed: int = 0):
     return new
 
 
+def grow_conv(model, conv_kernel: int):
+    """A copy of ``model`` whose causal convolutions are ``conv_kernel`` wide: the trained taps keep the most recent
+    positions, the new (older) taps start at zero, so the grown model computes the same function."""
+    import torch
+    from transformers import Mamba2ForCausalLM
+
+    cfg = model.config.__class__.from_dict({**model.config.to_dict(), "conv_kernel": conv_kernel})
+    new = Mamba2ForCausalLM(cfg)
+    sd = model.state_dict()
+    for k, v in new.state_dict().items():
+        if k.endswith("conv1d.weight"):
+            w = torch.zeros_like(v)
+            w[..., conv_kernel - sd[k].shape[-1]:] = sd[k]
+            sd[k] = w
+    new.load_state_dict(sd)
+    return new
+
+
 def save(model, tok, out: Path):
     from transformers import GenerationConfig
 
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    AR_PROMPT_FORMAT.save(out)  # `oprm ask` / `oprm serve` then ask in the format the model was trained on
     GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                      do_sample=False, max_new_tokens=8).save_pretrained(out)
 

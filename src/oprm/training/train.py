@@ -24,7 +24,7 @@ from pathlib import Path
 from .data import OPRM_MIX, TRAIN_MIX, make_batches
 from .heldout import answer_accuracy, heldout_episodes, window_eval
 from .measure import main as measure_main
-from .model import SHIPPED_MODEL, build_model, build_tokenizer, grow_layers, save
+from .model import SHIPPED_MODEL, build_model, build_tokenizer, grow_conv, grow_layers, save
 from .recipe import CARD_NOTES, TRAIN_COMMAND, recipe_argv, train_recipe
 
 
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", type=int, default=1,
                     help="Mamba2 n_groups: heads per group share the B/C projections (the state's keys and queries)")
     ap.add_argument("--conv-kernel", type=int, default=4,
-                    help="causal conv width; > 4 lets one layer see a whole key next to its value (CPU/torch path)")
+                    help="causal conv width; > 4 lets one layer see a whole key next to its value (CPU/torch path); "
+                         "with --init-from a wider one grows the model's convolutions (new taps start at zero)")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-measure", action="store_true", help="skip the measurement / model card numbers")
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="--data oprm: share of questions about a key whole in the window")
     ap.add_argument("--noun-prob", type=float, default=OPRM_MIX["hard_negative_noun_prob"],
                     help="--data oprm: share of hard negatives that share the noun / surname (else the modifier)")
+    ap.add_argument("--value-prefix-prob", type=float, default=0.0,
+                    help="share of values repeating the leading digits of an earlier value of the document, so the "
+                         "answer's later digits must be recalled from the key (not copied after the first digit)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                curriculum=(int(args.curriculum.split(",")[0]), float(args.curriculum.split(",")[1])))
     if args.data == "oprm":
         mix = dict(OPRM_MIX, needle_prob=args.needle_prob, hard_negative_noun_prob=args.noun_prob)
+    mix["value_prefix_prob"] = args.value_prefix_prob
     if args.init_from:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         model = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
         if args.layers > model.config.num_hidden_layers:
             model = grow_layers(model, args.layers, seed=args.seed)
+        if args.conv_kernel > model.config.conv_kernel:
+            model = grow_conv(model, args.conv_kernel)
         prior = Path(args.init_from) / "training_meta.json"
         prior_meta = json.loads(prior.read_text()) if prior.exists() else None
     else:
