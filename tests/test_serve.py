@@ -142,6 +142,19 @@ def test_answer_equals_engine_with_details(client, engine):
         assert details["mode"] == "oprm" and details["document_from"] == "extension"
 
 
+def test_bare_question_is_asked_in_the_models_own_prompt(client, engine):
+    """The README's request: only the context and the question; the shipped model's prompt_format.json supplies the
+    AR template and answer prefix, so the answer is the same as with the episode's own prompt (and right, at the
+    model's measured chunk size)."""
+    for seed in (4, 5):
+        ep = ar(seed)
+        r = client.chat.completions.create(model=MODEL, max_tokens=MAX_NEW,
+                                           messages=[{"role": "user", "content": ep.question}],
+                                           extra_body={"oprm": {"context": ep.context, "chunk_size": 16}})
+        assert r.choices[0].message.content == reference(engine, ep, chunk_size=16).text
+        assert r.choices[0].message.content.strip() == ep.answer
+
+
 def test_answer_equals_oprm_ask(client, tmp_path):
     ep = ar(4, 5)
     context = tmp_path / "context.txt"
