@@ -116,7 +116,10 @@ CARD_NOTES: list[str] = [
     "within one layer's reach of every digit): held-out 0.83-0.84 at 750 steps, 0.79 on the fresh documents; stopped."
     " A pure Gated DeltaNet (Qwen3.5 text with linear-attention layers only, 1.0 M parameters) trained from scratch "
     "with stage 1's recipe stayed on the no-retrieval plateau for 12 min, where the Mamba2 reached 0.80 held-out in "
-    "the same 12 minutes. What is left: value tokens that carry a whole number, or a longer (GPU) budget.",
+    "the same 12 minutes. A tokenizer that writes numbers in groups of up to three digits (as GPT-4's does; a 4-digit"
+    " value is then two tokens, the first naming three digits), same recipe from scratch: still on the plateau after "
+    "1050 steps, where the single-digit model left it at ~450; stopped. What is left: a model that keeps the key "
+    "across the answer's digits, or a longer (GPU) budget.",
 ]
 
 
