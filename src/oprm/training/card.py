@@ -112,6 +112,10 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "The code of the amber falcon is ",
         "```",
         "",
+        "The folder's `prompt_format.json` holds this template and the question -> answer-prefix rule, so a bare "
+        "question (`oprm ask --model oprm-ar-mamba2 --context doc.txt --question \"What is the code of the amber "
+        "falcon?\"`, or the same through `oprm serve`) is asked exactly this way.",
+        "",
         "## Model",
         "",
         f"- `Mamba2ForCausalLM`: hidden {meta['hidden']}, {meta['layers']} layers, state size {meta['state']}, "
