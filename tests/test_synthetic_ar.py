@@ -62,11 +62,11 @@ def test_needle_position_and_hard_negatives():
 
 
 
-def test_shared_prefix_values():
+def test_values_sharing_leading_digits():
     """The training option that makes values share leading digits: distinct values, each after the first sharing
     at least its first digit with an earlier one when asked always; off by default without touching the seeds."""
     for s in range(30):
-        values = [v for _, _, v in make_ar_episode(s, 8, shared_prefix_prob=1.0).records]
+        values = [v for _, _, v in make_ar_episode(s, 8, value_prefix_prob=1.0).records]
         assert len(set(values)) == len(values)
         assert all(any(v[0] == u[0] for u in values[:i]) for i, v in enumerate(values) if i)
     # the values this seed drew before the option existed

@@ -104,13 +104,13 @@ def _random_number(rng: random.Random, digits: tuple[int, int]) -> str:
     return str(rng.randint(10 ** (n - 1), 10 ** n - 1))
 
 
-def _values(rng: random.Random, n: int, digits: tuple[int, int], shared_prefix_prob: float) -> list[str]:
+def _values(rng: random.Random, n: int, digits: tuple[int, int], value_prefix_prob: float) -> list[str]:
     """``n`` distinct values; each after the first shares leading digits with an earlier one with probability
-    ``shared_prefix_prob`` (no extra random draws when it is 0, so episodes of existing seeds are unchanged)."""
+    ``value_prefix_prob`` (no extra random draws when it is 0, so episodes of existing seeds are unchanged)."""
     vals: list[str] = []
     while len(vals) < n:
         v = _random_number(rng, digits)
-        if shared_prefix_prob and vals and rng.random() < shared_prefix_prob:
+        if value_prefix_prob and vals and rng.random() < value_prefix_prob:
             src = rng.choice(vals)
             k = rng.randint(1, min(len(src), len(v)) - 1)
             v = src[:k] + v[k:]
@@ -158,7 +158,7 @@ def make_ar_episode(
     person_prob: float = 0.2,
     value_digits: tuple[int, int] = (3, 4),
     slice_edges: bool = False,
-    shared_prefix_prob: float = 0.0,
+    value_prefix_prob: float = 0.0,
 ) -> AREpisode:
     """Build one AR episode.
 
@@ -171,7 +171,7 @@ def make_ar_episode(
     person_prob:   share of person-name keys ("Maria Lopez") among the keys.
     value_digits:  (min, max) digits of numeric values.
     slice_edges:   start and end the document mid-sentence, like an arbitrary slice of a longer text.
-    shared_prefix_prob: probability that a value repeats the leading digits of an earlier value of the document
+    value_prefix_prob: probability that a value repeats the leading digits of an earlier value of the document
                    (a training mix: the answer's later digits must then come from the key, not the digits before).
     """
     rng = rng_or_seed if isinstance(rng_or_seed, random.Random) else random.Random(rng_or_seed)
@@ -186,7 +186,7 @@ def make_ar_episode(
             used.add(k.text)
             keys.append(k)
     rels = [rng.choice(W.ATTRIBUTES) for _ in keys]
-    vals = _values(rng, len(keys), value_digits, shared_prefix_prob)
+    vals = _values(rng, len(keys), value_digits, value_prefix_prob)
     facts = [_fact_sentence(k, rel, v) for k, rel, v in zip(keys, rels, vals)]
 
     if present:

@@ -73,7 +73,7 @@ def sample_example(rng: random.Random, tok, max_ctx_tokens: int, mix: dict = TRA
     while True:
         ep = make_ar_episode(rng.getrandbits(48), max(n, 1 if present else 0), filler_ratio=fr, present=present,
                              hard_negative_prob=mix["hard_negative_prob"],
-                             shared_prefix_prob=mix.get("value_prefix_prob", 0.0))
+                             value_prefix_prob=mix.get("value_prefix_prob", 0.0))
         enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         if sliced:
@@ -162,7 +162,7 @@ def sample_oprm_example(rng: random.Random, tok, chunk_size: int, mix: dict = OP
     while True:
         ep = make_ar_episode(rng.getrandbits(48), n, filler_ratio=fr, present=True,
                              slice_edges=rng.random() < mix["slice_edges_prob"],
-                             shared_prefix_prob=mix.get("value_prefix_prob", 0.0))
+                             value_prefix_prob=mix.get("value_prefix_prob", 0.0))
         enc = tok(ep.context, add_special_tokens=False, return_offsets_mapping=True)
         ids, offs = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
         if not whole_doc or len(ids) <= chunk_size:

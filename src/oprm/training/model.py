@@ -10,8 +10,8 @@ from pathlib import Path
 from ..config import IDK_WORD
 from ..models import SHIPPED_DIR
 from ..synthetic import AR_TEMPLATE, make_ar_episode
-from ..synthetic.ar import AR_PROMPT_FORMAT
 from ..synthetic import words as W
+from ..synthetic.ar import AR_PROMPT_FORMAT
 from .chat import BOS, CHAT_TEMPLATE, IM_END, IM_START, PAD, render_chat
 
 SHIPPED_MODEL = SHIPPED_DIR / "oprm-ar-mamba2"  # where training writes and the measurement reads by default
