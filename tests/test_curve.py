@@ -210,6 +210,11 @@ def test_train_ar_recipes(tmp_path, monkeypatch):
     assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
     meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
     assert len(meta["stages"]) == 3 and not (tmp_path / "m" / ".stage1").exists()
+    calls.clear()
+    # the candidate successor: the same stages with 8-tap convolutions and values sharing leading digits
+    assert R.train_recipe(["--out", str(tmp_path / "c"), "--no-measure", "--recipe", "conv8"], fake_main) == 0
+    assert [c[:c.index("--out")] for c in calls] == [s + ["--conv-kernel", "8", "--value-prefix-prob", "0.3"]
+                                                      for s in R.RECIPES["shipped"]]
 
 
 def test_support_and_rules_on_synthetic_records():
