@@ -36,7 +36,8 @@ _CONV8 = ["--conv-kernel", "8", "--value-prefix-prob", "0.3"]
 RECIPES["conv8"] = [
     ["--schedule-steps", "1440", "--minutes", "30", "--max-ctx-tokens", "128", *_CONV8],
     [*OPRM_WINDOW_STAGES[0], *_CONV8],
-    [*OPRM_WINDOW_STAGES[1][:-4], "--schedule-steps", "1200", "--minutes", "35", *_CONV8],
+    ["--data", "oprm", "--first-token-weight", "2", "--needle-prob", "0.7", "--noun-prob", "0.6", "--lr", "5e-4",
+     "--warmup", "50", "--schedule-steps", "1200", "--minutes", "35", *_CONV8],  # stage 3's options, 1200 steps
 ]
 _RECIPE_PASSTHROUGH = {"--out": True, "--threads": True, "--no-measure": False, "--recipe": True}
 
