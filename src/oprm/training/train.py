@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.conv_kernel > model.config.conv_kernel:
             model = grow_conv(model, args.conv_kernel)
         prior = Path(args.init_from) / "training_meta.json"
-        prior_meta = json.loads(prior.read_text()) if prior.exists() else None
+        # the stage before, without its copy of the card notes (they belong to the recipe, kept once at the top)
+        prior_meta = ({k: v for k, v in json.loads(prior.read_text()).items() if k != "notes"}
+                      if prior.exists() else None)
     else:
         tok = build_tokenizer(args.seed)
         model = build_model(tok, args.hidden, args.layers, args.state, args.head_dim, seed=args.seed,
