@@ -197,24 +197,25 @@ def test_train_ar_recipes(tmp_path, monkeypatch):
         (out / "training_meta.json").write_text(json.dumps({"command": "x"}))
         return 0
 
-    # stage 1 alone: the previous shipped model, train-ar's original single-stage defaults
+    # stage 1 alone: the model before the previous one, train-ar's original single-stage defaults
     assert R.train_recipe(["--no-measure", "--out", str(tmp_path / "s"), "--recipe", "stage1"], fake_main) == 0
     assert calls == [["--minutes", "45", "--max-ctx-tokens", "128", "--out", str(tmp_path / "s"), "--threads", "1",
                       "--no-measure"]]
     calls.clear()
-    # no options: the shipped model's three stages
+    # no options: the shipped model's three stages, every one with 8-tap convolutions and values sharing leading digits
     assert R.train_recipe(["--out", str(tmp_path / "m"), "--no-measure"], fake_main) == 0
     assert len(calls) == len(R.RECIPES["shipped"]) == 3
-    assert calls[2][:2] == ["--data", "oprm"]
+    assert calls[1][:2] == calls[2][:2] == ["--data", "oprm"] and calls[2].count("--schedule-steps") == 1
+    assert all(c[c.index("--conv-kernel") + 1] == "8" and "--value-prefix-prob" in c for c in calls)
     assert "--init-from" not in calls[0] and calls[1][calls[1].index("--init-from") + 1] == str(tmp_path / "m" / ".stage1")
     assert calls[-1][calls[-1].index("--out") + 1] == str(tmp_path / "m") and all("--no-measure" in c for c in calls)
     meta = json.loads((tmp_path / "m" / "training_meta.json").read_text())
     assert len(meta["stages"]) == 3 and not (tmp_path / "m" / ".stage1").exists()
     calls.clear()
-    # the successor: three stages, every one with 8-tap convolutions and values sharing leading digits
-    assert R.train_recipe(["--out", str(tmp_path / "c"), "--no-measure", "--recipe", "conv8"], fake_main) == 0
-    assert len(calls) == 3 and all(c[c.index("--conv-kernel") + 1] == "8" and "--value-prefix-prob" in c for c in calls)
-    assert calls[1][:2] == calls[2][:2] == ["--data", "oprm"] and calls[2].count("--schedule-steps") == 1
+    # the previous shipped model: stage 1 with 4-tap convolutions, then the two OPRM-window stages
+    assert R.train_recipe(["--out", str(tmp_path / "c"), "--no-measure", "--recipe", "conv4"], fake_main) == 0
+    assert calls[0][:4] == ["--minutes", "45", "--max-ctx-tokens", "128"] and len(calls) == 3
+    assert not any("--conv-kernel" in c for c in calls) and calls[2][:2] == ["--data", "oprm"]
 
 
 def test_support_and_rules_on_synthetic_records():

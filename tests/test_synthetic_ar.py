@@ -178,8 +178,9 @@ def test_config(shipped):
 
 @needs_model
 def test_shipped_model_retrieves_and_says_error(shipped):
-    """Guards the shipped checkpoint's measured in-distribution behaviour (model card: accuracy 0.85, IDK 0.66 with
-    half the absent keys sharing a word with a present key) on fresh seeds, through model.generate on [P, C, S]."""
+    """Guards the shipped checkpoint's measured in-distribution behaviour (model card: accuracy 0.95, IDK 0.90 with
+    half the absent keys sharing a word with a present key) on fresh seeds, through model.generate on [P, C, S]
+    (16 / 16 and 6 / 8 when written)."""
     import torch
 
     from oprm.prompts import build_prompt
@@ -198,7 +199,7 @@ def test_shipped_model_retrieves_and_says_error(shipped):
                 out = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, eos_token_id=eos,
                                      pad_token_id=tok.pad_token_id)
             results[present] += tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip() == ep.answer
-    assert results[True] >= 12 and results[False] >= 4, results
+    assert results[True] >= 14 and results[False] >= 5, results
 
 
 @needs_model

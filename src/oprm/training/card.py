@@ -200,9 +200,12 @@ def write_card(folder: str, meta: dict, res: dict | None):
         "```",
         "",
         f"Trained and measured with oprm {__version__}, transformers, torch on CPU (1 thread). "
-        "The learning-rate schedule and the curriculum follow the wall-clock budget (`--minutes`), so a re-run on "
-        "a faster or slower machine takes a different number of steps; pass `--schedule-steps N` for a step-exact "
-        "schedule. Data and initialisation are fixed by the seed.",
+        + ("Every stage's learning-rate schedule and curriculum run over a fixed number of steps "
+           "(`--schedule-steps`), so a re-run takes the same steps on any machine"
+           if all("--schedule-steps" in c for c in meta.get("stages", [meta["command"]])) else
+           "The learning-rate schedule and the curriculum follow the wall-clock budget (`--minutes`) unless "
+           "`--schedule-steps N` is given, so a re-run on a faster or slower machine takes a different number of "
+           "steps") + "; data and initialisation are fixed by the seed.",
         "",
     ]
     if meta.get("notes"):
