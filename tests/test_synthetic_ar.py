@@ -204,7 +204,8 @@ def test_shipped_model_retrieves_and_says_error(shipped):
 
 @needs_model
 def test_shipped_model_overflows_and_oprm_recovers(shipped):
-    """At 8x the training length vanilla has lost the facts; OPRM with chunks of the training length finds most."""
+    """At 8x the training length vanilla has lost most facts (33 % in the demo); OPRM with chunks of the training
+    length finds them (vanilla 1 / 8, OPRM 8 / 8 when written)."""
     from oprm import OPRM
     from oprm.synthetic import long_episodes
 
@@ -217,7 +218,7 @@ def test_shipped_model_overflows_and_oprm_recovers(shipped):
         kw = dict(ep.prompt_kwargs(), max_new_tokens=8)
         vanilla += engine.generate(mode="vanilla", **kw).text.strip() == ep.answer
         oprm += engine.generate(**kw).text.strip() == ep.answer
-    assert vanilla <= 2 and oprm >= vanilla + 3, (oprm, vanilla)
+    assert vanilla <= 3 and oprm >= vanilla + 4, (oprm, vanilla)
 
 
 @needs_model
