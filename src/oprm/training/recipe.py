@@ -82,8 +82,8 @@ CARD_NOTES: list[str] = [
     "documents of <= 128 tokens; questions about keys whole in the window or absent from it, 60 % of the absent "
     "ones sharing a word and the attribute with a fact of the window; extra question turns on the same window) "
     "with a loss weight on each answer's first token.",
-    "OPRM-window runs from stage 1 (the 4-tap model shipped before this one, `--recipe conv4`; 16x chunk metrics = teacher-forced needle-chunk exact match / key-less chunks "
-    "answering Error, 24 documents): run 1, lr 1.5e-3, first-token weight 3, 50 % needle questions, hard negatives "
+    "OPRM-window runs from stage 1 (the 4-tap model shipped before this one, `--recipe conv4`; 16x chunk metrics = "
+    "teacher-forced needle-chunk exact match / key-less chunks answering Error, 24 documents): run 1, lr 1.5e-3, first-token weight 3, 50 % needle questions, hard negatives "
     "half noun / half modifier: 0.875 / 0.911 at 500 steps (stopped: a starved CPU); run 2, 70 % of the hard "
     "negatives sharing the noun, 40 % needle questions: retrieval collapsed (needle chunk 0.29, present keys 0.46) "
     "while key-less Error rose to 0.98 at 500 steps (stopped); run 3 (stage 2), lr 1e-3, 60 % noun, 50 % needle, "
