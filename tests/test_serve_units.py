@@ -146,3 +146,11 @@ def test_neutral_values_of_unsupported_fields_pass():
     assert ok.vanilla_messages
     with pytest.raises(APIError):
         parser().chat({"model": "m", "messages": [{"role": "user", "content": "q"}], "logit_bias": {"5": 1}})
+
+
+@pytest.mark.parametrize("name", ["cache_dir", "document_cache_bytes", "max_batch_tokens"])
+def test_server_wide_options_are_refused(name):
+    with pytest.raises(APIError) as e:
+        parser().chat({"model": "m", "messages": [{"role": "user", "content": "q"}],
+                       "oprm": {"context": "d", name: "/tmp/x" if name == "cache_dir" else 1}})
+    assert e.value.status == 400 and e.value.param == f"oprm.{name}"

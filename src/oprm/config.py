@@ -31,12 +31,13 @@ DECODES = ("one", "all", "top_k")
 
 
 def option(default, help: str, *, choices: tuple | None = None, minimum: int | None = None, flag: str | None = None,
-           negate: str | None = None):
+           negate: str | None = None, request: bool = True):
     """A config field with its CLI help, allowed values and lower bound.
 
     ``negate`` names a ``--no-...`` flag that sets the field to ``None`` (IDK) or ``False`` (booleans).
+    ``request=False``: a server path or server-wide state, set by ``oprm serve``'s command line only (never a request).
     """
-    meta = {"help": help, "choices": choices, "minimum": minimum, "flag": flag, "negate": negate}
+    meta = {"help": help, "choices": choices, "minimum": minimum, "flag": flag, "negate": negate, "request": request}
     return field(default=default, metadata=meta)
 
 
@@ -65,15 +66,16 @@ class OPRMConfig:
     num_decode: int = option(1, "decode=top_k: how many chunks", minimum=1)
     max_input_tokens: int | None = option(None, "truncate mode: the token budget of the prompt", minimum=1)
     max_batch_tokens: int | None = option(None, "tokens per prefill micro-batch (default 8192 on CPU, 32768 on GPU)",
-                                          minimum=1)
+                                          minimum=1, request=False)
     shared_prefix: bool = option(True, "prefill the prefix P once and continue every chunk from its state (where "
                                        "the architecture continues a state exactly)", negate="no-shared-prefix")
     chat: bool = option(True, "wrap the prompt in the tokenizer's chat template", negate="no-chat")
     system_prompt: str | None = option(None, "a system message for the chat template")
     document_cache_bytes: int = option(2**30, "bytes of encoded documents kept in memory, so a second question on "
-                                              "the same context skips its prefill (0: off)", minimum=0)
+                                              "the same context skips its prefill (0: off)", minimum=0,
+                                       request=False)
     cache_dir: str | None = option(None, "folder where encoded documents are also written and found by later "
-                                         "processes (default: $OPRM_CACHE_DIR, else none)")
+                                         "processes (default: $OPRM_CACHE_DIR, else none)", request=False)
     top_k_tokens: int = option(5, "first-token alternatives reported per chunk", minimum=1)
     seed: int = option(0, "seed of random selection and of sampling")
 

@@ -265,6 +265,11 @@ class Parser:
             raise bad("oprm must be an object", "oprm", "invalid_type")
         allowed = set(OPRMConfig.names()) | set(EXTENSION_PROMPT_KEYS) | set(EXTENSION_GENERATION_KEYS) \
             | set(EXTENSION_OTHER_KEYS)
+        server_only = sorted(f.name for f in dataclasses.fields(OPRMConfig)
+                             if not f.metadata["request"] and f.name in ext)
+        if server_only:  # a server path or server-wide state: the command line's alone
+            raise bad(f"oprm.{server_only[0]} is set by the server's command line, not by a request",
+                      f"oprm.{server_only[0]}", "server_option")
         unknown = sorted(set(ext) - allowed)
         if unknown:
             raise bad(f"unknown oprm option(s): {', '.join(unknown)}", f"oprm.{unknown[0]}", "unknown_parameter")
