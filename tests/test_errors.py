@@ -11,6 +11,7 @@ from tiny_models import tiny_model
 from tiny_tokenizer import tiny_tokenizer
 
 from oprm.cli import main
+from oprm.errors import OPRMUsageError
 
 NO_GPU = not torch.cuda.is_available()
 
@@ -103,3 +104,66 @@ def test_entry_point_prints_one_line_without_warnings(failing_model_dir, context
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"oprm: error: the model {failing_model_dir} failed: index out of "
                                                 "range in self"]
+
+
+# (extra flags of `oprm ask`, what the one line names): option values out of range are usage errors, before the model
+# loads, never blamed on the model
+BAD_GENERATION = [
+    (["--top-p", "2"], "top_p must be a number in (0, 1]"),
+    (["--top-p", "0"], "top_p must be a number in (0, 1]"),
+    (["--top-p", "nan"], "top_p must be"),
+    (["--temperature", "-1", "--do-sample"], "temperature must be a number >= 0"),
+    (["--temperature", "-1"], "temperature must be"),
+    (["--temperature", "inf", "--do-sample"], "temperature must be"),
+    (["--temperature", "0", "--do-sample"], "temperature 0 is greedy decoding"),
+    (["--top-k", "-1"], "top_k must be an integer >= 0"),
+    (["--repetition-penalty", "0"], "repetition_penalty must be a positive number"),
+    (["--repetition-penalty", "-2"], "repetition_penalty must be"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be a positive integer"),
+    (["--max-new-tokens", "-5"], "max_new_tokens must be"),
+]
+
+
+@pytest.mark.parametrize("flags, match", BAD_GENERATION, ids=[" ".join(f) for f, _ in BAD_GENERATION])
+def test_generation_options_out_of_range(capsys, context, flags, match):
+    # a model path that does not exist: the options must be refused before it is looked at
+    one_line(capsys, ask("/nonexistent/model", context, *flags), match)
+
+
+def test_generation_options_in_range_are_accepted(capsys, model_dir, context):
+    assert main(ask(model_dir, context, "--do-sample", "--temperature", "0.7", "--top-p", "1", "--top-k", "0",
+                    "--repetition-penalty", "1.1")) == 0
+
+
+def test_generation_options_out_of_range_in_the_api(model_dir):
+    from oprm import OPRM
+
+    engine = OPRM.from_pretrained(str(model_dir), chunk_size=24)
+    for options in ({"top_p": 2.0}, {"temperature": -1.0, "do_sample": True}, {"top_k": -3}, {"max_new_tokens": 0}):
+        with pytest.raises(OPRMUsageError, match=next(iter(options))):
+            engine.generate(context="The code is 4821. " * 5, query="What is the code?", **options)
+
+
+def _file_under_tmp(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    return f
+
+
+# (argv after the model and context, what the one line names): files and folders named wrongly
+BAD_PATHS = [
+    (lambda tmp: ["encode", "--output", str(tmp)], "is a folder"),
+    (lambda tmp: ["encode", "--output", str(_file_under_tmp(tmp) / "doc.oprm")], "not a writable folder"),
+    (lambda tmp: ["encode", "--output", "/proc/no-such-place/doc.oprm"], "cannot write the document"),
+    (lambda tmp: ["ask", "--cache-dir", str(_file_under_tmp(tmp))], "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv, match", BAD_PATHS, ids=["output-folder", "output-under-a-file", "output-in-proc",
+                                                        "cache-dir-file"])
+def test_bad_output_and_cache_paths(capsys, model_dir, context, tmp_path, argv, match):
+    command, *rest = argv(tmp_path)
+    base = [command, "--model", str(model_dir), "--context", str(context), "--chunk-size", "24"]
+    if command == "ask":
+        base += ["--question", "What is the code?", "--max-new-tokens", "2"]
+    one_line(capsys, base + rest, match)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -203,6 +204,34 @@ GENERATION_FLAGS = (
 )
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# what each generation option accepts (transformers would fail later, deep in decoding, and blame the model)
+GENERATION_LIMITS = {
+    "max_new_tokens": (lambda v: _integer(v) and v > 0, "a positive integer"),
+    "temperature": (lambda v: _number(v) and v >= 0, "a number >= 0 (0: greedy)"),
+    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: off)"),
+    "repetition_penalty": (lambda v: _number(v) and v > 0, "a positive number"),
+}
+
+
+def check_generation(options: dict) -> None:
+    """One usage error for the first generation option out of range (``None`` values are left to the defaults)."""
+    for name, (accepts, what) in GENERATION_LIMITS.items():
+        value = options.get(name)
+        if value is not None and not accepts(value):
+            raise OPRMUsageError(f"{name} must be {what}, got {value!r}")
+    if options.get("do_sample") and options.get("temperature") == 0:
+        raise OPRMUsageError("temperature 0 is greedy decoding: give a positive temperature to sample")
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int | None = 64) -> None:
     group = parser.add_argument_group("generation options (GenerationConfig)")
     for name, kind, default, help_text in GENERATION_FLAGS:
@@ -219,6 +248,5 @@ def generation_from_args(args: argparse.Namespace) -> dict:
     """The generation options the flags set (unset ones are left to the model's defaults)."""
     names = [name for name, *_ in GENERATION_FLAGS] + ["stop_strings"]
     out = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    if out.get("max_new_tokens") is not None and out["max_new_tokens"] <= 0:
-        raise OPRMUsageError(f"--max-new-tokens must be positive, got {out['max_new_tokens']}")
+    check_generation(out)
     return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
+from .config import check_generation
 from .errors import model_failures
 from transformers.generation.logits_process import (
     LogitsProcessorList,
@@ -32,6 +33,7 @@ def make_generation_config(model, generation_config: GenerationConfig | None = N
     unknown = set(options) - set(GENERATION_OPTIONS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    check_generation(options)
     config = GenerationConfig(max_new_tokens=64, do_sample=False)
     model_config = getattr(model, "generation_config", None)
     if model_config is not None and model_config.eos_token_id is not None:

@@ -90,11 +90,16 @@ class EncodedDocument:
                       stored=sorted(self.states), scalars=scalars,
                       tensors_per_state=len(state_leaves(next(iter(self.states.values())))[0]) if self.states else 0,
                       context_text=self.context_text)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = writable_path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"oprm": json.dumps(header)})
-        tmp.replace(path)  # never a half-written document under the real name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata={"oprm": json.dumps(header)})
+            tmp.replace(path)  # never a half-written document under the real name
+        except OSError as e:
+            if tmp.is_file():
+                tmp.unlink()
+            raise OPRMUsageError(f"cannot write the document {path}: {e.strerror or e}") from None
         return path
 
     @classmethod
@@ -128,6 +133,20 @@ class EncodedDocument:
         for key, value in chunking.items():
             if self.meta.get(key) != value:
                 raise OPRMUsageError(f"this document was encoded with {key} {self.meta.get(key)!r}, not {value!r}")
+
+
+def writable_path(path: str | os.PathLike) -> Path:
+    """``path`` as a document file to write, or one clear error if it names a folder or lies under a file (checked
+    before the work, so that hours of encoding are not lost to a typo)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OPRMUsageError(f"{path} is a folder: name the document file to write (e.g. {path / 'document.oprm'})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OPRMUsageError(f"cannot write the document {path}: {parent} is not a writable folder")
+    return path
 
 
 def fingerprint(model, tokenizer) -> dict:

@@ -34,7 +34,10 @@ def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
 
 
 def cache_folder(config: OPRMConfig) -> str | None:
-    return config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
+    folder = config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+        raise OPRMUsageError(f"the cache folder {folder} is a file, not a folder")
+    return folder
 
 
 def chunking_used(prompt: PromptParts, config: OPRMConfig) -> str:
