@@ -120,6 +120,7 @@ def run_ask(args) -> int:
 
     questions = _questions(args)
     template = _template(args)
+    generation = generation_from_args(args)  # checked before the model loads
     if args.selection == "oracle" and not args.gold_text:
         raise OPRMUsageError("--selection oracle needs --gold-text (the text the right chunk holds)")
     source: dict = {}
@@ -145,7 +146,7 @@ def run_ask(args) -> int:
 
         parallel = ChunkParallel() if init_from_env() else None
     engine = engine_from_args(args, chunk_parallel=parallel)
-    kwargs = dict(source, template=template, gold_text=args.gold_text, **generation_from_args(args))
+    kwargs = dict(source, template=template, gold_text=args.gold_text, **generation)
     if parallel is not None and parallel.rank != 0:  # every rank takes part; rank 0 prints
         for q in questions:
             engine.generate(query=q, **kwargs)
