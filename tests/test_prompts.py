@@ -2,7 +2,7 @@ import pytest
 from tiny_tokenizer import tiny_tokenizer
 
 from oprm import OPRMUsageError, build_prompt, default_qa_template
-from oprm.prompts import idk_token_ids
+from oprm.prompts import idk_token_ids, prompt_frame
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,16 @@ def test_answer_prefix_follows_the_assistant_header(tok):
                      answer_prefix="The number for {input} is")
     assert tok.decode(p.suffix_ids).endswith("<|im_start|>assistant\nThe number for amber is")
     assert tok.decode(p.suffix_ids[slice(*p.query_span)]).strip() == "amber"  # the query inside the question
+
+
+@pytest.mark.parametrize("template", ["{context} {input:>20000}", "{context} {input.nope}", "{context} {input[0]}",
+                                      "{context} {input!r}", "{context} }"])
+def test_templates_are_plain_substitution(tok, template):
+    """No str.format specs: `{input:>20000}` spent 71 s in the server, `{input.x}` reached attributes."""
+    with pytest.raises(OPRMUsageError):
+        prompt_frame(tok, template, {"input": "q"}, chat=False)
+
+
+def test_template_fields_substitute_values_verbatim(tok):
+    frame = prompt_frame(tok, "Q: {input} {{literal}}\n{context}", {"input": "{context} {0}"}, chat=False)
+    assert tok.decode(frame.prefix_ids).endswith("Q: {context} {0} {literal}\n")

@@ -66,7 +66,8 @@ def request(port: int, method: str, path: str, body=None, headers: dict | None =
 def server():
     port = free_port()
     cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", str(CHUNK),
-           "--max-new-tokens", str(MAX_NEW), "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB)]
+           "--max-new-tokens", str(MAX_NEW), "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB),
+           "--max-tokens-limit", "100000"]
     proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while True:

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 from oprm import OPRMConfig
 from oprm.models import resolve_model
 from oprm.serve.plan import APIError
-from oprm.serve.requests import Parser
+from oprm.serve.parser import Parser
 from oprm.serve.responses import cut_at_stop
 from oprm.serve.worker import DecodeCancelled, _partial_stop, _Streamer
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,13 +89,37 @@ class PromptParts:
                        context_offsets=self.context_offsets[cut:] if self.context_offsets else None)
 
 
-def _fill(part: str, fields: dict) -> str:
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of ``template``, which may hold only plain ``{name}`` placeholders (and ``{{``/``}}`` for
+    braces): no format spec, conversion, attribute or index (``{input:>20000}`` spent 71 s; ``{input.x}`` reached into
+    the value's attributes). Raises :class:`OPRMUsageError` otherwise."""
     try:
-        return part.format_map(fields)
-    except KeyError as e:
-        raise OPRMUsageError(f"prompt template needs a value for {{{e.args[0]}}}") from None
-    except (ValueError, IndexError) as e:
-        raise OPRMUsageError(f"prompt template is not a valid format string: {e}") from None
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise OPRMUsageError(f"prompt template is not valid: {e} (write a literal brace as {{{{ or }}}})") from None
+    names = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise OPRMUsageError(f"prompt template placeholder {shown[:60]} is not allowed: use plain {{context}} "
+                                 "and {input} (no format specs, conversions, attributes or indexes)")
+        names.append(name)
+    return names
+
+
+def _fill(part: str, fields: dict) -> str:
+    """``part`` with each ``{name}`` replaced by ``fields[name]``: plain substitution, never ``str.format``'s specs."""
+    out = []
+    template_fields(part)  # checked first: a bad placeholder is an error whatever the fields
+    for literal, name, _, _ in string.Formatter().parse(part):
+        out.append(literal)
+        if name is not None:
+            if name not in fields:
+                raise OPRMUsageError(f"prompt template needs a value for {{{name}}}")
+            out.append(str(fields[name]))
+    return "".join(out)
 
 
 def bos_prefix(tokenizer) -> list[int]:

@@ -4,7 +4,7 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or server-sent events), ``POST /v1/completions``,
 ``GET /health``. The long context travels in the request extension ``"oprm": {"context": ..., <options>}`` or in a
-``<document>...</document>`` block of the messages (see :mod:`oprm.serve.requests` and the README's "Serving").
+``<document>...</document>`` block of the messages (see :mod:`oprm.serve.protocol` and the README's "Serving").
 
 This module only defines the command; the web stack (starlette, uvicorn: ``pip install 'oprm[serve]'``) is
 imported when the server starts.
@@ -16,6 +16,7 @@ import os
 import sys
 
 from ..errors import OPRMUsageError
+from .plan import Limits
 
 __all__ = ["add_parser", "run_serve", "create_app"]
 
@@ -53,6 +54,15 @@ def add_parser(sub) -> None:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the engine; more are answered 503 (default 64)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    limits = p.add_argument_group("limits of one request")
+    limits.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens,
+                        help=f"most tokens one answer may decode; a larger max_tokens is a 400 (default "
+                             f"{Limits.max_tokens})")
+    limits.add_argument("--max-document-bytes", type=int, default=Limits.max_document_bytes,
+                        help=f"largest document (UTF-8 bytes); a larger one is a 413 (default "
+                             f"{Limits.max_document_bytes})")
+    limits.add_argument("--max-template-chars", type=int, default=Limits.max_template_chars,
+                        help=f"longest oprm.template / oprm.answer_prefix (default {Limits.max_template_chars})")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (default warning)")
     add_config_arguments(p, later={"chunk_size": MEASURED_CHUNK_SIZE})
@@ -78,7 +88,14 @@ def run_serve(args) -> int:
         raise OPRMUsageError(f"--max-queue must be positive, got {args.max_queue}")
     if args.max_body_mb <= 0:
         raise OPRMUsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    for flag in ("max_tokens_limit", "max_document_bytes", "max_template_chars"):
+        if getattr(args, flag) < 1:
+            raise OPRMUsageError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    limits = Limits(args.max_tokens_limit, args.max_document_bytes, args.max_template_chars)
     generation = generation_from_args(args)
+    if generation.get("max_new_tokens", 0) > limits.max_tokens:
+        raise OPRMUsageError(f"--max-new-tokens {generation['max_new_tokens']} is above --max-tokens-limit "
+                             f"{limits.max_tokens}")
     engine = engine_from_args(args)
     import uvicorn
 
@@ -86,7 +103,7 @@ def run_serve(args) -> int:
 
     names = model_names(args.model, args.served_model_name)
     app = make(engine, model_names=names, default_generation=generation, max_queue=args.max_queue,
-               max_body_bytes=int(args.max_body_mb * (1 << 20)))
+               max_body_bytes=int(args.max_body_mb * (1 << 20)), limits=limits)
     print(f"oprm serve: {names[0]} on http://{args.host}:{args.port}/v1 (chunk size {engine.config.chunk_size}, "
           f"queue {args.max_queue})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in

@@ -1,6 +1,6 @@
 """The contract between the HTTP side and the engine worker: a checked request (:class:`Plan`) and the errors.
 
-Nothing here touches the network or the model: a request is checked (``requests.py``) and turned into a
+Nothing here touches the network or the model: a request is checked (``protocol.py``, ``parser.py``) and turned into a
 :class:`Plan` (what to ask the engine and how to shape the answer); the worker runs the plan; ``responses.py`` shapes
 the result. Every rejection is an :class:`APIError` carrying an OpenAI-style error object.
 
@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 DOC_OPEN, DOC_CLOSE = "<document>", "</document>"
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 # request-extension keys besides the OPRMConfig fields
-EXTENSION_PROMPT_KEYS = ("context", "template", "answer_prefix", "gold_text")
-EXTENSION_GENERATION_KEYS = ("top_k", "repetition_penalty", "do_sample", "ignore_eos")
-EXTENSION_OTHER_KEYS = ("explain",)
 # OpenAI fields we accept but cannot honour unless they hold their neutral value
 NEUTRAL_FIELDS = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "best_of": 1, "echo": False,
                   "suffix": None, "tools": None, "functions": None, "tool_choice": None}
@@ -39,6 +36,15 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server (``oprm serve --max-tokens-limit`` ...)."""
+
+    max_tokens: int = 4096  # tokens decoded per answer (ignore_eos decodes exactly this many at most)
+    max_document_bytes: int = 8 << 20  # UTF-8 bytes of the document (~2M tokens of English)
+    max_template_chars: int = 16384  # characters of oprm.template and oprm.answer_prefix each
 
 
 def bad(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
