@@ -210,7 +210,7 @@ def run_encode(args) -> int:
     if not context.strip():
         raise OPRMUsageError("the context is empty")
     template = _template(args)
-    from .document import writable_path
+    from .document_file import writable_path
 
     writable_path(args.output)
     engine = engine_from_args(args)

@@ -28,9 +28,9 @@ import torch
 
 from .adapters.base import state_leaves, state_from_leaves
 from .chunking import Chunk
+from .document_file import DocumentWriter, read_header, read_state_tensor
 from .errors import OPRMUsageError
 
-FORMAT = "oprm-document/1"
 
 
 @dataclass
@@ -46,6 +46,7 @@ class EncodedDocument:
     path: str | None = None  # states on disk (``load``): read per micro-batch
     on_disk: list[int] = field(default_factory=list)  # chunk indices whose states the file holds
     scalars: list | None = None  # the plain values of a state (flags, offsets), shared by every chunk on disk
+    checksums: dict = field(default_factory=dict)  # tensor name -> SHA-256 (states on disk)
 
     @property
     def held(self) -> list[int]:
@@ -58,71 +59,60 @@ class EncodedDocument:
         return sum(t.numel() * t.element_size() for s in self.states.values() for t in state_leaves(s)[0])
 
     def batch_state(self, adapter, indices: list[int], template):
-        """The states of ``indices`` as one batched state (a fresh copy: the document is never changed)."""
+        """The states of ``indices`` as one batched state (a fresh copy: the document is never changed); states
+        read from disk are checked against their checksums."""
         if self.states:
             return adapter.concat([self.states[i] for i in indices])
         from safetensors import safe_open
 
-        with safe_open(self.path, framework="pt", device=str(adapter.device)) as f:
+        with safe_open(self.path, framework="pt") as f:
             count = int(self.meta["tensors_per_state"])
-            states = [state_from_leaves(template, [f.get_tensor(f"chunk{i}.{k}") for k in range(count)], self.scalars)
+            states = [state_from_leaves(template, [read_state_tensor(self.path, f, f"chunk{i}.{k}", self.checksums)
+                                                   .to(adapter.device) for k in range(count)], self.scalars)
                       for i in indices]
         return adapter.concat(states)
 
     # --- disk -----------------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a safetensors file: every state tensor, the token ids, and the metadata as a JSON header."""
-        from safetensors.torch import save_file
+    def header(self) -> dict:
+        """What the file's JSON header says besides the states: what made the document, its chunks, its text."""
+        return dict(self.meta, chunks=[[c.token_start, c.token_end, c.char_start, c.char_end] for c in self.chunks],
+                    context_text=self.context_text)
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file: every state tensor, the token ids, the metadata as a JSON header, and their
+        checksums (``oprm.document_file``); one state at a time is copied off its device."""
         if self.on_disk:
             raise OPRMUsageError("this document's states are on disk already; copy the file instead")
-        tensors, scalars = {}, None
-        for i, state in sorted(self.states.items()):
-            leaves, values = state_leaves(state)
-            if scalars is not None and values != scalars:
-                raise OPRMUsageError("chunk states differ in layout; this document cannot be saved")
-            scalars = values
-            tensors.update({f"chunk{i}.{k}": t.detach().contiguous().cpu() for k, t in enumerate(leaves)})
-        tensors["context_ids"] = torch.tensor(self.context_ids, dtype=torch.int64)
-        tensors["prefix_ids"] = torch.tensor(self.prefix_ids, dtype=torch.int64)
-        header = dict(self.meta, format=FORMAT, chunks=[[c.token_start, c.token_end, c.char_start, c.char_end]
-                                                        for c in self.chunks],
-                      stored=sorted(self.states), scalars=scalars,
-                      tensors_per_state=len(state_leaves(next(iter(self.states.values())))[0]) if self.states else 0,
-                      context_text=self.context_text)
-        path = writable_path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        writer = DocumentWriter(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(tmp), metadata={"oprm": json.dumps(header)})
-            tmp.replace(path)  # never a half-written document under the real name
-        except OSError as e:
-            if tmp.is_file():
-                tmp.unlink()
-            raise OPRMUsageError(f"cannot write the document {path}: {e.strerror or e}") from None
-        return path
+            for i, state in sorted(self.states.items()):
+                writer.add_state(i, state)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.close(self.header(), self.context_ids, self.prefix_ids)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EncodedDocument":
-        """Open a saved document; its states stay on disk and are read per micro-batch (memory-mapped)."""
+        """Open a saved document; its header and token ids are checked now, its states stay on disk (memory-mapped)
+        and are read, and checked, per micro-batch."""
         from safetensors import SafetensorError, safe_open
 
         if not os.path.isfile(path):
             raise OPRMUsageError(f"document file not found: {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
-                header = json.loads((f.metadata() or {}).get("oprm", "{}"))
-                if header.get("format") != FORMAT:
-                    raise OPRMUsageError(f"{path} is not an oprm document ({FORMAT})")
-                context_ids = f.get_tensor("context_ids").tolist()
-                prefix_ids = f.get_tensor("prefix_ids").tolist()
+                header = read_header(str(path), f)
         except (SafetensorError, OSError, ValueError) as e:
             if isinstance(e, OPRMUsageError):
                 raise
             raise OPRMUsageError(f"cannot read document {path}: {e}") from None
         chunks = [Chunk(i, *span) for i, span in enumerate(header.pop("chunks"))]
-        return cls(header, prefix_ids, context_ids, chunks, header.pop("context_text", None), path=str(path),
-                   on_disk=header.pop("stored"), scalars=header.pop("scalars"))
+        doc = cls(header, header.pop("prefix_ids"), header.pop("context_ids"), chunks,
+                  header.pop("context_text", None), path=str(path), on_disk=header.pop("stored"),
+                  scalars=header.pop("scalars"))
+        doc.checksums = header.pop("state_checksums")
+        return doc
 
     def check(self, fingerprint: dict, chunking: dict) -> None:
         """One clear error if this document was made by another model, tokenizer, dtype or chunking."""
@@ -135,29 +125,19 @@ class EncodedDocument:
                 raise OPRMUsageError(f"this document was encoded with {key} {self.meta.get(key)!r}, not {value!r}")
 
 
-def writable_path(path: str | os.PathLike) -> Path:
-    """``path`` as a document file to write, or one clear error if it names a folder or lies under a file (checked
-    before the work, so that hours of encoding are not lost to a typo)."""
-    path = Path(path)
-    if path.is_dir():
-        raise OPRMUsageError(f"{path} is a folder: name the document file to write (e.g. {path / 'document.oprm'})")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise OPRMUsageError(f"cannot write the document {path}: {parent} is not a writable folder")
-    return path
-
-
 def fingerprint(model, tokenizer) -> dict:
-    """What a document's states depend on: the model (type, config, weights' dtype), the tokenizer, oprm."""
+    """What a document's states depend on: the model (config, a sample of its weights, their dtype), the tokenizer
+    and oprm. Not the model's path: an identical copy elsewhere matches, another model at the same path does not."""
     from .version import __version__
 
     config = getattr(model, "config", None)
-    to_json = getattr(config, "to_json_string", None)
-    config_text = to_json(use_diff=False) if to_json else repr(config)
+    if hasattr(config, "to_dict"):
+        values = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "_commit_hash")}
+        config_text = json.dumps(values, sort_keys=True, default=str)
+    else:
+        config_text = repr(config)
     params = list(model.named_parameters()) if hasattr(model, "named_parameters") else []
-    return {"model": getattr(config, "_name_or_path", None) or type(model).__name__,
+    return {"model_type": getattr(config, "model_type", None) or type(model).__name__,
             "model_config": hashlib.sha256(config_text.encode()).hexdigest()[:16],
             "model_weights": _weights_hash(params),
             "dtype": str(params[0][1].dtype) if params else None,

@@ -189,7 +189,7 @@ class OPRM:
         run = ChunkRun(self, prompt, config, prefiller, decoder, document, keep)
         result = run.run(gold_chunk, gold_text)
         if keep:
-            new = EncodedDocument({**self.fingerprint, **chunking_of(config), "chunking": run.chunking},
+            new = EncodedDocument(self.document_meta(config, run.chunking),
                                   prompt.prefix_ids, prompt.context_ids, run.chunks, prompt.context_text, states=keep)
             info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
         result.document = info
@@ -210,6 +210,11 @@ class OPRM:
         if self._fingerprint is None:
             self._fingerprint = fingerprint(self.model, self.tokenizer)
         return self._fingerprint
+
+    def document_meta(self, config: OPRMConfig, chunking: str) -> dict:
+        """What an encoded document records: the fingerprint it must match, its chunking, and the model's name (the
+        default ``--model`` of ``oprm ask --document``; not checked)."""
+        return {"model": self.name, **self.fingerprint, **chunking_of(config), "chunking": chunking}
 
     def state_template(self):
         """A batch-1 state of this model: the layout that states read from disk are rebuilt into."""
@@ -246,7 +251,7 @@ class OPRM:
                                   default_max_batch_tokens(self.adapter.device), model_name=self.name)
             states = prefiller.chunk_states(prompt.prefix_ids, prompt.context_ids,
                                             parallel.share(chunks) if parallel else chunks, config.shared_prefix)
-        meta = {**self.fingerprint, **chunking_of(config), "chunking": chunking_used(prompt, config)}
+        meta = self.document_meta(config, chunking_used(prompt, config))
         return EncodedDocument(meta, prompt.prefix_ids, prompt.context_ids, chunks, prompt.context_text, states=states)
 
     def _document_config(self, document: EncodedDocument, overrides: dict, config: OPRMConfig) -> OPRMConfig:
