@@ -19,7 +19,7 @@ def test_registry_sizes_and_groups():
     assert len(LONGBENCH_EN_DATASETS) == 16
     names = [t.name for t in expand_tasks("longbench,longbench_e,longbench_v2,ar,niah,passkey,hotpotqa")]
     assert len(names) == 21 + 13 + 1 + 1 + 3 + 1 and len(set(names)) == len(names)
-    assert "hotpotqa_e" in names and "niah_multivalue" in names
+    assert "hotpotqa_e" in names and "niah_multivalue_lite" in names
     with pytest.raises(OPRMUsageError, match="unknown task"):
         expand_tasks("hotpotqa,nope")
     with pytest.raises(OPRMUsageError):

@@ -49,7 +49,8 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
         add_model_arguments(p)
     p.add_argument("--tasks", default="longbench_e",
                    help="comma list of tasks or groups: longbench, longbench_en, longbench_e, longbench_v2, ar, niah, "
-                        "passkey, synthetic, or single datasets (hotpotqa, hotpotqa_e, niah_single, ...)")
+                        "passkey, synthetic, ruler, or single tasks (hotpotqa, hotpotqa_e, niah_single, "
+                        "niah_single_1, ruler_vt, ...)")
     p.add_argument("--modes", default="oprm,vanilla", help=f"comma list of {', '.join(MODES)} (default oprm,vanilla); "
                                                            "--chunk-size is also the budget of truncate and bm25")
     add_config_arguments(p, exclude=OWN_FLAGS, grid=GRID, defaults=OPRMConfig.paper().to_dict())
@@ -73,14 +74,21 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
     add_generation_arguments(p, max_new_tokens=None)  # --max-new-tokens overrides every task's budget
     p.add_argument("--samples", type=int, default=None, help="synthetic tasks: samples per setting (default 20)")
     p.add_argument("--ar-num-facts", default=None, help="AR: comma list of fact counts (default 15,30,60,120,160)")
-    p.add_argument("--lengths", default=None, help="NIAH/passkey: comma list of context lengths in tokens "
-                                                  "(default 1000,2000,4000,8000)")
+    p.add_argument("--lengths", default=None, help="NIAH/passkey/RULER: comma list of context lengths in tokens "
+                                                  "(default 1000,2000,4000,8000; RULER 4096)")
     p.add_argument("--haystack", default=None, help="NIAH haystack: noise (default), filler, or a text file")
     p.add_argument("--depths", default=None, help="NIAH/passkey: comma list of needle depths in percent, cycled over "
                                                  "the samples (default: random)")
     p.add_argument("--niah-values", choices=("numbers", "uuids"), default=None, help="NIAH value type")
     p.add_argument("--ar-absent-fraction", type=float, default=None,
                    help="AR: share of episodes whose key is absent (gold answer: the IDK word)")
+    p.add_argument("--ruler-essays", default=None,
+                   help="RULER: folder of .txt files for the essay haystack (e.g. Paul Graham's essays, RULER's own); "
+                        "default: the Moby-Dick chapters oprm ships (named in the results)")
+    p.add_argument("--ruler-squad", default=None, help="RULER qa_1: SQuAD v2 dev JSON (dev-v2.0.json); "
+                                                      "without it ruler_qa_1 is skipped")
+    p.add_argument("--ruler-hotpotqa", default=None, help="RULER qa_2: HotpotQA dev JSON (distractor setting); "
+                                                         "without it ruler_qa_2 is skipped")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -113,10 +121,37 @@ def _synthetic_options(args) -> dict:
         if not 0 <= args.ar_absent_fraction <= 1:
             raise OPRMUsageError(f"--ar-absent-fraction must be within 0..1, got {args.ar_absent_fraction}")
         opts["ar_absent_fraction"] = args.ar_absent_fraction
+    for flag, key in (("--ruler-squad", "ruler_squad"), ("--ruler-hotpotqa", "ruler_hotpotqa")):
+        path = getattr(args, key, None)
+        if path:
+            if not Path(path).is_file():
+                raise OPRMUsageError(f"{flag}: no such file {path}")
+            opts[key] = path
+    if getattr(args, "ruler_essays", None):
+        if not Path(args.ruler_essays).is_dir():
+            raise OPRMUsageError(f"--ruler-essays: no such folder {args.ruler_essays}")
+        opts["ruler_essays"] = args.ruler_essays
     sizes = opts.get("lengths", []) + opts.get("ar_num_facts", []) + [opts.get("samples_per_setting", 1)]
     if any(n <= 0 for n in sizes):
         raise OPRMUsageError("--lengths, --ar-num-facts and --samples take positive numbers")
     return opts
+
+
+def _without_missing_qa(tasks: list, args) -> list:
+    """RULER's QA tasks need the user's SQuAD / HotpotQA files: without them they are skipped with one line."""
+    from oprm.tasks.ruler import RULER_QA_TASKS
+
+    kept = []
+    for t in tasks:
+        key = RULER_QA_TASKS.get(t.name)
+        if key and not getattr(args, key, None):
+            print(f"skipping {t.name}: give --{key.replace('_', '-')} FILE (the dev set JSON) to run it",
+                  file=sys.stderr)
+            continue
+        kept.append(t)
+    if not kept:
+        raise OPRMUsageError("no task left to run")
+    return kept
 
 
 def run_eval(args, engine=None) -> int:
@@ -126,7 +161,7 @@ def run_eval(args, engine=None) -> int:
     from oprm.eval.runner import check_run_options, evaluate
     from oprm.tasks import expand_tasks
 
-    tasks = expand_tasks(args.tasks)
+    tasks = _without_missing_qa(expand_tasks(args.tasks), args)
     chunk_sizes, selections = grid_values(args, "chunk_size"), grid_values(args, "selection")
     idk: bool | list[bool] = [True, False] if args.idk_ablation else (not args.no_idk)
     config = eval_config(args)

@@ -11,6 +11,8 @@ from oprm.metrics.longbench import BUCKETS
 from oprm.metrics.longbench_v2 import V2_COLUMNS
 from oprm.report import markdown_table
 
+from .ruler_report import ruler_markdown
+
 __all__ = ["results_markdown", "score_table", "make_plots", "fmt", "nanmean"]
 
 
@@ -74,6 +76,9 @@ def results_markdown(results: dict) -> str:
             rows += [[n, f"{sname}={k}"] + [fmt(cell(c, n, "by_setting", k)) for c in cfgs]
                      for k in sorted(keys, key=float)]
         section("Synthetic tasks", ["task", "setting"], rows)
+    ruler = ruler_markdown(results)
+    if ruler:
+        lines.append(ruler)
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from .baselines import bm25_context, template_query
 from .configs import CHAT_CHOICES, RunConfig, build_configs, options_tag
 from .protocol import EvalEngine, EvalResult
 from .report import fmt, make_plots
+from .ruler_report import write_ruler_summaries
 from .scoring import aggregate
 from .storage import PredictionFile, merge_parts, part_path, safe_name, write_summary
 
@@ -211,6 +212,9 @@ def evaluate(engine: EvalEngine, tasks, modes: Sequence[str] | str = ("oprm", "v
     syn_opts = dict(synthetic_options or {})
     if syn_opts.get("tokenizer") is None and engine.tokenizer is not None:
         syn_opts["tokenizer"] = engine.tokenizer
+    # RULER sizes its inputs in the tokens the model reads: with the chat template when the run uses one
+    syn_opts.setdefault("chat", engine.config.chat if chat in ("auto", "longbench") else chat == "on")
+    syn_opts.setdefault("system_prompt", engine.config.system_prompt)
     log = log or (lambda msg: None)
     results: dict[str, Any] = {"model": str(model_name), "seed": seed, "limit": limit,
                                "max_new_tokens_budget": max_new_tokens_budget, "chat": chat,
@@ -223,9 +227,11 @@ def evaluate(engine: EvalEngine, tasks, modes: Sequence[str] | str = ("oprm", "v
         samples = load_task_samples(task, data_dir, limit, seed, download, syn_opts)
         results["tasks"][task.name] = {"suite": task.suite, "category": task.category, "metric": task.metric,
                                        "dataset": task.dataset, "n": len(samples)}
+        if task.suite == "ruler" and samples:  # named in the tables: the essay haystack is not always RULER's
+            results["tasks"][task.name]["haystack"] = samples[0]["setting"]["haystack"]
         budget = int(max_new_tokens) if max_new_tokens else task.budget(max_new_tokens_budget)
         for cfg in configs:
-            if cfg.mode == "oracle" and task.suite != "synthetic":
+            if cfg.mode == "oracle" and task.suite not in ("synthetic", "ruler"):
                 log(f"skipping oracle mode for {task.name}: it needs a gold needle (synthetic tasks only)")
                 continue
             records = _run_config(engine, task, samples, cfg, root, budget, settings, data_parallel, progress)
@@ -234,6 +240,8 @@ def evaluate(engine: EvalEngine, tasks, modes: Sequence[str] | str = ("oprm", "v
         del samples
         if is_writer:
             results = write_summary(results, root)  # partial summaries are readable while a long run goes on
+            if task.suite == "ruler":
+                write_ruler_summaries(results, root)
     results["paths"] = {"root": str(root), "results_json": str(root / "results.json"),
                         "results_md": str(root / "results.md")}
     if plots and is_writer:

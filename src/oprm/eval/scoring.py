@@ -51,6 +51,26 @@ def aggregate(task: Task, records: list[dict]) -> dict:
                 by[str(key)].append(r["score"])
         out["by_setting"] = {k: mean100(v) for k, v in sorted(by.items(), key=lambda kv: float(kv[0]))}
         out["setting_name"] = "num_facts" if task.name == "ar" else "target_length"
+        if task.suite == "ruler":
+            out["ruler"] = ruler_by_length(records)
+    return out
+
+
+def ruler_by_length(records: list[dict]) -> dict[str, dict]:
+    """RULER's per-length numbers: score (mean x100), nulls (empty predictions after RULER's postprocessing, as its
+    summary.csv counts them), n and the per-sample standard deviation (x100, for confidence intervals)."""
+    from oprm.metrics.synthetic import postprocess_pred  # noqa: PLC0415
+
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by[str((r.get("setting") or {}).get("target_length"))].append(r)
+    out = {}
+    for key, rs in sorted(by.items(), key=lambda kv: float(kv[0]) if kv[0] != "None" else math.inf):
+        scores = [100 * float(r["score"]) for r in rs]
+        mean = sum(scores) / len(scores)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) if len(scores) > 1 else math.nan
+        out[key] = {"score": round(mean, 2), "n": len(rs), "sd": round(sd, 4) if not math.isnan(sd) else sd,
+                    "nulls": sum(1 for r in rs if not postprocess_pred(r.get("pred") or ""))}
     return out
 
 
@@ -102,7 +122,7 @@ def _score_file(f: Path, rows: list[dict], map_idk: bool) -> dict | None:
         task = get_task(rows[0].get("task") or dataset)
     except OPRMUsageError:
         return None
-    if task.suite != "synthetic":
+    if task.suite not in ("synthetic", "ruler"):
         return None
     recs = [{**r, "score": task.score(r.get("pred") or "", r)} for r in rows]
     return {"dataset": task.name, **aggregate(task, recs)}

@@ -120,7 +120,7 @@ def _v2_sample(row: dict) -> dict:
 def ensure_task_data(task: Task, data_dir: str | Path | None = None, download: bool = False) -> Path | None:
     """The data file of ``task`` (downloaded first when asked); one clear error line when it is missing.
     Synthetic tasks need no file (returns None)."""
-    if task.suite == "synthetic":
+    if task.suite in ("synthetic", "ruler"):
         return None
     ddir = Path(data_dir) if data_dir else default_data_dir()
     if task.suite == "longbench_v2":
@@ -147,6 +147,10 @@ def load_task_samples(task: Task, data_dir: str | Path | None = None, limit: int
         from oprm.tasks.synthetic import synthetic_samples  # noqa: PLC0415
 
         return synthetic_samples(task, limit=limit, seed=seed, options=synthetic_options)
+    if task.suite == "ruler":
+        from oprm.tasks.ruler import ruler_samples  # noqa: PLC0415
+
+        return ruler_samples(task, limit=limit, seed=seed, options=synthetic_options)
     path = ensure_task_data(task, data_dir, download)
     if task.suite == "longbench_v2":
         if path.suffix == ".json":

@@ -18,6 +18,7 @@ from functools import lru_cache
 from importlib import resources
 
 from oprm.errors import OPRMUsageError
+from oprm.tasks.ruler import RULER_TASKS
 from oprm.tasks.task import Task
 
 __all__ = ["Task", "get_task", "expand_tasks", "list_tasks", "longbench_table", "TASK_GROUPS", "LONGBENCH_DATASETS",
@@ -34,14 +35,16 @@ LONGBENCH_DATASETS: tuple[str, ...] = tuple(longbench_table()["datasets"])
 LONGBENCH_E_DATASETS: tuple[str, ...] = tuple(longbench_table()["longbench_e"])
 LONGBENCH_EN_DATASETS: tuple[str, ...] = tuple(
     d for d, spec in longbench_table()["datasets"].items() if spec["language"] in ("en", "code"))
-SYNTHETIC_TASKS = ("ar", "niah_single", "niah_multikey", "niah_multivalue", "passkey", "secret_number")
+# niah_multivalue is RULER's (oprm.tasks.ruler); the lighter synthetic multi-value variant is niah_multivalue_lite
+SYNTHETIC_TASKS = ("ar", "niah_single", "niah_multikey", "niah_multivalue_lite", "passkey", "secret_number")
 
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
     "longbench": LONGBENCH_DATASETS,
     "longbench_en": LONGBENCH_EN_DATASETS,  # the 16 English + code datasets the OPRM paper reports
     "longbench_e": tuple(f"{d}_e" for d in LONGBENCH_E_DATASETS),
-    "niah": ("niah_single", "niah_multikey", "niah_multivalue"),
+    "niah": ("niah_single", "niah_multikey", "niah_multivalue_lite"),
     "synthetic": SYNTHETIC_TASKS,
+    "ruler": RULER_TASKS,  # NVIDIA/RULER's 13 tasks (oprm.tasks.ruler)
 }
 
 
@@ -56,7 +59,8 @@ def _from_spec(name: str, dataset: str, suite: str, spec: dict) -> Task:
 
 
 def list_tasks() -> list[str]:
-    return list(LONGBENCH_DATASETS) + [f"{d}_e" for d in LONGBENCH_E_DATASETS] + ["longbench_v2"] + list(SYNTHETIC_TASKS)
+    return (list(LONGBENCH_DATASETS) + [f"{d}_e" for d in LONGBENCH_E_DATASETS] + ["longbench_v2"]
+            + list(SYNTHETIC_TASKS) + list(RULER_TASKS))
 
 
 def get_task(name: str) -> Task:
@@ -67,6 +71,10 @@ def get_task(name: str) -> Task:
         return _from_spec(name, name[:-2], "longbench_e", table["datasets"][name[:-2]])
     if name in ("longbench_v2", "longbench2"):
         return _from_spec("longbench_v2", "longbench_v2", "longbench_v2", table["longbench_v2"])
+    if name in RULER_TASKS:
+        from oprm.tasks.ruler import ruler_task  # noqa: PLC0415
+
+        return ruler_task(name)
     if name in SYNTHETIC_TASKS:
         from oprm.tasks.synthetic import synthetic_task  # noqa: PLC0415
 

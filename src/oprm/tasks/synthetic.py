@@ -45,7 +45,7 @@ def synthetic_task(name: str) -> Task:
         # the real template is per sample (singular/plural wording); this one documents the shape
         return Task(name=name, dataset=name, suite="synthetic", category="Synthetic (NIAH)", language="en",
                     metric="string_match_all", template=NIAH_TEMPLATE.format(type_v="numbers"), max_new_tokens=128,
-                    oprm_max_new_tokens=64, params={"variant": name[len("niah_"):]})
+                    oprm_max_new_tokens=64, params={"variant": name[len("niah_"):].removesuffix("_lite")})
     if name == "secret_number":
         from oprm.prompts import default_qa_template  # noqa: PLC0415
 
