@@ -378,7 +378,7 @@ def test_disconnect_while_waiting_for_a_plain_response(server):
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": ep.question}], "max_tokens": 100_000,
                        "oprm": {"context": ep.context, "ignore_eos": True}}).encode()
     sock = socket.create_connection(("127.0.0.1", server))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     deadline = time.time() + 30
     while not health(server)["busy"]:

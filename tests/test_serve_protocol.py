@@ -105,3 +105,25 @@ def test_every_message_is_an_error_object(parser):
     assert error(parser, messages=image).code == "unsupported_content"
     assert parse(ChatRequest, {"model": "m", "messages": [{"role": "developer", "content": "s"},
                                                           {"role": "user", "content": "q"}]}).messages[0].role == "system"
+
+
+def test_api_keys_from_flags_or_environment(monkeypatch):
+    from oprm.errors import OPRMUsageError
+    from oprm.serve import api_keys
+
+    monkeypatch.setenv("OPRM_API_KEY", "a, b")
+    assert api_keys(None) == ["a", "b"] and api_keys(["c"]) == ["c"]
+    monkeypatch.delenv("OPRM_API_KEY")
+    assert api_keys(None) == []
+    with pytest.raises(OPRMUsageError):
+        api_keys(["with space"])
+
+
+@pytest.mark.parametrize("header, name", [("[::1]:80", "::1"), ("LocalHost.:8000", "localhost"),
+                                          ("evil.example:1", "evil.example"), ("::1", "::1")])
+def test_host_names(header, name):
+    from oprm.serve.guard import host_name, is_loopback
+
+    assert host_name(header) == name
+    assert is_loopback(name) == (name != "evil.example")
+    assert is_loopback("app.localhost") and is_loopback("127.0.0.2") and not is_loopback("0.0.0.0")

@@ -12,11 +12,16 @@ imported when the server starts.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import sys
 
 from ..errors import OPRMUsageError
+from .guard import Guard, is_loopback
 from .plan import Limits
+
+API_KEY_ENV = "OPRM_API_KEY"
 
 __all__ = ["add_parser", "run_serve", "create_app"]
 
@@ -49,6 +54,12 @@ def add_parser(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every one)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="a key clients must send as 'Authorization: Bearer <key>' on /v1/* (repeatable; default: "
+                        "$OPRM_API_KEY, else none)")
+    p.add_argument("--allowed-hosts", action="append", default=None,
+                   help="Host header names answered besides the loopback ones (comma-separated, repeatable; '*' for "
+                        "any). Default: loopback names only when bound to a loopback address, any otherwise")
     p.add_argument("--served-model-name", default=None,
                    help="the model id clients send (default: --model as given)")
     p.add_argument("--max-queue", type=int, default=64,
@@ -77,6 +88,14 @@ def model_names(model: str, served: str | None) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
+def api_keys(flags: list[str] | None) -> list[str]:
+    """The keys of --api-key (repeatable), else of $OPRM_API_KEY (comma-separated), else none."""
+    keys = flags if flags else [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    if any(not k or any(c.isspace() for c in k) for k in keys):
+        raise OPRMUsageError("--api-key must be a non-empty text without spaces")
+    return keys
+
+
 def run_serve(args) -> int:
     from ..cli import engine_from_args
     from ..config import generation_from_args
@@ -96,6 +115,13 @@ def run_serve(args) -> int:
     if generation.get("max_new_tokens", 0) > limits.max_tokens:
         raise OPRMUsageError(f"--max-new-tokens {generation['max_new_tokens']} is above --max-tokens-limit "
                              f"{limits.max_tokens}")
+    keys = api_keys(args.api_key)
+    hosts = [h.strip() for item in args.allowed_hosts or () for h in item.split(",") if h.strip()]
+    sock = _bind(args.host, args.port)  # before the model loads: a taken port fails at once, before any URL
+    loopback = is_loopback(sock.getsockname()[0])
+    if not loopback and not keys:
+        print(f"oprm serve: warning: listening on {args.host} (not only this machine) without --api-key: anyone who "
+              "can reach this port can use the model", file=sys.stderr, flush=True)
     engine = engine_from_args(args)
     import uvicorn
 
@@ -104,8 +130,27 @@ def run_serve(args) -> int:
     names = model_names(args.model, args.served_model_name)
     app = make(engine, model_names=names, default_generation=generation, max_queue=args.max_queue,
                max_body_bytes=int(args.max_body_mb * (1 << 20)), limits=limits)
-    print(f"oprm serve: {names[0]} on http://{args.host}:{args.port}/v1 (chunk size {engine.config.chunk_size}, "
-          f"queue {args.max_queue})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level in
-                ("info", "debug"))
+    app = Guard(app, api_keys=keys, allowed_hosts=hosts if loopback or hosts else None)
+    port = sock.getsockname()[1]
+    print(f"oprm serve: {names[0]} on http://{args.host}:{port}/v1 (chunk size {engine.config.chunk_size}, "
+          f"queue {args.max_queue}{', API key required' if keys else ''})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses a TIME_WAIT port
+        sock.bind(address)
+    except socket.gaierror as e:
+        raise OPRMUsageError(f"--host {host}: {e.strerror}") from None
+    except OSError as e:
+        raise OPRMUsageError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                             + (" (another process uses this port: pick another with --port)"
+                                if e.errno == errno.EADDRINUSE else "")) from None
+    sock.set_inheritable(True)
+    return sock
