@@ -55,7 +55,8 @@ def write_task(tmp_path) -> Path:
 
 def test_lm_eval_predictions_equal_oprm_eval(tmp_path):
     tasks = write_task(tmp_path)
-    lm_eval_cmd = [sys.executable, "-m", "oprm", "lm-eval", "--model_args", f"pretrained={MODEL},chunk_size={CHUNK}",
+    lm_eval_cmd = [sys.executable, "-m", "oprm", "lm-eval", "--model_args",
+                   f"pretrained={MODEL},chunk_size={CHUNK},query_field=input",
                    "--tasks", "oprm_ar_local", "--include_path", str(tasks), "--apply_chat_template",
                    "--output_path", str(tmp_path / "lm-eval"), "--log_samples"]
     eval_cmd = [sys.executable, "-m", "oprm", "eval", "--model", MODEL, "--tasks", "ar", "--modes", "oprm",

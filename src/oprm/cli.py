@@ -117,12 +117,13 @@ def _template(args) -> str | None:
 
 def run_ask(args) -> int:
     from .config import generation_from_args
+    from .selection import selector_class
 
     questions = _questions(args)
     template = _template(args)
     generation = generation_from_args(args)  # checked before the model loads
-    if args.selection == "oracle" and not args.gold_text:
-        raise OPRMUsageError("--selection oracle needs --gold-text (the text the right chunk holds)")
+    if "gold" in selector_class(args.selection).needs and not args.gold_text:
+        raise OPRMUsageError(f"--selection {args.selection} needs --gold-text (the text the right chunk holds)")
     source: dict = {}
     if args.document:
         from .config import OPRMConfig

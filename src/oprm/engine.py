@@ -17,7 +17,7 @@ import torch
 from .adapters import get_adapter
 from .chunking import make_chunks
 from .config import OPRMConfig, split_options
-from .decoding import Answer, AnswerDecoder, make_generation_config
+from .decoding import Answer, AnswerDecoder, eos_ids, make_generation_config
 from .document import DocumentCache, EncodedDocument, document_key, fingerprint
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
@@ -178,19 +178,22 @@ class OPRM:
 
     def _answer_from_chunks(self, prompt, config, prefiller, decoder, document, gold_chunk, gold_text) -> OPRMResult:
         """OPRM on the chunks, reusing an encoded document (given, or from the automatic cache) when there is one."""
-        info, key, keep = None, None, None
+        info, key = None, None
         if document is not None:
             info = {"source": "document"}
         else:
             document, info, key = self._cached_document(prompt, config)
-            keep = {} if key is not None and document is None else None  # a miss: keep the states while answering
+        keep_states = key is not None and document is None  # a cache miss: keep the states while answering
         if document is not None and not document.held:
             document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
-        run = ChunkRun(self, prompt, config, prefiller, decoder, document, keep)
-        result = run.run(gold_chunk, gold_text)
-        if keep:
+        run = ChunkRun(prompt, config, self.adapter, self.tokenizer, prefiller, decoder, idk_ids=self.idk_ids,
+                       model_eos=eos_ids(getattr(self.model, "generation_config", None)),
+                       parallel=self.chunk_parallel, document=document, state_template=self.state_template,
+                       keep_states=keep_states)
+        result, kept = run.run(gold_chunk, gold_text)
+        if kept:
             new = EncodedDocument(self.document_meta(config, run.chunking),
-                                  prompt.prefix_ids, prompt.context_ids, run.chunks, prompt.context_text, states=keep)
+                                  prompt.prefix_ids, prompt.context_ids, run.chunks, prompt.context_text, states=kept)
             info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
         result.document = info
         return result

@@ -10,8 +10,9 @@ oprm`` is added when no ``--model`` is given). lm-eval 0.4.13 has no plugin entr
 * ``generate_until`` runs OPRM. lm-eval hands the model a rendered prompt string; the document is found in it by
   its text (the ``context_field`` of the sample, default ``context``), and the prompt is split there into P, C and S
   (tokenized separately, as ``oprm eval`` does). A prompt in which the document cannot be found runs vanilla (the
-  whole prompt in one pass) and is counted in a warning. ``query_field`` names the question's field, for
-  ``selection=query_likelihood``.
+  whole prompt in one pass) and is counted in a warning. ``query_field`` names the question's field: the
+  selections that need the question (``support``, the default, and ``query_likelihood``) fail without it rather
+  than rank without the question.
 * ``loglikelihood`` and ``loglikelihood_rolling`` score the **full prompt** in one exact pass (vanilla, no
   chunking, segmented only where the architecture continues a state exactly): OPRM answers by decoding from a chosen
   chunk, and a likelihood over the whole prompt has no chunk to choose.
@@ -31,6 +32,7 @@ import torch
 from .config import OPRMConfig
 from .errors import OPRMUsageError
 from .prompts import PromptParts, bos_prefix, tokenize_with_offsets
+from .selection import selection_needs
 
 log = logging.getLogger("oprm.lm_eval")
 
@@ -73,6 +75,13 @@ class OPRMLM(LM):
             engine.config = engine.config.replace(**options)
         self.engine = engine
         self.context_field, self.query_field = context_field, query_field
+        needs = selection_needs(engine.config)
+        if query_field is None and needs & {"query_text", "query_span"}:
+            # the question is found by its field, or not at all: fail here rather than rank without it
+            raise OPRMUsageError(f"selection={engine.config.selection} needs the question: pass query_field=FIELD "
+                                 "(the sample's question field) in --model_args, or choose another selection")
+        if "gold" in needs:
+            raise OPRMUsageError(f"selection={engine.config.selection} needs a gold text, which lm-eval does not give")
         self.max_gen_toks = int(max_gen_toks)
         self.chat_applied = False  # lm-eval rendered the prompts with our apply_chat_template
         self.counts = {"oprm": 0, "vanilla": 0}
@@ -129,7 +138,8 @@ class OPRMLM(LM):
             q0 = suffix_text.rfind(query)
             inside = [i for i, (s, e) in enumerate(suffix_offsets) if e > q0 and s < q0 + len(query)]
             query_span = (inside[0], inside[-1] + 1) if inside else None
-        return PromptParts(prefix_ids, context_ids, suffix_ids, document, offsets, query_span)
+        return PromptParts(prefix_ids, context_ids, suffix_ids, document, offsets, query_span,
+                           query_text=query if isinstance(query, str) else None)
 
     # --- requests ------------------------------------------------------------------------------------------------
     def _generation(self, gen_kwargs: dict) -> tuple[dict, list[str]]:

@@ -32,6 +32,7 @@ class MicroBatch:
     chunks: list[Chunk]
     logits: torch.Tensor  # [B, num_logits, V] float32: the last positions of each row (the last predicts the answer)
     state: object  # the batched model state after each row
+    kept: dict | None = None  # chunk index -> its batch-1 state after [P, C_i] (``keep_states``), else None
 
 
 class Prefiller:
@@ -85,18 +86,19 @@ class Prefiller:
             yield batch, rows, start_state, len(prefix) if shared else 0
 
     def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
-                      num_logits: int, shared_prefix: bool, keep: dict | None = None) -> Iterator[MicroBatch]:
-        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep`` (a dict), each row's state after
-        [P, C_i] is stored there by chunk index first and S runs on top in a second forward (what an encoded
-        document holds: the automatic document cache fills it while answering)."""
+                      num_logits: int, shared_prefix: bool, keep_states: bool = False) -> Iterator[MicroBatch]:
+        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep_states``, each row's state after
+        [P, C_i] comes back in the batch's ``kept`` and S runs on top in a second forward (what an encoded document
+        holds: the automatic document cache is filled this way while answering)."""
         for batch, rows, state, start in self.chunk_rows(prefix, context, chunks, len(suffix), shared_prefix):
-            if keep is None:
-                logits, state = self.forward([row + suffix for row in rows], state, start, num_logits)
-            else:
+            kept = None
+            if keep_states:
                 _, state = self.forward(rows, state, start)
-                keep.update({c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)})
+                kept = {c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)}
                 logits, state = self.forward([suffix] * len(batch), state, start + len(rows[0]), num_logits)
-            yield MicroBatch(batch, logits, state)
+            else:
+                logits, state = self.forward([row + suffix for row in rows], state, start, num_logits)
+            yield MicroBatch(batch, logits, state, kept)
             del logits, state  # before the next forward: one micro-batch of activations and states at a time
 
     def chunk_states(self, prefix: list[int], context: list[int], chunks: list[Chunk],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -16,7 +17,7 @@ from .errors import OPRMUsageError
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
-from .selection import CandidatePolicy, chunk_records, make_selector, query_logprobs, support
+from .selection import SelectionPolicy, chunk_records, query_logprobs, require, selection_needs
 
 CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
 
@@ -30,7 +31,7 @@ def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
     empty and, for query_likelihood, the query does not open S (its first token is predicted from C_i's end)."""
     if not prompt.suffix_ids:
         return False
-    return config.selection != "query_likelihood" or prompt.query_span is None or prompt.query_span[0] > 0
+    return "query_span" not in selection_needs(config) or prompt.query_span is None or prompt.query_span[0] > 0
 
 
 def cache_folder(config: OPRMConfig) -> str | None:
@@ -47,15 +48,23 @@ def chunking_used(prompt: PromptParts, config: OPRMConfig) -> str:
 
 
 class ChunkRun:
-    """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the candidate policy,
-    the merge across ranks under chunk parallelism, and decoding of the winners. ``engine`` is the calling
-    :class:`~oprm.engine.OPRM` (its adapter, tokenizer, IDK ids and chunk parallelism)."""
+    """One OPRM answer: speculative prefill (micro-batches -> chunk records and kept states), the selection policy,
+    the merge across ranks under chunk parallelism, and decoding of the winners.
 
-    def __init__(self, engine, prompt: PromptParts, config: OPRMConfig, prefiller: Prefiller,
-                 decoder: AnswerDecoder, document: EncodedDocument | None = None, keep: dict | None = None):
-        self.engine, self.prompt, self.config = engine, prompt, config
+    It holds what one call needs and nothing of the engine: the config, the model's adapter and tokenizer, the
+    tokenized prompt (or an encoded document), the prefiller and decoder of the call, and ``idk_ids`` (an IDK word's
+    first tokens), ``model_eos`` (where the model ends an answer), ``parallel`` (a ``ChunkParallel`` or None) and
+    ``state_template`` (a batch-1 state, to rebuild states read from disk). With ``keep_states``, ``run`` also returns
+    every chunk's state after [P, C_i] (what the document cache keeps)."""
+
+    def __init__(self, prompt: PromptParts, config: OPRMConfig, adapter, tokenizer, prefiller: Prefiller,
+                 decoder: AnswerDecoder, *, idk_ids: Callable[[str], set[int]], model_eos: set[int] = frozenset(),
+                 parallel=None, document: EncodedDocument | None = None, state_template: Callable | None = None,
+                 keep_states: bool = False):
+        self.prompt, self.config, self.adapter, self.tokenizer = prompt, config, adapter, tokenizer
         self.prefiller, self.decoder = prefiller, decoder
-        self.document, self.keep = document, keep
+        self.idk_ids, self.model_eos, self.parallel = idk_ids, set(model_eos), parallel
+        self.document, self.state_template, self.keep_states = document, state_template, keep_states
         self.chunks = document.chunks if document is not None else self.chunks_of(prompt, config)
         self.chunking = document.meta["chunking"] if document is not None else chunking_used(prompt, config)
 
@@ -66,101 +75,97 @@ class ChunkRun:
         return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets,
                            chunking=chunking_used(prompt, config), text=prompt.context_text)
 
-    def batches(self, chunks, num_logits: int):
+    def batches(self, chunks, num_logits: int, keep_states: bool = False):
         """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
         p = self.prompt
         if self.document is None:
             return self.prefiller.chunk_prompts(p.prefix_ids, p.context_ids, p.suffix_ids, chunks, num_logits,
-                                                self.config.shared_prefix, keep=self.keep)
+                                                self.config.shared_prefix, keep_states=keep_states)
         missing = sorted({c.index for c in chunks} - set(self.document.held))
         if missing:
             raise OPRMUsageError(f"the encoded document holds no state for chunk {missing[0]} (encoded by another "
                                  "rank or world size?)")
-        return self.prefiller.on_document(self.document, chunks, p.suffix_ids, num_logits,
-                                          self.engine.state_template() if self.document.on_disk else None)
+        template = self.state_template() if self.document.on_disk and self.state_template else None
+        return self.prefiller.on_document(self.document, chunks, p.suffix_ids, num_logits, template)
 
-    def run(self, gold_chunk: int | None, gold_text: str | None) -> OPRMResult:
-        config, engine, parallel = self.config, self.engine, self.engine.chunk_parallel
-        selector = make_selector(config.selection, seed=config.seed,
-                                 gold_chunks=self.gold_chunks(gold_chunk, gold_text))
-        use_idk = config.idk is not None and selector.uses_idk_filter and config.decode != "all"
-        policy = CandidatePolicy(selector, config.decode, config.num_decode, use_idk, config.idk_fallback,
-                                 config.idk if use_idk else None)
-        idk_ids = engine.idk_ids(config.idk) if use_idk else set()
-        num_logits, query_ids = self.query_positions(selector.needs_query_logprob)
+    def run(self, gold_chunk: int | None = None, gold_text: str | None = None) -> tuple[OPRMResult, dict]:
+        """(the result, the chunk states after [P, C_i] kept with ``keep_states`` — else {})."""
+        config, parallel, p = self.config, self.parallel, self.prompt
+        gold = self.gold_chunks(gold_chunk, gold_text)
+        require(config, query_text=p.query_text, query_span=p.query_span, gold=bool(gold),
+                text=p.context_text is not None)
+        policy = SelectionPolicy(config, gold)
+        idk_ids = self.idk_ids(policy.idk) if policy.idk is not None else set()
+        num_logits, query_ids = self.query_positions(policy.needs_query_logprob)
 
-        records, answers = [], []
+        records, answers, kept_states = [], [], {}
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        for batch in self.batches(mine, num_logits):
+        for batch in self.batches(mine, num_logits, self.keep_states):
             answers += self.observe(batch, policy, records, idk_ids, query_ids)
+            kept_states.update(batch.kept or {})
             del batch  # before the next micro-batch runs: one batch of activations and states at a time
 
         candidates, fallbacks = policy.keys()
         if parallel:
             records, candidates, fallbacks = parallel.merge_selection(records, candidates, fallbacks)
-        if config.decode == "all":
-            winners, fallback_used = [c.index for c in self.chunks], False
-        else:
-            choice = policy.choose(records, candidates, fallbacks)
-            winners, fallback_used = sorted(choice.winners), choice.fallback_used
+        choice = policy.choose(records, candidates, fallbacks)
+        winners, fallback_used = sorted(choice.winners), choice.fallback_used
+        if not policy.decode_all:  # decode_all decoded every chunk as its micro-batch went by
             kept = policy.states()  # under chunk parallelism, only the rank holding a winner decodes it
             kept.update(self.prefill_again([i for i in winners if i not in kept and self.holds(i)]))
             answers += [self.decoder.answer(i, *kept[i], self.chunk_prompt(i)) for i in winners if i in kept]
         if parallel:
             answers = parallel.merge_answers(answers, self.prefiller.stats, self.prefiller.shared_prefix_tokens)
         if not winners:  # every chunk said IDK: the answer is the IDK word
-            answers = [Answer(None, config.idk, engine.tokenizer(config.idk, add_special_tokens=False)["input_ids"])]
+            answers = [Answer(None, config.idk, self.tokenizer(config.idk, add_special_tokens=False)["input_ids"])]
         answers.sort(key=lambda a: -1 if a.chunk is None else a.chunk)
-        return make_result("oprm", self.prompt, self.prefiller.stats, self.decoder.logits, answers, winners, records,
-                           selection=config.selection, idk_fallback_used=fallback_used or not winners,
-                           chunk_size=config.chunk_size, chunking=self.chunking,
-                           extra_tokens=extra_tokens(self.chunks, len(self.prompt.context_ids)))
+        result = make_result("oprm", p, self.prefiller.stats, self.decoder.logits, answers, winners, records,
+                             selection=config.selection, idk_fallback_used=fallback_used or not winners,
+                             chunk_size=config.chunk_size, chunking=self.chunking,
+                             extra_tokens=extra_tokens(self.chunks, len(p.context_ids)))
+        return result, kept_states
 
     def holds(self, index: int) -> bool:
         """Whether this process prefills chunk ``index`` (every chunk, or this rank's round-robin share)."""
-        parallel = self.engine.chunk_parallel
-        return parallel is None or index % parallel.world_size == parallel.rank
+        return self.parallel is None or index % self.parallel.world_size == self.parallel.rank
 
     def prefill_again(self, indices: list[int]) -> dict[int, tuple]:
         """States and first-token logits of chunks whose states were not kept (look-ahead selection ranks chunks
         only once all are known): their prompts run again, exactly as in the speculative prefill."""
         kept = {}
         for batch in self.batches([self.chunks[i] for i in indices], 1) if indices else ():
-            kept.update({c.index: (self.engine.adapter.select(batch.state, [r]), batch.logits[r, -1].clone())
+            kept.update({c.index: (self.adapter.select(batch.state, [r]), batch.logits[r, -1].clone())
                          for r, c in enumerate(batch.chunks)})
         return kept
 
-    def observe(self, batch, policy: CandidatePolicy, records: list, idk_ids: set[int], query_ids) -> list[Answer]:
+    def observe(self, batch, policy: SelectionPolicy, records: list, idk_ids: set[int], query_ids) -> list[Answer]:
         """Record one micro-batch's chunks and keep the states that can still win; with ``decode="all"`` decode its
         chunks at once (summaries: memory stays bounded)."""
         t = time.perf_counter()
-        engine, config = self.engine, self.config
         first = batch.logits[:, -1]
         qlp = None if query_ids is None else query_logprobs(batch.logits[:, :len(query_ids)], query_ids)
-        batch_records = chunk_records(batch.chunks, first, idk_ids, engine.tokenizer, config.top_k_tokens, qlp)
+        batch_records = chunk_records(batch.chunks, first, idk_ids, self.tokenizer, self.config.top_k_tokens, qlp)
         records += batch_records
         self.prefiller.stats.timings["selection"] += time.perf_counter() - t
-        if policy.selector.lookahead and not policy.decode_all:
-            self.look_ahead(batch, batch_records, policy.selector.name == "support")
+        if policy.looks_ahead:
+            self.look_ahead(batch, batch_records, policy)
         t = time.perf_counter()
-        decode_now = policy.observe(batch_records, lambda r: (engine.adapter.select(batch.state, [r]),
-                                                              first[r].clone()))
+        decode_now = policy.observe(batch_records, lambda r: (self.adapter.select(batch.state, [r]), first[r].clone()))
         self.prefiller.stats.timings["selection"] += time.perf_counter() - t
         return [self.decoder.answer(rec.index, *kept, self.chunk_prompt(rec.index)) for rec, kept in decode_now]
 
-    def look_ahead(self, batch, records: list, with_support: bool) -> None:
+    def look_ahead(self, batch, records: list, policy: SelectionPolicy) -> None:
         """Decode ``lookahead_tokens`` greedily from every chunk of the batch that passes the first-token IDK filter
-        (all rows in one batch) and note each answer, its log-probabilities and, for ``support``, its extractive
-        support in the chunk."""
+        (all rows in one batch) and note each answer, its log-probabilities and what else the policy ranks by."""
         t = time.perf_counter()
-        engine, p = self.engine, self.prompt
+        p = self.prompt
         rows = [r for r, rec in enumerate(records) if not rec.is_idk]
         if rows:
-            state = engine.adapter.select(batch.state, rows)
+            state = self.adapter.select(batch.state, rows)
             position = len(p.prefix_ids) + batch.chunks[0].num_tokens + len(p.suffix_ids)
             # the answer ends where the model ends it, whatever eos the caller decodes with (e.g. none)
-            eos = eos_ids(self.decoder.config) | eos_ids(getattr(engine.model, "generation_config", None))
-            tokens, logprobs = greedy_lookahead(engine.adapter, state, batch.logits[rows, -1], position,
+            eos = eos_ids(self.decoder.config) | self.model_eos
+            tokens, logprobs = greedy_lookahead(self.adapter, state, batch.logits[rows, -1], position,
                                                 self.config.lookahead_tokens, eos)
             steps = len(rows) * (max(map(len, logprobs)) - 1)  # the first token came with the prefill
             self.prefiller.stats.tokens_processed += steps
@@ -168,10 +173,10 @@ class ChunkRun:
             for r, ids, lps in zip(rows, tokens, logprobs):
                 rec = records[r]
                 rec.lookahead_ids, rec.lookahead_logprobs = ids, lps
-                rec.lookahead = (engine.tokenizer.decode(ids, skip_special_tokens=True).strip() if engine.tokenizer
+                rec.lookahead = (self.tokenizer.decode(ids, skip_special_tokens=True).strip() if self.tokenizer
                                  else " ".join(map(str, ids)))
-                if with_support and p.context_text is not None and p.query_text and rec.char_start is not None:
-                    rec.support = support(p.context_text[rec.char_start:rec.char_end], rec.lookahead, p.query_text)
+                known = p.context_text is not None and rec.char_start is not None
+                policy.annotate(rec, p.context_text[rec.char_start:rec.char_end] if known else None, p.query_text)
         self.prefiller.stats.timings["lookahead"] += time.perf_counter() - t
 
     def query_positions(self, needed: bool) -> tuple[int, torch.Tensor | None]:
@@ -179,9 +184,6 @@ class ChunkRun:
         suffix = self.prompt.suffix_ids
         if not needed:
             return 1, None
-        if self.prompt.query_span is None:
-            raise OPRMUsageError("query_likelihood selection needs to know the query tokens: use a template with "
-                                 "{input} (query=...) or pass query_span for pre-tokenized input")
         q0, q1 = self.prompt.query_span
         return len(suffix) - q0 + 1, self.prefiller.tensor([suffix[q0:q1]])[0]
 
@@ -202,7 +204,7 @@ class ChunkRun:
                 if p.context_text is not None and c.char_start is not None:
                     text = p.context_text[c.char_start:c.char_end]
                 else:
-                    text = self.engine.tokenizer.decode(p.context_ids[c.token_start:c.token_end])
+                    text = self.tokenizer.decode(p.context_ids[c.token_start:c.token_end])
                 if gold_text in text:
                     gold.add(c.index)
         return gold

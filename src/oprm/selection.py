@@ -16,7 +16,6 @@ passes the IDK filter and rank the chunks once all are known (the study behind t
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 
 from .config import SELECTIONS
 from .errors import OPRMUsageError
+from .support import support
 
 
 @dataclass
@@ -64,16 +64,33 @@ def query_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, targets.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1).sum(-1)
 
 
+# what a selection may need from a call, and how a caller gives it (the one-line error when it is missing)
+NEEDS = {
+    "query_span": "the question's tokens in S: a template with {input} (query=...), or query_span= for pre-tokenized "
+                  "input",
+    "query_text": "the question's text: query=... (a template's {input}), or lm-eval's query_field=",
+    "gold": "the gold chunk (gold_chunk=) or gold text (gold_text=, --gold-text, oprm.gold_text)",
+}
+
+
 class Selector:
-    """A selection criterion. ``score`` is higher for better chunks."""
+    """A selection criterion. ``score`` is higher for better chunks. ``needs`` names what a call must give it (keys
+    of ``NEEDS``): a call without it fails instead of ranking differently."""
 
     name = "base"
-    needs_query_logprob = False
+    needs: frozenset[str] = frozenset()
     uses_idk_filter = True
     lookahead = False  # ranks chunks by a decoded look-ahead, once every chunk is known (``rank``)
 
+    @property
+    def needs_query_logprob(self) -> bool:
+        return "query_span" in self.needs
+
     def score(self, record: ChunkRecord) -> float:
         raise NotImplementedError
+
+    def annotate(self, record: ChunkRecord, chunk_text: str | None, query_text: str | None) -> None:
+        """Note on a look-ahead record what this criterion ranks by besides the look-ahead itself (nothing here)."""
 
 
 class EntropySelector(Selector):
@@ -85,7 +102,7 @@ class EntropySelector(Selector):
 
 class QueryLikelihoodSelector(Selector):
     name = "query_likelihood"  # the paper's alternative: Pr(Q | [P, C_i])
-    needs_query_logprob = True
+    needs = frozenset({"query_span"})
 
     def score(self, record):
         if record.query_logprob is None:
@@ -116,6 +133,7 @@ class OracleSelector(Selector):
     """The gold chunk(s), for ablations; ignores the IDK filter. Ties go to the lowest entropy."""
 
     name = "oracle"
+    needs = frozenset({"gold"})
     uses_idk_filter = False
 
     def __init__(self, gold_chunks: set[int]):
@@ -161,6 +179,11 @@ class LookaheadSelector(Selector):
 
 class SupportSelector(LookaheadSelector):
     name = "support"
+    needs = frozenset({"query_text"})
+
+    def annotate(self, record, chunk_text, query_text):
+        if chunk_text is not None:
+            record.support = support(chunk_text, record.lookahead, query_text)
 
     def provisional(self, record):
         return 100 * (record.support or 0.0) + super().provisional(record)  # support first: it is in [0, 1]
@@ -179,52 +202,50 @@ def divergence(answers: list[list[int]]) -> int:
     return t
 
 
-_STOP_WORDS = frozenset("a an and are as at be by did do does for from how in is it its many much of on or that the "
-                        "this to was were what when where which who whom whose why with".split())
+SELECTORS = {cls.name: cls for cls in (SupportSelector, LookaheadSelector, PIdkSelector, EntropySelector,
+                                        QueryLikelihoodSelector, MaxProbSelector, RandomSelector, OracleSelector)}
+assert tuple(SELECTORS) == SELECTIONS  # the config's choices are these criteria, in its order
 
 
-def query_words(query: str) -> set[str]:
-    """The question's content words (lower-case, stop words and single letters dropped)."""
-    return {w for w in re.findall(r"[a-z0-9]+", query.lower()) if w not in _STOP_WORDS and len(w) > 1}
-
-
-def answer_value(answer: str) -> str:
-    """What an answer asserts: its first run of digits (numbers, codes), else its stripped text."""
-    match = re.search(r"\d+", answer)
-    return match.group(0) if match else answer.strip()
-
-
-def support(chunk_text: str, answer: str, query: str) -> float:
-    """The largest share of the query's content words found in a sentence of ``chunk_text`` that holds the answer's
-    value (as a whole number or word); 0 when the value is absent or the query has no content words."""
-    from .chunking import sentence_spans
-
-    value, words = answer_value(answer), query_words(query)
-    if not value or not words:
-        return 0.0
-    pattern = re.compile(r"(?<![0-9A-Za-z])" + re.escape(value) + r"(?![0-9A-Za-z])")
-    best = 0.0
-    for s0, s1 in sentence_spans(chunk_text):
-        sentence = chunk_text[s0:s1]
-        if pattern.search(sentence):
-            best = max(best, len(words & set(re.findall(r"[a-z0-9]+", sentence.lower()))) / len(words))
-    return best
-
-
-_PLAIN_SELECTORS = {"support": SupportSelector, "lookahead": LookaheadSelector, "p_idk": PIdkSelector,
-                    "entropy": EntropySelector, "query_likelihood": QueryLikelihoodSelector, "max_prob": MaxProbSelector}
+def selector_class(name: str) -> type[Selector]:
+    if name not in SELECTORS:
+        raise OPRMUsageError(f"unknown selection {name!r}; choose one of: {', '.join(SELECTIONS)}")
+    return SELECTORS[name]
 
 
 def make_selector(name: str, *, seed: int = 0, gold_chunks: set[int] | None = None) -> Selector:
-    if name in _PLAIN_SELECTORS:
-        return _PLAIN_SELECTORS[name]()
-    if name == "random":
+    cls = selector_class(name)
+    if cls is RandomSelector:
         return RandomSelector(seed)
-    if name == "oracle":
+    if cls is OracleSelector:
         if not gold_chunks:
-            raise OPRMUsageError("oracle selection needs the gold chunk (gold_chunk=) or gold text (gold_text=)")
+            raise OPRMUsageError(f"oracle selection needs {NEEDS['gold']}")
         return OracleSelector(gold_chunks)
-    raise OPRMUsageError(f"unknown selection {name!r}; choose one of: {', '.join(SELECTIONS)}")
+    return cls()
+
+
+def selection_needs(config) -> frozenset[str]:
+    """What a call with ``config`` must give its selection (keys of ``NEEDS``). Decoding every chunk ranks nothing, so
+    it needs nothing but the scores it reports (a query_likelihood score needs the query's tokens)."""
+    needs = selector_class(config.selection).needs
+    return needs & {"query_span"} if config.decode == "all" else needs
+
+
+def looks_ahead(config) -> bool:
+    """Whether the selection decodes a look-ahead from every chunk (its ``lookahead_tokens`` matter)."""
+    return selector_class(config.selection).lookahead and config.decode != "all"
+
+
+def require(config, *, query_text: str | None = None, query_span=None, gold: bool = False,
+            text: bool = True) -> None:
+    """Fail in one line when the call cannot give what ``config``'s selection needs (rather than rank differently).
+    ``text``: whether the context's text is known; pre-tokenized input has no text to find a question's words in, so
+    there ``support`` ranks by its look-ahead alone (documented, the same on every entry point)."""
+    given = {"query_text": bool(query_text and query_text.strip()) or not text, "query_span": query_span is not None,
+             "gold": gold}
+    for need in sorted(selection_needs(config)):
+        if not given[need]:
+            raise OPRMUsageError(f"{config.selection} selection needs {NEEDS[need]}")
 
 
 class CandidatePool:
@@ -275,8 +296,10 @@ class Choice:
     fallback_used: bool = False
 
 
-class CandidatePolicy:
-    """Which chunk states to keep while micro-batches stream by, and which chunks win at the end.
+class SelectionPolicy:
+    """The one owner of a call's selection decisions: which chunks get a look-ahead (``looks_ahead``), whether the IDK
+    filter applies (``idk``), which states to keep while micro-batches stream by, which chunks to decode (every chunk
+    with ``decode_all``, else the winners of ``choose``) and what the call must give it (``require``).
 
     ``decode="one"`` / ``"top_k"``: the k best chunks that pass the IDK filter, by the selector's score. Until one
     passes, the k lowest-entropy IDK chunks are kept too when ``idk_fallback="min_entropy"``; they are dropped as soon
@@ -288,26 +311,38 @@ class CandidatePolicy:
 
     LOOKAHEAD_KEPT = 4  # states kept for look-ahead selection: the final ranking rarely leaves these
 
-    def __init__(self, selector: Selector, decode: str, num_decode: int, use_idk: bool, idk_fallback: str,
-                 idk: str | None = None):
-        self.selector, self.decode_all, self.idk = selector, decode == "all", idk
-        self.k = num_decode if decode == "top_k" else 1
-        self.pool = CandidatePool(max(self.k, self.LOOKAHEAD_KEPT) if selector.lookahead else self.k)
-        self.min_entropy_fallback = use_idk and idk_fallback == "min_entropy"
-        self.fallback = CandidatePool(self.k if self.min_entropy_fallback and not selector.lookahead else 0)
+    def __init__(self, config, gold_chunks: set[int] | None = None):
+        self.config = config
+        self.selector = make_selector(config.selection, seed=config.seed, gold_chunks=gold_chunks)
+        self.decode_all = config.decode == "all"
+        use_idk = config.idk is not None and self.selector.uses_idk_filter and not self.decode_all
+        self.idk = config.idk if use_idk else None  # the IDK word of the filter (None: no filter)
+        self.looks_ahead = self.selector.lookahead and not self.decode_all
+        self.k = config.num_decode if config.decode == "top_k" else 1
+        self.pool = CandidatePool(max(self.k, self.LOOKAHEAD_KEPT) if self.selector.lookahead else self.k)
+        self.min_entropy_fallback = use_idk and config.idk_fallback == "min_entropy"
+        self.fallback = CandidatePool(self.k if self.min_entropy_fallback and not self.selector.lookahead else 0)
+
+    @property
+    def needs_query_logprob(self) -> bool:
+        return self.selector.needs_query_logprob
+
+    def annotate(self, record: ChunkRecord, chunk_text: str | None, query_text: str | None) -> None:
+        """What the selector ranks a look-ahead record by besides the look-ahead (``support``'s extractive support)."""
+        self.selector.annotate(record, chunk_text, query_text)
 
     def observe(self, records: list[ChunkRecord], take) -> list[tuple[ChunkRecord, object]]:
         """Score ``records`` (one micro-batch); keep the states that can still win (``take(r)`` copies row r's
         state out of the batch). Returns the (record, state) pairs to decode now (``decode="all"``)."""
-        decode_now = []
+        decode_now, selector = [], self.selector
         for r, rec in enumerate(records):
-            if not self.selector.lookahead:
-                rec.score = self.selector.score(rec)
+            if not selector.lookahead:
+                rec.score = selector.score(rec)
             if self.decode_all:
                 decode_now.append((rec, take(r)))
-            elif self.selector.lookahead:
-                if self.selector.passes(rec, self.idk) and self.pool.would_accept(self.selector.provisional(rec)):
-                    self.pool.add(self.selector.provisional(rec), rec.index, take(r))
+            elif selector.lookahead:
+                if selector.passes(rec, self.idk) and self.pool.would_accept(selector.provisional(rec)):
+                    self.pool.add(selector.provisional(rec), rec.index, take(r))
             elif not rec.is_idk and self.pool.would_accept(rec.score):
                 self.pool.add(rec.score, rec.index, take(r))
             elif rec.is_idk and len(self.pool) == 0 and self.fallback.k and self.fallback.would_accept(-rec.entropy):
@@ -325,8 +360,11 @@ class CandidatePolicy:
 
     def choose(self, records: list[ChunkRecord], candidates: list[tuple[float, int]],
                fallbacks: list[tuple[float, int]]) -> Choice:
-        """The winners among (key, chunk) pairs (this process's, or every rank's) — or, for look-ahead selectors,
-        among every chunk's record: best first, ties to the earlier chunk."""
+        """The chunks to decode: every chunk with ``decode_all``; else the winners among (key, chunk) pairs (this
+        process's, or every rank's) — or, for look-ahead selectors, among every chunk's record: best first, ties to
+        the earlier chunk."""
+        if self.decode_all:
+            return Choice(sorted(r.index for r in records))
         best = lambda items: [i for _, i in sorted(items, key=lambda it: (-it[0], it[1]))[:self.k]]  # noqa: E731
         if self.selector.lookahead:
             ranked = self.selector.rank(records, self.idk)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from oprm.config import OPRMConfig
 from oprm.errors import OPRMUsageError
+from oprm.selection import selector_class
 
 __all__ = ["MODES", "CHAT_CHOICES", "DEFAULT_CHUNK_SIZE", "RunConfig", "build_configs", "options_tag"]
 
@@ -59,7 +60,7 @@ def options_tag(config: OPRMConfig) -> str:
     parts = [f"{short}{getattr(config, name)}" for name, short in _TAGGED.items()
              if getattr(config, name) != getattr(paper, name)
              and not (name == "num_decode" and config.decode != "top_k")
-             and not (name == "lookahead_tokens" and config.selection not in ("support", "lookahead"))]
+             and not (name == "lookahead_tokens" and not selector_class(config.selection).lookahead)]
     if config.system_prompt:
         parts.append("sys" + hashlib.sha1(config.system_prompt.encode()).hexdigest()[:8])
     return "_".join(parts)

@@ -11,6 +11,7 @@ from typing import Any
 from ..config import OPRMConfig
 from ..errors import OPRMUsageError
 from ..prompts import template_fields
+from ..selection import selection_needs
 from .plan import DOC_CLOSE, DOC_OPEN, APIError, Limits, Plan, bad
 from .protocol import ChatRequest, CompletionRequest, parse
 
@@ -220,8 +221,9 @@ class Parser:
             raise bad(str(e), "oprm") from None
         plan.decode = config.decode
         gold_text = ext.gold_text if ext is not None else None
-        if config.selection == "oracle" and not gold_text:
-            raise bad("selection oracle needs oprm.gold_text (the text the right chunk holds)", "oprm.gold_text")
+        if "gold" in selection_needs(config) and not gold_text:
+            raise bad(f"selection {config.selection} needs oprm.gold_text (the text the right chunk holds)",
+                      "oprm.gold_text")
         kwargs = plan.engine_kwargs
         kwargs.update(overrides)
         self._generation_extension(ext, kwargs)
