@@ -1,5 +1,5 @@
-"""RULER's reports: ``summary.csv`` per config and length (RULER's layout: rows Tasks / Score / Nulls, one column per
-task) and a markdown table (tasks as rows, config x length as columns, the average with its 95 % interval)."""
+"""RULER's reports: ``summary.csv`` per config and length (RULER's file: a header of column numbers, then rows
+Tasks / Score / Nulls, one column per task) and a markdown table (tasks as rows, config x length as columns, the average with its 95 % interval)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ __all__ = ["ruler_rows", "ruler_markdown", "write_ruler_summaries", "average_ci"
 
 def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _score(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(round(float(v), 2))
 
 
 def ruler_rows(results: dict) -> dict[str, dict[str, dict[str, dict]]]:
@@ -77,8 +81,10 @@ def write_ruler_summaries(results: dict, root: Path) -> list[Path]:
             names = list(per_task)
             with open(path, "w", newline="", encoding="utf-8") as f:
                 w = csv.writer(f)
+                # RULER writes pd.DataFrame(rows).to_csv(index=False): a header of column numbers, then the rows
+                w.writerow(range(len(names) + 1))
                 w.writerow(["Tasks"] + names)
-                w.writerow(["Score"] + [_fmt(per_task[n].get("score")) for n in names])
+                w.writerow(["Score"] + [_score(per_task[n].get("score")) for n in names])
                 w.writerow(["Nulls"] + [f"{per_task[n].get('nulls', 0)}/{per_task[n].get('n', 0)}" for n in names])
             written.append(path)
     md = ruler_markdown(results)
