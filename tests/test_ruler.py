@@ -263,6 +263,11 @@ def test_eval_end_to_end_on_the_shipped_model(tmp_path, capsys):
     before = (root / "vanilla" / "pred" / "ruler_fwe.jsonl").read_text()
     assert cli.main(args) == 0
     assert (root / "vanilla" / "pred" / "ruler_fwe.jsonl").read_text() == before
+    # a later run at another length adds its column to the tables instead of replacing the first
+    assert cli.main([a if a != "1024" else "1100" for a in args]) == 0
+    res = json.loads((root / "results.json").read_text())
+    assert set(res["configs"]["vanilla"]["tasks"]["ruler_fwe"]["ruler"]) == {"1024", "1100"}
+    assert (root / "vanilla" / "ruler" / "1100" / "summary.csv").is_file()
     # a bad data path is one line and a non-zero exit, before any model work
     assert cli.main(args + ["--ruler-squad", str(tmp_path / "nope.json")]) != 0
     assert "no such file" in capsys.readouterr().err

@@ -148,7 +148,12 @@ def write_summary(results: dict, root: Path) -> dict:
             for cname, c in results["configs"].items():
                 if cname in merged:
                     merged[cname]["config"] = c["config"]
-                    merged[cname]["tasks"].update(c["tasks"])
+                    for tname, agg in c["tasks"].items():  # RULER: a run at other lengths adds to the earlier ones
+                        before = merged[cname]["tasks"].get(tname)
+                        if isinstance(before, dict) and isinstance(before.get("ruler"), dict) and "ruler" in agg:
+                            agg = {**agg, "ruler": {**before["ruler"], **agg["ruler"]},
+                                   "by_setting": {**before.get("by_setting", {}), **agg.get("by_setting", {})}}
+                        merged[cname]["tasks"][tname] = agg
                 else:
                     merged[cname] = c
             results = {**results, "tasks": tasks_meta, "configs": merged}
