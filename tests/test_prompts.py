@@ -73,3 +73,15 @@ def test_templates_are_plain_substitution(tok, template):
 def test_template_fields_substitute_values_verbatim(tok):
     frame = prompt_frame(tok, "Q: {input} {{literal}}\n{context}", {"input": "{context} {0}"}, chat=False)
     assert tok.decode(frame.prefix_ids).endswith("Q: {context} {0} {literal}\n")
+
+
+def test_cli_template_with_an_attribute_is_one_line(tmp_path, capsys):
+    from oprm.cli import main
+
+    template, context = tmp_path / "t.txt", tmp_path / "c.txt"
+    template.write_text("{context}\nQuestion: {input.nope}\nAnswer:")
+    context.write_text("The code of the amber falcon is 4821. " * 4)
+    assert main(["ask", "--model", "oprm-ar-mamba2", "--context", str(context), "--question", "What is the code?",
+                 "--prompt-template", str(template), "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "{input.nope}" in err[0], err

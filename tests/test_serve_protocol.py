@@ -103,8 +103,8 @@ def test_every_message_is_an_error_object(parser):
     assert e.body()["error"]["param"] == "messages[0].role" and e.body()["error"]["code"] == "invalid_value"
     image = [{"role": "user", "content": [{"type": "image_url"}]}]
     assert error(parser, messages=image).code == "unsupported_content"
-    assert parse(ChatRequest, {"model": "m", "messages": [{"role": "developer", "content": "s"},
-                                                          {"role": "user", "content": "q"}]}).messages[0].role == "system"
+    messages = [{"role": "developer", "content": "s"}, {"role": "user", "content": "q"}]
+    assert parse(ChatRequest, {"model": "m", "messages": messages}).messages[0].role == "system"
 
 
 def test_api_keys_from_flags_or_environment(monkeypatch):
@@ -127,3 +127,12 @@ def test_host_names(header, name):
     assert host_name(header) == name
     assert is_loopback(name) == (name != "evil.example")
     assert is_loopback("app.localhost") and is_loopback("127.0.0.2") and not is_loopback("0.0.0.0")
+
+
+def test_integers_stay_within_64_bits_and_lookahead_within_the_token_limit(parser):
+    """torch.manual_seed(2**70) raised inside the engine (a 500); a look-ahead of 10**9 tokens was unbounded work."""
+    assert error(parser, seed=2**70).param == "seed"
+    for name in ("seed", "top_k_tokens", "num_decode", "top_k"):
+        assert error(parser, oprm={"context": "d", name: 2**64}).param == f"oprm.{name}"
+    assert error(parser, oprm={"context": "d", "lookahead_tokens": 101}).param == "oprm.lookahead_tokens"
+    assert chat(parser, seed=-(2**63), oprm={"context": "d", "seed": 2**63 - 1, "lookahead_tokens": 100}).oprm

@@ -209,7 +209,8 @@ def rss_kb(pid: int) -> int:
 _junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                   max_size=3), max_leaves=8)
-_not_int = st.one_of(st.text(max_size=5), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=2), st.integers(max_value=0),
+_not_int = st.one_of(st.text(max_size=5), st.floats(allow_nan=False), st.booleans(),
+                     st.lists(st.integers(), max_size=2), st.integers(max_value=0),
                      st.integers(min_value=TOKENS_LIMIT + 1))
 _not_text = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.dictionaries(st.text(max_size=3),
                                                                                                st.integers(),

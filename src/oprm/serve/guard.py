@@ -35,7 +35,7 @@ def is_loopback(host: str) -> bool:
 
 
 def host_name(header: str) -> str:
-    """The name of a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``Example.com.:80`` -> ``example.com``."""
+    """A Host header's name without its port: ``[::1]:8000`` -> ``::1``, ``Example.com.:80`` -> ``example.com``."""
     header = header.strip().lower()
     if header.startswith("["):
         return header[1:header.find("]")] if "]" in header else header

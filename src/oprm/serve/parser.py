@@ -220,6 +220,9 @@ class Parser:
         except OPRMUsageError as e:
             raise bad(str(e), "oprm") from None
         plan.decode = config.decode
+        if config.lookahead_tokens > self.limits.max_tokens and config.selection in ("support", "lookahead"):
+            raise bad(f"oprm.lookahead_tokens is {config.lookahead_tokens}; this server decodes at most "
+                      f"{self.limits.max_tokens} tokens (oprm serve --max-tokens-limit)", "oprm.lookahead_tokens")
         gold_text = ext.gold_text if ext is not None else None
         if "gold" in selection_needs(config) and not gold_text:
             raise bad(f"selection {config.selection} needs oprm.gold_text (the text the right chunk holds)",

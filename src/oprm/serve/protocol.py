@@ -40,6 +40,7 @@ def request_config_fields() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(OPRMConfig) if f.metadata["request"]]
 
 
+INT64 = (-(2**63), 2**63 - 1)
 _BASE_TYPES = {"int": StrictInt, "str": StrictStr, "bool": StrictBool}
 
 
@@ -52,6 +53,8 @@ def _extension_field(f: dataclasses.Field) -> tuple:
         raise TypeError(f"OPRMConfig.{f.name}: type {annotation} has no request model (add it to _BASE_TYPES)")
     kind = Literal[tuple(f.metadata["choices"])] if f.metadata["choices"] else _BASE_TYPES[base]
     constraints = {"ge": f.metadata["minimum"]} if f.metadata["minimum"] is not None else {}
+    if base == "int":  # within a 64-bit integer: torch's seeds and sizes overflow past it (a 500 before)
+        constraints = {"ge": INT64[0], **constraints, "le": INT64[1]}
     return (Optional[kind] if optional else kind), Field(None, description=f.metadata["help"], **constraints)
 
 
@@ -66,7 +69,7 @@ class _ExtensionBase(_Strict):
     template: Optional[StrictStr] = Field(None, description="prompt template with {context} once and {input}")
     answer_prefix: Optional[StrictStr] = None
     gold_text: Optional[StrictStr] = None
-    top_k: Optional[StrictInt] = Field(None, ge=1)
+    top_k: Optional[StrictInt] = Field(None, ge=1, le=INT64[1])
     repetition_penalty: Optional[float] = Field(None, gt=0)
     do_sample: Optional[StrictBool] = None
     ignore_eos: Optional[StrictBool] = None
@@ -143,7 +146,7 @@ class _Request(BaseModel):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     stop: Any = None
-    seed: Optional[StrictInt] = None
+    seed: Optional[StrictInt] = Field(None, ge=INT64[0], le=INT64[1])
     max_tokens: Optional[StrictInt] = Field(None, ge=1)
     response_format: Optional[dict] = None
     oprm: Optional[OprmExtension] = None  # type: ignore[valid-type]

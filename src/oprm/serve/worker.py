@@ -162,7 +162,9 @@ class EngineWorker:
         self.max_queue = max_queue
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.running: Job | None = None
-        self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "rejected": 0}
+        # failed: the server's fault (5xx); refused: the request's (a 4xx found only by the engine, e.g. a context of
+        # no tokens); rejected: the queue was full
+        self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "refused": 0, "rejected": 0}
         self.thread = threading.Thread(target=self._loop, name="oprm-engine", daemon=True)
         self.started_at = time.time()
         eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
@@ -211,11 +213,12 @@ class EngineWorker:
             except GenerationCancelled:  # the client left: during the prefill or at a decoded token
                 error, count = JobCancelled(), "cancelled"
             except APIError as e:
-                error = e
+                error, count = e, ("failed" if e.status >= 500 else "refused")
             except ModelError as e:  # the model itself failed: a server-side problem, told in one line
                 error = APIError(500, str(e), type="server_error", code="model_error")
             except OPRMUsageError as e:  # e.g. a template the tokenizer cannot render, a context of no tokens
-                error = APIError(400, str(e), param="oprm" if job.plan.oprm else "messages")
+                error, count = APIError(400, str(e), param="oprm" if job.plan.oprm else "messages",
+                                        code="invalid_value"), "refused"
             except Exception as e:  # never a traceback to the client; the server log keeps it
                 log.error("request %s failed:\n%s", job.plan.id, traceback.format_exc())
                 error = APIError(500, f"internal error while answering ({type(e).__name__})", type="server_error",
