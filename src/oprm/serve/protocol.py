@@ -15,9 +15,8 @@ import dataclasses
 import json
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, \
-    ValidationInfo, create_model, field_validator, model_validator
-
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, ValidationInfo,
+                      create_model, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..config import OPRMConfig
@@ -26,7 +25,8 @@ from .plan import MAX_STOP, NEUTRAL_FIELDS, APIError, bad
 # server-wide knobs of `oprm serve` that are not OPRMConfig fields: a request naming one is told it cannot
 SERVER_FLAGS = {"model": "--model", "device": "--device", "dtype": "--dtype", "threads": "--threads",
                 "max_tokens_limit": "--max-tokens-limit", "max_document_bytes": "--max-document-bytes",
-                "api_key": "--api-key"}
+                "max_template_chars": "--max-template-chars", "api_key": "--api-key",
+                "allowed_hosts": "--allowed-hosts"}
 
 
 def server_only_options() -> dict[str, str]:
@@ -58,12 +58,10 @@ def _extension_field(f: dataclasses.Field) -> tuple:
     return (Optional[kind] if optional else kind), Field(None, description=f.metadata["help"], **constraints)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-
-
-class _ExtensionBase(_Strict):
+class _ExtensionBase(BaseModel):
     """Request-only keys of the ``oprm`` extension (the OPRMConfig fields are added by :func:`create_model`)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
 
     context: Optional[StrictStr] = Field(None, description="the long document")
     template: Optional[StrictStr] = Field(None, description="prompt template with {context} once and {input}")
@@ -160,13 +158,6 @@ class _Request(BaseModel):
     tools: Any = None
     functions: Any = None
     tool_choice: Any = None
-
-    @field_validator("temperature", "top_p", mode="before")
-    @classmethod
-    def _no_bool(cls, value):
-        if isinstance(value, bool):  # a bool is an int in Python; not a number here
-            raise PydanticCustomError("invalid_type", f"got {value}, not a number")
-        return value
 
     @field_validator("stop")
     @classmethod
