@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ..config import IDK_WORD
-from ..selection import answer_value, support
+from ..support import answer_value, support
 
 CHUNKINGS = {"tokens": dict(chunking="tokens"), "sent_end": dict(chunking="sentences", snap="end"),
              "sent_start": dict(chunking="sentences", snap="start")}
