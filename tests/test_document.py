@@ -166,3 +166,66 @@ def test_state_layout_round_trip_every_architecture(model):
         a, _ = adapter.prefill(nxt, adapter.select(state, [0, 1, 2]), start=10)
         b, _ = adapter.prefill(nxt, rebuilt, start=10)
     assert float((a - b).abs().max()) < TOL
+
+
+def _held_bytes(monkeypatch):
+    """Record the bytes of states a cache miss holds in memory after every state it is handed."""
+    from oprm.document import NewDocument
+
+    held, add = [], NewDocument.add
+
+    def recording(self, index, state):
+        add(self, index, state)
+        held.append(self.nbytes if self.states is not None else 0)
+
+    monkeypatch.setattr(NewDocument, "add", recording)
+    return held
+
+
+def test_a_miss_holds_no_more_than_the_budget(chat_engine, monkeypatch):
+    """A document larger than the budget keeps nothing from its first state on (cache off's memory), a document that
+    fits is kept whole, and older documents make room for it."""
+    chat_engine.documents.items.clear()
+    chat_engine.documents.sizes.clear()
+    held = _held_bytes(monkeypatch)
+    text = TEXT * 4
+    off = chat_engine.generate(context=text, query="What is the code?", max_new_tokens=4, document_cache_bytes=0)
+    whole = chat_engine.generate(context=text, query="What is the code?", max_new_tokens=4)
+    size = chat_engine.documents.sizes[next(iter(chat_engine.documents.items))]
+    assert whole.document["kept"] and max(held) == size and len(off.chunks) > 4
+    chat_engine.documents.items.clear()
+    chat_engine.documents.sizes.clear()
+    held.clear()
+    budget = size // 2  # room for half the document's states
+    small = chat_engine.generate(context=text, query="What is the code?", max_new_tokens=4,
+                                 document_cache_bytes=budget)
+    assert small.document == {"source": "cache", "cache": "miss", "kept": False}
+    assert max(held) == 0 and not chat_engine.documents.items
+    assert small.token_ids == off.token_ids == whole.token_ids
+    # two documents that fit one at a time: the second evicts the first before it is kept
+    chat_engine.generate(context=TEXT, query="What?", max_new_tokens=1, document_cache_bytes=size)
+    chat_engine.generate(context=text, query="What?", max_new_tokens=1, document_cache_bytes=size)
+    assert list(chat_engine.documents.sizes.values()) == [size]
+
+
+def test_a_miss_spills_to_the_cache_folder_state_by_state(chat_engine, monkeypatch, tmp_path):
+    """With a cache folder and no memory budget, states go to disk as they are made and none stays in memory; the
+    file answers later questions exactly like the context itself."""
+    held = _held_bytes(monkeypatch)
+    kwargs = dict(context=TEXT, query="What is the code?", max_new_tokens=4)
+    spilled = chat_engine.generate(**kwargs, cache_dir=str(tmp_path), document_cache_bytes=0)
+    assert spilled.document["cache"] == "miss" and not spilled.document["kept"] and max(held) == 0
+    files = list(tmp_path.iterdir())
+    assert [f.suffix for f in files] == [".oprm"]  # no temporary file left behind
+    again = OPRM(chat_engine.model, chat_engine.tokenizer, chunk_size=16).generate(**kwargs, cache_dir=str(tmp_path))
+    off = chat_engine.generate(**kwargs, document_cache_bytes=0)
+    assert again.document["cache"] == "disk"
+    assert spilled.token_ids == again.token_ids == off.token_ids
+    assert max(abs(a.entropy - b.entropy) for a, b in zip(again.chunks, off.chunks)) < TOL
+
+
+def test_a_failed_miss_leaves_no_file(chat_engine, tmp_path):
+    with pytest.raises(OPRMUsageError):
+        chat_engine.generate(context=TEXT, query="What?", cache_dir=str(tmp_path), selection="oracle",
+                             gold_chunk=10_000)
+    assert list(tmp_path.iterdir()) == []

@@ -56,7 +56,7 @@ class EncodedDocument:
     @property
     def nbytes(self) -> int:
         """Bytes of the kept states (in memory)."""
-        return sum(t.numel() * t.element_size() for s in self.states.values() for t in state_leaves(s)[0])
+        return sum(state_nbytes(s) for s in self.states.values())
 
     def batch_state(self, adapter, indices: list[int], template):
         """The states of ``indices`` as one batched state (a fresh copy: the document is never changed); states
@@ -196,15 +196,90 @@ class DocumentCache:
         self.misses += 1
         return None, "miss"
 
-    def put(self, key: str, doc: EncodedDocument, max_bytes: int, folder: str | None) -> bool:
-        """Keep ``doc`` (if it fits the budget at all); returns whether it was kept in memory."""
-        if folder:
-            doc.save(os.path.join(folder, key + ".oprm"))
-        size = doc.nbytes
-        if size > max_bytes:
+    def make_room(self, nbytes: int, max_bytes: int) -> bool:
+        """Evict least recently used documents until ``nbytes`` more fit ``max_bytes``; False if they never can."""
+        if nbytes > max_bytes:
             return False
-        self.items[key], self.sizes[key] = doc, size
-        while sum(self.sizes.values()) > max_bytes:
+        while self.items and sum(self.sizes.values()) + nbytes > max_bytes:
             old, _ = self.items.popitem(last=False)
             del self.sizes[old]
         return True
+
+    def store(self, key: str, doc: EncodedDocument, max_bytes: int) -> bool:
+        """Keep ``doc`` in memory if it fits the budget (evicting the least recently used); whether it was kept."""
+        size = doc.nbytes
+        if not self.make_room(size, max_bytes):
+            return False
+        self.items[key], self.sizes[key] = doc, size
+        return True
+
+
+class NewDocument:
+    """Where a cache miss puts each chunk's state as the prefill makes it. In memory only while the whole document
+    fits the cache's byte budget: after the first state its size is known (every chunk's state is as large), and a
+    document that will not fit keeps nothing, so its states go with their micro-batch exactly as with the cache off.
+    With a cache folder every state is also written there as it comes (``DocumentWriter``). Memory of a miss is
+    therefore one micro-batch plus at most the budget, whatever the document's length."""
+
+    def __init__(self, cache: DocumentCache, key: str, max_bytes: int, folder: str | None, num_states: int):
+        self.cache, self.key, self.max_bytes, self.num_states = cache, key, max_bytes, num_states
+        self.states: dict[int, object] | None = {} if max_bytes > 0 else None
+        self.nbytes = 0
+        self.writer = DocumentWriter(os.path.join(folder, key + ".oprm")) if folder else None
+        self.seen: set[int] = set()
+
+    def wants(self, index: int) -> bool:
+        return index not in self.seen and (self.states is not None or self.writer is not None)
+
+    def add(self, index: int, state) -> None:
+        """One chunk's batch-1 state (a chunk prefilled again is ignored: its state is the same)."""
+        if not self.wants(index):
+            return
+        self.seen.add(index)
+        if self.writer is not None:
+            self.writer.add_state(index, state)
+        if self.states is None:
+            return
+        size = state_nbytes(state)
+        if not self.states and not self.cache.make_room(size * self.num_states, self.max_bytes):
+            self.states = None  # the whole document would not fit: keep nothing
+        elif self.nbytes + size > self.max_bytes:
+            self.states = None  # states larger than the first one's foretold (not seen in practice)
+        else:
+            self.states[index], self.nbytes = state, self.nbytes + size
+
+    def finish(self, meta: dict, prefix_ids: list[int], context_ids: list[int], chunks: list[Chunk],
+               context_text: str | None) -> bool:
+        """Close the file in the folder and keep the document in memory if it fit; whether it was kept."""
+        doc = EncodedDocument(meta, prefix_ids, context_ids, chunks, context_text, states=self.states or {})
+        if self.writer is not None:
+            self.writer.close(doc.header(), context_ids, prefix_ids)
+        kept = bool(self.states) and len(self.states) == len(self.seen)
+        return kept and self.cache.store(self.key, doc, self.max_bytes)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def state_nbytes(state) -> int:
+    return sum(t.numel() * t.element_size() for t in state_leaves(state)[0])
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``). A state is many tensors of ~100 KB, below
+    malloc's mmap threshold, so evicted documents leave holes in the heap that the process would otherwise keep
+    resident: a server's memory grew by about twice its cache budget (benchmarks/serve_memory.py). Takes ~15 ms."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import struct
+import uuid
 from pathlib import Path
 
 import torch
@@ -68,8 +69,9 @@ class DocumentWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = writable_path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.data_path = self.path.with_name(self.path.name + ".data.tmp")
+        unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # two writers of one path never share a temporary file
+        self.tmp = self.path.with_name(f"{self.path.name}.{unique}.tmp")
+        self.data_path = self.path.with_name(f"{self.path.name}.{unique}.data.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.data = open(self.data_path, "wb")

@@ -18,7 +18,7 @@ from .adapters import get_adapter
 from .chunking import make_chunks
 from .config import OPRMConfig, split_options
 from .decoding import Answer, AnswerDecoder, eos_ids, make_generation_config
-from .document import DocumentCache, EncodedDocument, document_key, fingerprint
+from .document import DocumentCache, EncodedDocument, NewDocument, document_key, fingerprint, release_freed_memory
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
 from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
@@ -177,24 +177,34 @@ class OPRM:
         return result
 
     def _answer_from_chunks(self, prompt, config, prefiller, decoder, document, gold_chunk, gold_text) -> OPRMResult:
-        """OPRM on the chunks, reusing an encoded document (given, or from the automatic cache) when there is one."""
+        """OPRM on the chunks, reusing an encoded document (given, or from the automatic cache) when there is one;
+        on a cache miss the new document's states are kept as they are made (``NewDocument``: within the budget)."""
         info, key = None, None
         if document is not None:
             info = {"source": "document"}
         else:
             document, info, key = self._cached_document(prompt, config)
-        keep_states = key is not None and document is None  # a cache miss: keep the states while answering
         if document is not None and not document.held:
             document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
         run = ChunkRun(prompt, config, self.adapter, self.tokenizer, prefiller, decoder, idk_ids=self.idk_ids,
                        model_eos=eos_ids(getattr(self.model, "generation_config", None)),
-                       parallel=self.chunk_parallel, document=document, state_template=self.state_template,
-                       keep_states=keep_states)
-        result, kept = run.run(gold_chunk, gold_text)
-        if kept:
-            new = EncodedDocument(self.document_meta(config, run.chunking),
-                                  prompt.prefix_ids, prompt.context_ids, run.chunks, prompt.context_text, states=kept)
-            info["kept"] = self.documents.put(key, new, config.document_cache_bytes, cache_folder(config))
+                       parallel=self.chunk_parallel, document=document, state_template=self.state_template)
+        keep = None
+        if key is not None and document is None:  # a cache miss: the new document's states, within the budget
+            mine = self.chunk_parallel.share(run.chunks) if self.chunk_parallel else run.chunks
+            keep = run.keep = NewDocument(self.documents, key, config.document_cache_bytes, cache_folder(config),
+                                          len(mine))
+        try:
+            result = run.run(gold_chunk, gold_text)
+        except BaseException:
+            if keep is not None:
+                keep.abort()
+            raise
+        if keep is not None:
+            info["kept"] = keep.finish(self.document_meta(config, run.chunking), prompt.prefix_ids,
+                                       prompt.context_ids, run.chunks, prompt.context_text)
+            run.keep = keep = None
+            release_freed_memory()  # a miss allocated and freed a document's worth of small tensors
         result.document = info
         return result
 

@@ -54,17 +54,17 @@ class ChunkRun:
     It holds what one call needs and nothing of the engine: the config, the model's adapter and tokenizer, the
     tokenized prompt (or an encoded document), the prefiller and decoder of the call, and ``idk_ids`` (an IDK word's
     first tokens), ``model_eos`` (where the model ends an answer), ``parallel`` (a ``ChunkParallel`` or None) and
-    ``state_template`` (a batch-1 state, to rebuild states read from disk). With ``keep_states``, ``run`` also returns
-    every chunk's state after [P, C_i] (what the document cache keeps)."""
+    ``state_template`` (a batch-1 state, to rebuild states read from disk). With ``keep`` (a ``document.NewDocument``),
+    every chunk's state after [P, C_i] is handed to it as its micro-batch goes by (what the document cache keeps)."""
 
     def __init__(self, prompt: PromptParts, config: OPRMConfig, adapter, tokenizer, prefiller: Prefiller,
                  decoder: AnswerDecoder, *, idk_ids: Callable[[str], set[int]], model_eos: set[int] = frozenset(),
                  parallel=None, document: EncodedDocument | None = None, state_template: Callable | None = None,
-                 keep_states: bool = False):
+                 keep=None):
         self.prompt, self.config, self.adapter, self.tokenizer = prompt, config, adapter, tokenizer
         self.prefiller, self.decoder = prefiller, decoder
         self.idk_ids, self.model_eos, self.parallel = idk_ids, set(model_eos), parallel
-        self.document, self.state_template, self.keep_states = document, state_template, keep_states
+        self.document, self.state_template, self.keep = document, state_template, keep
         self.chunks = document.chunks if document is not None else self.chunks_of(prompt, config)
         self.chunking = document.meta["chunking"] if document is not None else chunking_used(prompt, config)
 
@@ -88,8 +88,7 @@ class ChunkRun:
         template = self.state_template() if self.document.on_disk and self.state_template else None
         return self.prefiller.on_document(self.document, chunks, p.suffix_ids, num_logits, template)
 
-    def run(self, gold_chunk: int | None = None, gold_text: str | None = None) -> tuple[OPRMResult, dict]:
-        """(the result, the chunk states after [P, C_i] kept with ``keep_states`` — else {})."""
+    def run(self, gold_chunk: int | None = None, gold_text: str | None = None) -> OPRMResult:
         config, parallel, p = self.config, self.parallel, self.prompt
         gold = self.gold_chunks(gold_chunk, gold_text)
         require(config, query_text=p.query_text, query_span=p.query_span, gold=bool(gold),
@@ -98,11 +97,12 @@ class ChunkRun:
         idk_ids = self.idk_ids(policy.idk) if policy.idk is not None else set()
         num_logits, query_ids = self.query_positions(policy.needs_query_logprob)
 
-        records, answers, kept_states = [], [], {}
+        records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        for batch in self.batches(mine, num_logits, self.keep_states):
+        for batch in self.batches(mine, num_logits, self.keep is not None):
             answers += self.observe(batch, policy, records, idk_ids, query_ids)
-            kept_states.update(batch.kept or {})
+            for index, state in (batch.kept or {}).items():
+                self.keep.add(index, state)
             del batch  # before the next micro-batch runs: one batch of activations and states at a time
 
         candidates, fallbacks = policy.keys()
@@ -123,7 +123,7 @@ class ChunkRun:
                              selection=config.selection, idk_fallback_used=fallback_used or not winners,
                              chunk_size=config.chunk_size, chunking=self.chunking,
                              extra_tokens=extra_tokens(self.chunks, len(p.context_ids)))
-        return result, kept_states
+        return result
 
     def holds(self, index: int) -> bool:
         """Whether this process prefills chunk ``index`` (every chunk, or this rank's round-robin share)."""

@@ -1,0 +1,106 @@
+"""Peak memory of `oprm ask` on one long document: the document cache on (memory), on with a fresh --cache-dir, off.
+
+Each cell runs in a fresh process (``oprm.cli.main`` in a child Python), whose high-water mark of resident memory
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own peak. The document is a synthetic associative-recall text
+(``oprm.synthetic.ar``, seeded) of ``--kb`` kilobytes, asked one question about a fact in it, on the shipped model by
+default. Prints one JSON object, then a markdown table. Target (issue 22): the two cache cells <= 1.25x the cache-off
+peak.
+
+    .venv/bin/python benchmarks/document_cache_memory.py [--kb 400] [--model oprm-ar-mamba2] [--chunk-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(HERE, os.pardir, "src")
+
+CHILD = """
+import json, resource, sys, time
+sys.argv = ["oprm"] + json.loads(sys.argv[1])
+from oprm.cli import main
+start = time.perf_counter()
+code = main(sys.argv[1:])
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(json.dumps({"code": code, "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 2)}), file=sys.stderr)
+"""
+
+
+def make_document(kb: int, seed: int) -> tuple[str, str, str]:
+    """(text of about ``kb`` KB, a question on one fact in it, that fact's value): AR episodes' contexts joined."""
+    sys.path.insert(0, SRC)
+    from oprm.synthetic.ar import make_ar_episode
+
+    rng = random.Random(seed)
+    parts, size, asked = [], 0, None
+    while size < kb * 1000:
+        ep = make_ar_episode(rng, 40)
+        parts.append(ep.context)
+        size += len(ep.context) + 2
+        if asked is None and len(parts) == max(1, kb // 10):  # a fact about a tenth of the way in
+            asked = ep
+    asked = asked or ep
+    return "\n\n".join(parts), asked.question, asked.answer
+
+
+def run_cell(argv: list[str], env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"cell failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    result = json.loads(lines[-1])
+    result["answer"] = proc.stdout.strip()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kb", type=int, default=400, help="document size in KB (default 400)")
+    parser.add_argument("--model", default="oprm-ar-mamba2")
+    parser.add_argument("--chunk-size", default=None, help="default: the model's measured best")
+    parser.add_argument("--threads", default="1")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    text, question, answer = make_document(args.kb, args.seed)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=args.threads)
+    env.pop("OPRM_CACHE_DIR", None)
+    with tempfile.TemporaryDirectory() as tmp:
+        context = os.path.join(tmp, "context.txt")
+        with open(context, "w", encoding="utf-8") as f:
+            f.write(text)
+        base = ["ask", "--model", args.model, "--context", context, "--question", question, "--threads", args.threads]
+        if args.chunk_size:
+            base += ["--chunk-size", str(args.chunk_size)]
+        cells = {"memory cache (default)": [],
+                 "fresh --cache-dir": ["--cache-dir", os.path.join(tmp, "cache")],
+                 "cache off": ["--document-cache-bytes", "0"]}
+        rows = {name: run_cell(base + extra, env) for name, extra in cells.items()}
+        cache_mib = sum(os.path.getsize(os.path.join(tmp, "cache", n)) for n in os.listdir(os.path.join(tmp, "cache"))
+                        ) / 2**20 if os.path.isdir(os.path.join(tmp, "cache")) else 0.0
+    off = rows["cache off"]["peak_rss_mib"]
+    for row in rows.values():
+        row["vs_cache_off"] = round(row["peak_rss_mib"] / off, 3)
+    report = {"document_kb": round(len(text.encode()) / 1000, 1), "model": args.model, "chunk_size": args.chunk_size,
+              "threads": args.threads, "question": question, "expected": answer,
+              "cache_dir_file_mib": round(cache_mib, 1), "cells": rows,
+              "target_met": all(r["vs_cache_off"] <= 1.25 for r in rows.values())}
+    print(json.dumps(report, indent=2))
+    print()
+    print("| cell | peak RSS (MiB) | x cache off | seconds | answer |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, row in rows.items():
+        print(f"| {name} | {row['peak_rss_mib']:.0f} | {row['vs_cache_off']:.2f} | {row['seconds']:.1f} | "
+              f"{row['answer']} |")
+
+
+if __name__ == "__main__":
+    main()
