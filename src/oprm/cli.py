@@ -23,7 +23,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, default: str | None = Non
     (``oprm bench``)."""
     p.add_argument("--model", required=required and default is None, default=default,
                    help=model_help or "hub id, local folder, .gguf file, or a shipped model's name")
-    p.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16 or auto")
+    p.add_argument("--dtype", default="auto", help="auto (default: bfloat16 for the families measured faster in it "
+                                                   "on CPUs with native bf16 matmul, else float32; docs/speed.md), "
+                                                   "float32, bfloat16 or float16")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
     if thread_sweep:
         p.add_argument("--threads", default=None, help="torch CPU threads, comma-separated for a sweep (default: the "

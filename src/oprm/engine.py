@@ -52,7 +52,7 @@ class OPRM:
         self._state_template = None
 
     @classmethod
-    def from_pretrained(cls, model_id_or_path: str, *, dtype: str | torch.dtype = "float32", device: str | None = None,
+    def from_pretrained(cls, model_id_or_path: str, *, dtype: str | torch.dtype = "auto", device: str | None = None,
                         gguf_file: str | None = None, trust_remote_code: bool = False, **engine_kwargs) -> "OPRM":
         """Load a model and tokenizer the transformers way (a hub id, a local folder, a ``.gguf`` file, or the name
         of a model that ships with oprm), or an RWKV ``.pth`` checkpoint on the `rwkv` runtime (``dtype`` may then be a
@@ -174,6 +174,7 @@ class OPRM:
             if streamer is not None:
                 streamer.end()
         result.timings["total"] = time.perf_counter() - start_time
+        result.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         return result
 
     def _answer_from_chunks(self, prompt, config, prefiller, decoder, document, gold_chunk, gold_text) -> OPRMResult:

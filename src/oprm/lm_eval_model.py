@@ -48,7 +48,7 @@ GENERATION_KEYS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p",
 class OPRMLM(LM):
     """lm-eval's model interface over an :class:`oprm.OPRM` engine."""
 
-    def __init__(self, pretrained: str = "oprm-ar-mamba2", dtype: str = "float32", device: str | None = None,
+    def __init__(self, pretrained: str = "oprm-ar-mamba2", dtype: str = "auto", device: str | None = None,
                  threads: int | None = None, trust_remote_code: bool = False, context_field: str = "context",
                  query_field: str | None = None, max_gen_toks: int = 256, batch_size=None, max_batch_size=None,
                  engine=None, **options):

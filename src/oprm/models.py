@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from .dtypes import announce_dtype, resolve_dtype
 from .errors import OPRMUsageError
 
 SHIPPED_DIR = Path(__file__).parent / "models"
@@ -71,7 +72,7 @@ def default_chunk_size(name: str) -> int:
     return measured_chunk_size(name) or OPRMConfig().chunk_size
 
 
-def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_file: str | None = None,
+def load_model(name: str, *, dtype="auto", device: str | None = None, gguf_file: str | None = None,
                trust_remote_code: bool = False):
     """(model, tokenizer) the transformers way, with every failure as one clear line.
 
@@ -84,19 +85,22 @@ def load_model(name: str, *, dtype="float32", device: str | None = None, gguf_fi
         from .adapters.rwkv_runtime import load_rwkv_runtime
 
         return load_rwkv_runtime(path, dtype, check_device(device) if device else device)
-    torch_dtype = dtype if isinstance(dtype, torch.dtype) or dtype == "auto" else getattr(torch, str(dtype), None)
-    if not (isinstance(torch_dtype, torch.dtype) or torch_dtype == "auto"):
-        raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto")
+    auto = not isinstance(dtype, torch.dtype) and str(dtype) == "auto"
+    torch_dtype = torch.float32 if auto else resolve_dtype(dtype)  # auto: decided once the family is known
     device = check_device(device)
     cache = gguf_cache_dir(Path(path) / gguf_file) if gguf_file else None
     if cache is not None and (cache / "config.json").is_file():
         path, gguf_file = str(cache), None  # converted before: load the plain transformers folder
     model, tokenizer = _from_pretrained(name, path, gguf_file, torch.float32 if cache is not None and gguf_file
                                         else torch_dtype, trust_remote_code)
+    loaded_fp32 = auto or (cache is not None and gguf_file)  # GGUF tensors are converted in fp32
     if cache is not None and gguf_file:
         _save_converted(model, tokenizer, cache)
-        if isinstance(torch_dtype, torch.dtype) and torch_dtype != torch.float32:
-            model = model.to(torch_dtype)
+    if auto:
+        torch_dtype = resolve_dtype("auto", model, device)
+        announce_dtype(model, device)
+    if loaded_fp32 and torch_dtype != torch.float32:
+        model = model.to(torch_dtype)
     if device:
         model = model.to(device)
     return model, tokenizer

@@ -31,6 +31,7 @@ class OPRMResult:
     timings: dict = field(default_factory=dict)  # seconds: prefill, selection, decode, total
     logits: list[torch.Tensor] | None = None  # raw logits of each generated token (output_logits=True, one answer)
     document: dict | None = None  # encoded-document reuse: {"source": "document"|"cache", "cache": "hit"|...}
+    dtype: str | None = None  # the weights' dtype the answer was computed in (what --dtype auto chose)
 
     @property
     def chosen_spans(self) -> list[dict]:

@@ -67,7 +67,7 @@ def _setup(spec: dict):
     from oprm.runtime import set_threads
 
     set_threads(spec["threads"])
-    model = load_model(spec["model"], spec.get("dtype", "float32"), spec.get("device"))
+    model = load_model(spec["model"], spec.get("dtype", "auto"), spec.get("device"))
     spec["threads"] = set_threads(spec["threads"], model)  # None: the family's default, recorded
     # every timed call prefills from scratch: no document cache
     engine = OPRM(model, None, config=OPRMConfig(**{**spec["engine"], "document_cache_bytes": 0}))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from oprm.errors import OPRMUsageError
-
 __all__ = ["RANDOM", "TINY_RWKV_RUNTIME", "TINY_VOCAB", "load_model", "make_input", "random_config"]
 
 TINY_VOCAB = 1000
@@ -47,20 +45,21 @@ def random_config(name: str):
                                  eos_token_id=2, **kwargs)
 
 
-def load_model(name: str, dtype: str = "float32", device: str | None = None, trust_remote_code: bool = False):
+def load_model(name: str, dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False):
     import torch
     import transformers as tf
 
+    from oprm.dtypes import announce_dtype, resolve_dtype
     from oprm.models import check_device
     from oprm.models import load_model as oprm_load_model
 
     device = check_device(device)
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise OPRMUsageError(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16")
     if name in TINY_RWKV_RUNTIME:
         return _tiny_rwkv_runtime(name, dtype, device)
     if name in RANDOM:
+        torch_dtype = resolve_dtype(dtype, random_config(name), device)
+        if dtype == "auto":
+            announce_dtype(random_config(name), device)
         torch.manual_seed(0)
         with torch.device(device or "cpu"):  # weights are created (and initialised) where they run: fast on a GPU
             model = tf.AutoModelForCausalLM.from_config(random_config(name), dtype=torch_dtype)
