@@ -278,9 +278,10 @@ def chunk_records(chunks, first_logits: torch.Tensor, idk_ids: set[int], tokeniz
     ids = sorted(idk_ids)
     p_idk = torch.softmax(first_logits.float(), -1)[:, ids].sum(-1) if ids else None
     records = []
+    top_ids, top_probs = top_i.tolist(), top_p.tolist()  # one conversion, not one per element
+    texts = {i: tokenizer.decode([i]) for i in set(sum(top_ids, []))} if tokenizer else {}  # each id decoded once
     for r, chunk in enumerate(chunks):
-        tops = [(int(i), tokenizer.decode([int(i)]) if tokenizer else None, float(p))
-                for i, p in zip(top_i[r], top_p[r])]
+        tops = [(i, texts.get(i), p) for i, p in zip(top_ids[r], top_probs[r])]
         records.append(ChunkRecord(chunk.index, chunk.token_start, chunk.token_end, chunk.char_start, chunk.char_end,
                                    float(entropy[r]), int(argmax[r]), float(max_prob[r]), int(argmax[r]) in idk_ids,
                                    tops, None if query_logprob is None else float(query_logprob[r]),
