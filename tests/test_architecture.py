@@ -19,8 +19,8 @@ PACKAGE = SRC / "oprm"
 CORE = ("oprm", "oprm.engine", "oprm.prefill", "oprm.chunking", "oprm.prompts", "oprm.selection", "oprm.decoding",
         "oprm.config", "oprm.adapters", "oprm.models", "oprm.parallel", "oprm.runtime", "oprm.errors", "oprm.report",
         "oprm.run", "oprm.result", "oprm.document")
-APPLICATIONS = ("oprm.cli", "oprm.__main__", "oprm.demo", "oprm.bench", "oprm.eval", "oprm.evaluate",
-                "oprm.train_ar", "oprm.training", "oprm.synthetic", "oprm.tasks", "oprm.metrics", "oprm.serve", "oprm.lm_eval_model")
+APPLICATIONS = ("oprm.cli", "oprm.__main__", "oprm.demo", "oprm.bench", "oprm.eval",
+                "oprm.training", "oprm.synthetic", "oprm.tasks", "oprm.metrics", "oprm.serve", "oprm.lm_eval_model")
 # import cycles that exist on purpose of nobody; each names who removes it
 KNOWN_CYCLES: dict[frozenset, str] = {}
 MAX_LINES = 400

@@ -191,7 +191,7 @@ def test_eval_prompts_are_the_official_oprm_rwkv_ids(model, tmp_path):
     [Instruction: ] + pre + [\\n\\nInput: ] + context + query + [\\n\\nResponse:]."""
     from pathlib import Path
 
-    from oprm.evaluate import evaluate
+    from oprm.eval.runner import evaluate
     from oprm.tasks import get_task
 
     engine = OPRM(model, RwkvWorldTokenizer(), chunk_size=64)

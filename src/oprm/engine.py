@@ -24,10 +24,9 @@ from .prefill import Prefiller, RunStats
 from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result
 from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, chunking_used, reusable
-from .runtime import default_threads, set_threads  # noqa: F401 - their former home; kept importable
 from .selection import chunk_records
 
-__all__ = ["OPRM", "OPRMResult", "Answer", "default_max_batch_tokens", "default_threads", "set_threads"]
+__all__ = ["OPRM", "OPRMResult", "Answer", "default_max_batch_tokens"]
 
 
 class OPRM:

@@ -53,7 +53,8 @@ class OPRMLM(LM):
                  query_field: str | None = None, max_gen_toks: int = 256, batch_size=None, max_batch_size=None,
                  engine=None, **options):
         super().__init__()
-        from .engine import OPRM, set_threads
+        from .engine import OPRM
+        from .runtime import set_threads
 
         unknown = sorted(set(options) - set(OPRMConfig.names()))
         if unknown:

@@ -6,30 +6,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from oprm.errors import OPRMUsageError
-from oprm.metrics.longbench import BUCKETS, DATASET2METRIC, length_bucket, score_sample
+from oprm.metrics.longbench import DATASET2METRIC, bucket_means, mean100, score_sample
 from oprm.metrics.longbench_v2 import score_v2
 from oprm.tasks import Task, get_task
 
 from .storage import read_jsonl_lenient
 
 __all__ = ["aggregate", "score_dir", "mean100"]
-
-
-def mean100(values: Iterable[float]) -> float:
-    values = list(values)
-    return round(100 * sum(values) / len(values), 2) if values else math.nan
-
-
-def _buckets(scores: Iterable[float], lengths: Iterable) -> dict[str, float]:
-    """LongBench-E: mean score per length bucket (samples without a numeric length are left out)."""
-    by: dict[str, list[float]] = {b: [] for b in BUCKETS}
-    for s, n in zip(scores, lengths):
-        if isinstance(n, (int, float)):
-            by[length_bucket(n)].append(s)
-    return {b: mean100(v) for b, v in by.items()}
 
 
 def aggregate(task: Task, records: list[dict]) -> dict:
@@ -41,7 +27,7 @@ def aggregate(task: Task, records: list[dict]) -> dict:
         return out
     out["score"] = mean100(r["score"] for r in records)
     if task.suite in ("longbench", "longbench_e"):
-        out["buckets"] = _buckets([r["score"] for r in records], [r.get("length") for r in records])
+        out["buckets"] = bucket_means([r["score"] for r in records], [r.get("length") for r in records])
     else:
         by: dict[str, list[float]] = defaultdict(list)
         for r in records:
@@ -116,7 +102,7 @@ def _score_file(f: Path, rows: list[dict], map_idk: bool) -> dict | None:
                                        task.first_line))
         res: dict[str, Any] = {"dataset": dataset, "n": len(rows), "score": mean100(scores)}
         if "pred_e" in f.parts or "_type_e" in f.name:
-            res["buckets"] = _buckets(scores, [r.get("length") for r in rows])
+            res["buckets"] = bucket_means(scores, [r.get("length") for r in rows])
         return res
     try:
         task = get_task(rows[0].get("task") or dataset)

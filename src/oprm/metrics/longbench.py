@@ -36,7 +36,7 @@ __all__ = [
     "normalize_answer", "normalize_zh_answer", "f1_score", "qa_f1_score", "qa_f1_zh_score", "rouge_score",
     "rouge_zh_score", "classification_score", "retrieval_score", "retrieval_zh_score", "count_score",
     "code_sim_score", "fuzz_ratio", "METRICS", "DATASET2METRIC", "FIRST_LINE_DATASETS", "get_metric",
-    "score_sample", "score_dataset", "score_dataset_e", "length_bucket", "BUCKETS",
+    "score_sample", "score_dataset", "score_dataset_e", "length_bucket", "BUCKETS", "mean100", "bucket_means",
 ]
 
 _EN_PUNCT = frozenset(string.punctuation)
@@ -278,15 +278,28 @@ def _first_line_for(dataset: str) -> bool:
     return dataset in FIRST_LINE_DATASETS
 
 
+def mean100(values) -> float:
+    """eval.py's aggregation: round(100 * mean, 2); NaN for no values (numpy's mean of nothing)."""
+    values = list(values)
+    return round(100 * sum(values) / len(values), 2) if values else math.nan
+
+
+def bucket_means(scores, lengths) -> dict[str, float]:
+    """eval.py ``scorer_e``'s aggregation: ``mean100`` per length bucket (a sample without a numeric length is left
+    out; an empty bucket is NaN)."""
+    by: dict[str, list[float]] = {b: [] for b in BUCKETS}
+    for s, n in zip(scores, lengths):
+        if isinstance(n, (int, float)):
+            by[length_bucket(n)].append(s)
+    return {b: mean100(v) for b, v in by.items()}
+
+
 def score_dataset(dataset: str, predictions: Sequence[str], answers: Sequence[Sequence[str]], all_classes=None,
                   metric: str | None = None, first_line: bool | None = None) -> float:
     """eval.py ``scorer``: round(100 * mean, 2). ``all_classes`` is one list for the whole file, as upstream."""
-    if not predictions:
-        return float("nan")
     metric = metric or DATASET2METRIC[dataset]
     first_line = _first_line_for(dataset) if first_line is None else first_line
-    total = sum(score_sample(metric, p, a, all_classes, first_line) for p, a in zip(predictions, answers))
-    return round(100 * total / len(predictions), 2)
+    return mean100(score_sample(metric, p, a, all_classes, first_line) for p, a in zip(predictions, answers))
 
 
 def length_bucket(length: float) -> str:
@@ -303,7 +316,5 @@ def score_dataset_e(dataset: str, predictions: Sequence[str], answers: Sequence[
     """eval.py ``scorer_e``: per length bucket round(100 * mean, 2); an empty bucket is NaN like numpy's mean."""
     metric = metric or DATASET2METRIC[dataset]
     first_line = _first_line_for(dataset) if first_line is None else first_line
-    buckets: dict[str, list[float]] = {b: [] for b in BUCKETS}
-    for p, a, n in zip(predictions, answers, lengths):
-        buckets[length_bucket(n)].append(score_sample(metric, p, a, all_classes, first_line))
-    return {b: (round(100 * sum(v) / len(v), 2) if v else math.nan) for b, v in buckets.items()}
+    return bucket_means([score_sample(metric, p, a, all_classes, first_line) for p, a in zip(predictions, answers)],
+                        lengths)

@@ -23,15 +23,7 @@ from .plan import Limits
 
 API_KEY_ENV = "OPRM_API_KEY"
 
-__all__ = ["add_parser", "run_serve", "create_app"]
-
-
-def create_app(*args, **kwargs):
-    """See :func:`oprm.serve.app.create_app`."""
-    _require_stack()
-    from .app import create_app as make
-
-    return make(*args, **kwargs)
+__all__ = ["add_parser", "run_serve"]
 
 
 def _require_stack() -> None:

@@ -1,7 +1,7 @@
 """The shipped model's recipe: the training stages ``oprm train-ar`` runs when given no training options, and what
 was tried on the way to it (its model card's notes).
 
-Each stage is one ``python -m oprm.train_ar`` run continuing the previous one; the last writes the model folder and,
+Each stage is one ``oprm train-ar`` run continuing the previous one; the last writes the model folder and,
 unless ``--no-measure``, the measurement and the card.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 from .measure import main as measure_main
 from .model import SHIPPED_MODEL
 
-TRAIN_COMMAND = "python -m oprm.train_ar"  # how a stage's command is recorded in training_meta.json
+TRAIN_COMMAND = "oprm train-ar"  # how a stage's command is recorded in training_meta.json
 
 # "shipped" rebuilds the shipped model: stage 1 on whole documents and token windows with 8-tap convolutions and
 # values sharing leading digits (so the key stays within reach of every digit of the answer), then issue 9's two

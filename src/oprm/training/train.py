@@ -5,7 +5,7 @@ synthetic natural-language associative-recall task of :mod:`oprm.synthetic.ar` (
 The model is trained on documents of at most ``--max-ctx-tokens`` context tokens, so that much longer
 documents *overflow* its recurrent state: the setting OPRM is designed for.
 
-    python -m oprm.train_ar --out src/oprm/models/oprm-ar-mamba2          # (or: oprm train-ar ...)
+    oprm train-ar --out src/oprm/models/oprm-ar-mamba2          # (or: oprm train-ar ...)
 
 Fixed seeds; CPU, one torch thread. Loss is on the answer tokens (+ <|im_end|>) only. With no training options
 the shipped recipe runs (:mod:`oprm.training.recipe`).
