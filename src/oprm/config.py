@@ -232,7 +232,14 @@ def check_generation(options: dict) -> None:
         raise OPRMUsageError("temperature 0 is greedy decoding: give a positive temperature to sample")
 
 
-def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens: int | None = 64) -> None:
+GENERATION_DEFAULTS = {name: default for name, _, default, _ in GENERATION_FLAGS if default is not None}
+_OWN = object()  # add_generation_arguments: the command keeps GENERATION_DEFAULTS' max_new_tokens
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, *, max_new_tokens=_OWN) -> None:
+    """The generation flags; a command with another ``max_new_tokens`` default (None: the task's budget) says so."""
+    if max_new_tokens is _OWN:
+        max_new_tokens = GENERATION_DEFAULTS["max_new_tokens"]
     group = parser.add_argument_group("generation options (GenerationConfig)")
     for name, kind, default, help_text in GENERATION_FLAGS:
         flag = "--" + name.replace("_", "-")

@@ -15,6 +15,7 @@ import torch
 from transformers import GenerationConfig
 
 from .config import check_generation
+from .config import GENERATION_DEFAULTS
 from .errors import model_failures
 from transformers.generation.logits_process import (
     LogitsProcessorList,
@@ -29,12 +30,13 @@ GENERATION_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_p", "to
 
 
 def make_generation_config(model, generation_config: GenerationConfig | None = None, **options) -> GenerationConfig:
-    """Our defaults (greedy, 64 new tokens, the model's eos ids), then ``generation_config``, then ``options``."""
+    """Our defaults (greedy, ``GENERATION_DEFAULTS``' new tokens, the model's eos ids), then ``generation_config``,
+    then ``options``."""
     unknown = set(options) - set(GENERATION_OPTIONS)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
     check_generation(options)
-    config = GenerationConfig(max_new_tokens=64, do_sample=False)
+    config = GenerationConfig(**GENERATION_DEFAULTS, do_sample=False)
     model_config = getattr(model, "generation_config", None)
     if model_config is not None and model_config.eos_token_id is not None:
         config.eos_token_id = model_config.eos_token_id
