@@ -111,7 +111,9 @@ def test_one_chunk_equals_vanilla(model):
 def test_shared_prefix_equals_full_recompute(model):
     P, C, S = make_prompt(3)
     kwargs = dict(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)
-    shared = OPRM(model, chunk_size=12, idk=None, shared_prefix=True).generate(**kwargs)
+    engine = OPRM(model, chunk_size=12, idk=None, shared_prefix=True)
+    engine.adapter.prefix_share_fraction = 0.0  # share P even where the default would recompute a short one
+    shared = engine.generate(**kwargs)
     full = OPRM(model, chunk_size=12, idk=None, shared_prefix=False).generate(**kwargs)
     assert_same_choice(shared, full)
     for a, b in zip(shared.chunks, full.chunks):

@@ -74,7 +74,9 @@ class Prefiller:
                    shared_prefix: bool):
         """Micro-batches (chunks, rows [P, C_i], start state, start position); P's state is computed once and
         broadcast to the rows (which then hold only C_i) where the architecture continues a state exactly."""
-        shared = shared_prefix and self.adapter.continuation_exact and len(prefix) > 0
+        row_tokens = chunks[0].num_tokens + suffix_tokens
+        shared = (shared_prefix and self.adapter.continuation_exact and len(prefix) > 0
+                  and len(prefix) >= self.adapter.prefix_share_fraction * row_tokens)
         prefix_state = self.forward([prefix])[1] if shared else None
         self.shared_prefix_tokens = len(prefix) if shared else 0
         row_prefix = [] if shared else prefix

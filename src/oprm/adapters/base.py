@@ -16,6 +16,10 @@ import torch
 class StateAdapter:
     #: True when a multi-token forward from a cached state is exact, so P's state can be computed once and broadcast
     continuation_exact: bool = True
+    #: P's state is shared only when P holds at least this fraction of a row's other tokens ([C_i, S]): rows that
+    #: continue a KV cache run attention on its masked path (SmolLM2 bf16: OPRM's prefill at 0.70x a plain forward's
+    #: tok/s with P shared, 0.98x with P recomputed in every row; docs/speed.md). 0: always share.
+    prefix_share_fraction: float = 0.0
 
     def __init__(self, model):
         self.model = model

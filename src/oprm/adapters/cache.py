@@ -11,6 +11,7 @@ import inspect
 
 import torch
 
+from ..runtime import family
 from .base import StateAdapter, copy_structure
 from .mamba_scan import stateful_mamba_scan, supports_stateful_scan
 
@@ -29,6 +30,8 @@ class CacheAdapter(StateAdapter):
         self.takes_logits_to_keep = "logits_to_keep" in params
         self.stateful_scan = stateful_scan and supports_stateful_scan(model)
         self.continuation_exact = model.config.model_type not in MAMBA1_FAMILY or self.stateful_scan
+        if family(model) == "matmul":  # pure attention: recomputing a short P is cheaper than the masked path
+            self.prefix_share_fraction = 0.5
 
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
         kwargs = {"input_ids": input_ids, self.cache_arg: state, "use_cache": True}
