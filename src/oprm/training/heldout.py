@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from ..chunking import make_chunks
-from ..config import IDK_WORD
+from ..config import IDK_WORD, OPRMConfig
 from ..synthetic import AR_TEMPLATE, long_episodes, make_ar_episode
 from .chat import IM_END, prompt_parts
 
@@ -63,7 +63,7 @@ def answer_accuracy(model, tok, episodes, template=None, batch_size: int = 32):
 
 
 def window_eval(model, tok, chunk_size: int, mult: int = 16, n_episodes: int = 32, keyless_per_episode: int = 8,
-                seed: int = 10_016, chunking: str = "sentences", snap: str = "end", batch_size: int = 32):
+                seed: int = 10_016, chunking: str = OPRMConfig.chunking, snap: str = "end", batch_size: int = 32):
     """Teacher-forced accuracy on what OPRM feeds the model at ``mult`` x the chunk size: the chunk holding the
     needle whole (exact match of the value), and the first-token IDK rate on chunks without the key (a sample).
     Returns (needle_chunk_acc, keyless_idk_rate)."""
