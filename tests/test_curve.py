@@ -10,7 +10,6 @@ from oprm.synthetic.niah import (SECRET_NEEDLE, make_secret_number_episode, pros
                                  prose_sentences)
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "src" / "oprm" / "models" / "oprm-ar-mamba2"
-needs_model = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="shipped model missing")
 
 
 def test_prose_haystack_ships_and_segments():
@@ -42,7 +41,6 @@ def test_secret_number_depth():
         make_secret_number_episode(1, 2000, depth=100).needle)
 
 
-@needs_model
 def test_oprm_training_windows_are_engine_chunks():
     """--data oprm trains on [P, C_j, S] with C_j one of the engine's chunks of a longer document."""
     from transformers import AutoTokenizer
@@ -90,7 +88,6 @@ def test_oprm_training_windows_are_engine_chunks():
     assert not torch.allclose(weighted_loss(logits, lab, first, 3.0), base)
 
 
-@needs_model
 def test_window_eval_runs():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,7 +99,6 @@ def test_window_eval_runs():
     assert 0 <= acc <= 1 and 0 <= idk <= 1
 
 
-@needs_model
 def test_chunk_stats_lookahead_equals_generate_on_boundary_safe_chunks():
     """The study's batched look-ahead over every boundary-safe chunk equals model.generate on [P, C_j, S] alone."""
     import torch
@@ -127,7 +123,6 @@ def test_chunk_stats_lookahead_equals_generate_on_boundary_safe_chunks():
         assert text == r["text"]
 
 
-@needs_model
 def test_replayed_paper_rule_matches_the_engine():
     """chunk_stats' replay of token chunks + entropy + IDK picks the engine's chunk and answer (the paper config)."""
     from oprm import OPRM
@@ -239,7 +234,6 @@ def test_support_and_rules_on_synthetic_records():
     assert choose([chunks[1]], *make_rules(idk=False)["support_div"])["index"] == 1
 
 
-@needs_model
 @pytest.mark.parametrize("grow", ["conv", "layers"])
 def test_grown_model_computes_the_same_function(grow):
     """Growing the shipped model (wider convolutions, more layers) starts from the same function it had."""

@@ -308,7 +308,7 @@ def test_run_score_cli(capsys, tmp_path):
 
 
 def test_cli_main_registers_eval_and_score(capsys):
-    cli = pytest.importorskip("oprm.cli")
+    from oprm import cli
     rc = cli.main(["eval", "--model", "nowhere", "--modes", "bogus", "--tasks", "hotpotqa"])
     assert rc == 2 and "unknown mode" in capsys.readouterr().err
     rc = cli.main(["score", str(FIX / "oprm_preds")])
@@ -317,9 +317,7 @@ def test_cli_main_registers_eval_and_score(capsys):
 
 # ------------------------------------------------------------------ real engine, tiny random-weight model
 def test_end_to_end_tiny_mamba2(tmp_path):
-    oprm = pytest.importorskip("oprm")
-    if not hasattr(oprm, "OPRM"):
-        pytest.skip("engine not available")
+    import oprm
     from tiny_models import tiny_model
     from tiny_tokenizer import tiny_tokenizer
 
