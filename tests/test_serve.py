@@ -334,19 +334,25 @@ def test_bad_requests_get_error_objects(server, client):
 
 
 def test_disconnect_stops_decode_and_full_queue_is_refused(server, client, engine):
-    """A stream that would decode 100000 tokens is dropped after a few pieces: its decode stops (the jobs queued
-    behind it finish at once). While it runs, the queue fills and the next request gets a 503 error object."""
+    """Streams that would decode 100000 tokens fill every running slot and are dropped after a few pieces: their
+    decodes stop (the jobs queued behind them finish at once). While they run, the queue fills and the next request
+    gets a 503 error object with Retry-After."""
     ep = ar(10, 5)
     before = health(server)
+    slots = before["max_running"]
     long_body = {"model": MODEL, "messages": [{"role": "user", "content": ep.question}], "stream": True,
                  "max_tokens": 100_000, "oprm": {"context": ep.context, "ignore_eos": True}}
-    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=60)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(long_body),
-                 headers={"Content-Type": "application/json"})
-    stream = conn.getresponse()
-    assert stream.status == 200
-    for _ in range(3):
-        assert stream.fp.readline()  # pieces are arriving: the long decode runs
+    streams = []
+    for _ in range(slots):
+        conn = http.client.HTTPConnection("127.0.0.1", server, timeout=60)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(long_body),
+                     headers={"Content-Type": "application/json"})
+        stream = conn.getresponse()
+        assert stream.status == 200
+        for _ in range(3):
+            assert stream.fp.readline()  # pieces are arriving: the long decode runs
+        streams.append(conn)
+    assert health(server)["running"] == slots
     quick = {"model": MODEL, "messages": [{"role": "user", "content": ep.question}],
              "oprm": {"context": ep.context}}
     results = []
@@ -358,14 +364,19 @@ def test_disconnect_stops_decode_and_full_queue_is_refused(server, client, engin
     while health(server)["queued"] < MAX_QUEUE:
         assert time.time() < deadline, health(server)
         time.sleep(0.05)
-    status, answer = request(server, "POST", "/v1/chat/completions", quick)
-    assert status == 503 and answer["error"]["code"] == "queue_full"
-    conn.close()  # the client goes away mid-stream
-    for t in waiting:  # the cancelled stream frees the worker (counted below), so the queued requests finish
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(quick), headers={"Content-Type": "application/json"})
+    refused = conn.getresponse()
+    assert refused.status == 503 and refused.getheader("Retry-After") == "1"
+    assert json.loads(refused.read())["error"]["code"] == "queue_full"
+    conn.close()
+    for conn in streams:  # the clients go away mid-stream
+        conn.close()
+    for t in waiting:  # the cancelled streams free the slots (counted below), so the queued requests finish
         t.join(60)
     assert [s for s, _ in results] == [200] * MAX_QUEUE
     after = health(server)
-    assert after["cancelled"] == before["cancelled"] + 1 and after["rejected"] == before["rejected"] + 1
+    assert after["cancelled"] == before["cancelled"] + slots and after["rejected"] == before["rejected"] + 1
     assert not after["busy"] and after["queued"] == 0
 
 
@@ -412,3 +423,29 @@ def test_second_question_on_a_document_uses_the_engine_cache(client):
                                             extra_body={"oprm": {"context": ep.context, "template": AR_TEMPLATE,
                                                                  "explain": True}}).model_extra["oprm"]
     assert second["document"]["cache"] == "hit"
+
+
+def test_metrics_in_prometheus_format(server, client, engine):
+    """/metrics parses as Prometheus text; requests counted agree with /health; eight requests at once share decode
+    steps (the decode forwards hold more rows than there were forwards)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    episodes = [ar(300 + i, 21) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda ep: ask_server(client, ep), episodes))
+    status, page = request(server, "GET", "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    h = health(server)
+    assert samples[("oprm_requests_total", (("code", ""), ("outcome", "completed")))] == h["completed"]
+    assert samples.get(("oprm_requests_total", (("code", "queue_full"), ("outcome", "rejected"))), 0) == h["rejected"]
+    assert samples[("oprm_queue_depth", ())] == h["queued"] and samples[("oprm_queue_capacity", ())] == MAX_QUEUE
+    assert samples[("oprm_time_to_first_token_seconds_count", ())] == h["completed"]
+    assert samples[("oprm_output_tokens_total", ())] > 0
+    assert samples[("oprm_document_cache_misses_total", ())] >= 8 and samples[("oprm_document_cache_bytes", ())] > 0
+    steps = samples[("oprm_forward_rows_count", (("kind", "step"),))]
+    rows = samples[("oprm_forward_rows_sum", (("kind", "step"),))]
+    assert h["batching"] and rows > steps  # some decode step served several requests in one forward

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,14 +179,20 @@ def document_key(fingerprint: dict, chunking: dict, prefix_ids: list[int], conte
 
 class DocumentCache:
     """The engine's automatic cache: encoded documents by key, least recently used first out, within a byte
-    budget; with a folder, documents are also written there and found by later processes."""
+    budget; with a folder, documents are also written there and found by later processes. Thread-safe (a batching
+    server answers several requests at once)."""
 
     def __init__(self):
         self.items: OrderedDict[str, EncodedDocument] = OrderedDict()
         self.sizes: dict[str, int] = {}
         self.hits = self.misses = 0
+        self.lock = threading.RLock()
 
     def get(self, key: str, folder: str | None) -> tuple[EncodedDocument | None, str]:
+        with self.lock:
+            return self._get(key, folder)
+
+    def _get(self, key: str, folder: str | None) -> tuple[EncodedDocument | None, str]:
         if key in self.items:
             self.items.move_to_end(key)
             self.hits += 1
@@ -200,6 +207,10 @@ class DocumentCache:
         """Evict least recently used documents until ``nbytes`` more fit ``max_bytes``; False if they never can."""
         if nbytes > max_bytes:
             return False
+        with self.lock:
+            return self._make_room(nbytes, max_bytes)
+
+    def _make_room(self, nbytes: int, max_bytes: int) -> bool:
         while self.items and sum(self.sizes.values()) + nbytes > max_bytes:
             old, _ = self.items.popitem(last=False)
             del self.sizes[old]
@@ -208,10 +219,11 @@ class DocumentCache:
     def store(self, key: str, doc: EncodedDocument, max_bytes: int) -> bool:
         """Keep ``doc`` in memory if it fits the budget (evicting the least recently used); whether it was kept."""
         size = doc.nbytes
-        if not self.make_room(size, max_bytes):
-            return False
-        self.items[key], self.sizes[key] = doc, size
-        return True
+        with self.lock:
+            if not self.make_room(size, max_bytes):
+                return False
+            self.items[key], self.sizes[key] = doc, size
+            return True
 
 
 class NewDocument:

@@ -3,7 +3,8 @@
     oprm serve --model oprm-ar-mamba2 --port 8000 --chunk-size 128
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or server-sent events), ``POST /v1/completions``,
-``GET /health``. The long context travels in the request extension ``"oprm": {"context": ..., <options>}`` or in a
+``GET /health``, ``GET /metrics`` (Prometheus). Up to ``--max-running`` requests are answered at once with their
+decode steps batched (``scheduler.py``); SIGTERM stops admitting (503) and lets them finish. The long context travels in the request extension ``"oprm": {"context": ..., <options>}`` or in a
 ``<document>...</document>`` block of the messages (see :mod:`oprm.serve.protocol` and the README's "Serving").
 
 This module only defines the command; the web stack (starlette, uvicorn: ``pip install 'oprm[serve]'``) is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import sys
 
@@ -22,6 +24,7 @@ from .guard import Guard, is_loopback
 from .plan import Limits
 
 API_KEY_ENV = "OPRM_API_KEY"
+DEFAULT_MAX_RUNNING = 8
 
 __all__ = ["add_parser", "run_serve"]
 
@@ -56,6 +59,12 @@ def add_parser(sub) -> None:
                    help="the model id clients send (default: --model as given)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the engine; more are answered 503 (default 64)")
+    p.add_argument("--max-running", type=int, default=DEFAULT_MAX_RUNNING,
+                   help=f"requests answered at once, their decode steps batched in one forward and their prefills "
+                        f"taken in turn (default {DEFAULT_MAX_RUNNING}; 1: one request at a time, no batching)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM/SIGINT: seconds the running and queued requests get to finish before they are "
+                        "cancelled (default 30); new ones get 503 meanwhile")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     limits = p.add_argument_group("limits of one request")
     limits.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens,
@@ -97,6 +106,10 @@ def run_serve(args) -> int:
         raise OPRMUsageError(f"--port must be within 0..65535, got {args.port}")
     if args.max_queue < 1:
         raise OPRMUsageError(f"--max-queue must be positive, got {args.max_queue}")
+    if args.max_running < 1:
+        raise OPRMUsageError(f"--max-running must be positive, got {args.max_running}")
+    if args.shutdown_timeout < 0:
+        raise OPRMUsageError(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.max_body_mb <= 0:
         raise OPRMUsageError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     for flag in ("max_tokens_limit", "max_document_bytes", "max_template_chars"):
@@ -121,14 +134,47 @@ def run_serve(args) -> int:
 
     names = model_names(args.model, args.served_model_name)
     app = make(engine, model_names=names, default_generation=generation, max_queue=args.max_queue,
-               max_body_bytes=int(args.max_body_mb * (1 << 20)), limits=limits)
+               max_body_bytes=int(args.max_body_mb * (1 << 20)), limits=limits, max_running=args.max_running,
+               shutdown_timeout=args.shutdown_timeout)
+    worker = app.state.worker
     app = Guard(app, api_keys=keys, allowed_hosts=hosts if loopback or hosts else None)
     port = sock.getsockname()[1]
     print(f"oprm serve: {names[0]} on http://{args.host}:{port}/v1 (chunk size {engine.config.chunk_size}, "
-          f"queue {args.max_queue}{', API key required' if keys else ''})", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"))
-    uvicorn.Server(config).run(sockets=[sock])
+          f"queue {args.max_queue}, {args.max_running} at once{', API key required' if keys else ''})",
+          file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=args.log_level in ("info", "debug"),
+                            timeout_graceful_shutdown=args.shutdown_timeout)
+    _Server(config, worker).run(sockets=[sock])
     return 0
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which on SIGTERM/SIGINT first stops admitting (503 with Retry-After for a request that
+        still arrives on an open connection), then closes the listening socket and waits for running requests
+        (``--shutdown-timeout``); the worker cancels what is left and the process exits 0."""
+
+        def __init__(self, config, worker):
+            super().__init__(config)
+            self.worker = worker
+
+        def handle_exit(self, sig, frame) -> None:
+            if not self.worker.draining:
+                print(f"oprm serve: shutting down: finishing {len(self.worker.running)} running and "
+                      f"{self.worker.queue.qsize()} queued requests (at most {self.worker.shutdown_timeout:g} s)",
+                      file=sys.stderr, flush=True)
+            self.worker.drain()
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:  # a graceful stop is a clean exit (0): uvicorn would re-raise the signal
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return Server
+
+
+def _Server(config, worker):
+    return _server_class()(config, worker)
 
 
 def _bind(host: str, port: int) -> socket.socket:

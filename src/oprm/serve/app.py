@@ -106,10 +106,25 @@ class EventStream(Response):
                 job.cancel()
 
 
+def _metrics():
+    try:
+        from .metrics import Metrics
+    except ImportError:  # prometheus-client missing: the server runs, /metrics says what to install
+        log.warning("prometheus-client is not installed: /metrics is off")
+        return None
+    return Metrics()
+
+
 def create_app(engine, *, model_names: list[str], default_generation: dict | None = None, max_queue: int = 64,
-               max_body_bytes: int = DEFAULT_MAX_BODY, limits: Limits | None = None) -> Starlette:
-    """The server for one loaded ``OPRM`` engine. ``model_names``: the id clients send (first) and its aliases."""
-    worker = EngineWorker(engine, max_queue)
+               max_body_bytes: int = DEFAULT_MAX_BODY, limits: Limits | None = None, max_running: int = 1,
+               shutdown_timeout: float = 30.0) -> Starlette:
+    """The server for one loaded ``OPRM`` engine. ``model_names``: the id clients send (first) and its aliases.
+    ``max_running`` > 1 answers that many requests at once with their forwards batched (``scheduler.py``)."""
+    metrics = _metrics()
+    worker = EngineWorker(engine, max_queue, max_running=max_running, metrics=metrics,
+                          shutdown_timeout=shutdown_timeout)
+    if metrics is not None:
+        metrics.attach(worker, engine)
     parser = Parser(model_names, engine.config, default_generation or {}, limits)
 
     async def read_body(request: Request):
@@ -182,6 +197,13 @@ def create_app(engine, *, model_names: list[str], default_generation: dict | Non
     async def health(request: Request) -> Response:
         return _json({"status": "ok", "model": model_names[0], **worker.status()})
 
+    async def metrics_page(request: Request) -> Response:
+        if metrics is None:
+            raise APIError(404, "/metrics needs prometheus-client: pip install 'oprm[serve]'", code="not_found")
+        from .metrics import CONTENT_TYPE
+
+        return Response(metrics.render(), media_type=None, headers={"Content-Type": CONTENT_TYPE})
+
     async def api_error(request: Request, exc: APIError) -> Response:
         return _json(exc.body(), exc.status, exc.headers)
 
@@ -200,15 +222,18 @@ def create_app(engine, *, model_names: list[str], default_generation: dict | Non
     async def lifespan(app):
         worker.start()
         yield
-        worker.stop()
+        # uvicorn has waited for the open responses (--shutdown-timeout): what still runs has no client left
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop, min(2.0, shutdown_timeout))
 
     routes = [Route("/v1/chat/completions", chat_completions, methods=["POST"]),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", model, methods=["GET"]),
-              Route("/health", health, methods=["GET"])]
+              Route("/health", health, methods=["GET"]),
+              Route("/metrics", metrics_page, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error})
     app.state.worker = worker
+    app.state.metrics = metrics
     app.state.started = time.time()
     return app

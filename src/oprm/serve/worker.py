@@ -1,10 +1,13 @@
-"""One engine, one worker thread, a bounded queue of jobs.
+"""One engine, a bounded queue of jobs, and the threads that answer them.
 
-The engine is not thread-safe and the model is one, so requests run one at a time in a dedicated thread (the
-event loop only parses, queues and streams). Everything that touches the engine or its tokenizer happens in that
-thread. A full queue is refused at once (the app answers 503); a job whose client went away is skipped if it has
-not started, and stopped at its next decoded token if it has: the job's streamer raises :class:`DecodeCancelled`
-from ``put``, which the engine calls once per token.
+The event loop only parses, queues and streams; the engine runs in worker threads. Without batching one thread
+answers one job at a time. With batching (the default: ``oprm serve --max-running``), several jobs run at once, each
+in its own thread, and only the scheduler thread (``scheduler.py``) runs the model: their decode steps share forwards.
+
+A full queue is refused at once (the app answers 503 with ``Retry-After``), and so is every job once the server
+drains for a shutdown. A job whose client went away is skipped if it has not started, and stopped at its next decoded
+token if it has: the job's streamer raises :class:`DecodeCancelled` from ``put``, which the engine calls once per
+token (with batching its rows leave the next decode step).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Job:
         self.cancelled = threading.Event()
         self.enqueued = time.perf_counter()
         self.started: float | None = None
+        self.first_token: float | None = None
         self.tokens_decoded = 0
 
     def cancel(self) -> None:
@@ -106,6 +110,8 @@ class _Streamer:
             self.prompt_seen = True
             return
         new = [int(t) for t in value.reshape(-1).tolist()]
+        if self.job.first_token is None:
+            self.job.first_token = time.perf_counter()
         self.tokens += new
         self.job.tokens_decoded += len(new)
         if self.stream_text and not self.stopped:
@@ -155,58 +161,116 @@ def _partial_stop(text: str, stops: list[str]) -> int:
 
 
 class EngineWorker:
-    """Runs jobs on the engine, one at a time, in its own thread."""
+    """Runs jobs on the engine. Without batching, one at a time in one thread. With batching (``max_running`` > 1),
+    up to ``max_running`` jobs run at once, each in its own thread, and a :class:`~.scheduler.Scheduler` runs their
+    forwards: decode steps of all of them in one forward, prefill micro-batches in turn."""
 
-    def __init__(self, engine, max_queue: int = 64):
+    def __init__(self, engine, max_queue: int = 64, max_running: int = 1, metrics=None,
+                 shutdown_timeout: float = 30.0):
         self.engine = engine
         self.max_queue = max_queue
+        self.max_running = max(1, max_running)
         self.queue: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.running: Job | None = None
+        self.running: set[Job] = set()
+        self.metrics = metrics
+        self.shutdown_timeout = shutdown_timeout
+        self.draining = False
         # failed: the server's fault (5xx); refused: the request's (a 4xx found only by the engine, e.g. a context of
-        # no tokens); rejected: the queue was full
+        # no tokens); rejected: the queue was full or the server was shutting down
         self.counts = {"completed": 0, "cancelled": 0, "failed": 0, "refused": 0, "rejected": 0}
-        self.thread = threading.Thread(target=self._loop, name="oprm-engine", daemon=True)
+        self.scheduler = None
+        if self.max_running > 1:
+            from .scheduler import Scheduler, SchedulingAdapter
+
+            self.scheduler = Scheduler(engine.adapter, observe=metrics.observe_forward if metrics else None)
+            engine.adapter = SchedulingAdapter(engine.adapter, self.scheduler)
+        self.threads = [threading.Thread(target=self._loop, name=f"oprm-engine-{i}", daemon=True)
+                        for i in range(self.max_running)]
         self.started_at = time.time()
+        self.lock = threading.Lock()
         eos = getattr(getattr(engine.model, "generation_config", None), "eos_token_id", None)
         self.eos = set() if eos is None else {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
-    def start(self) -> None:
-        self.thread.start()
+    @property
+    def batching(self) -> bool:
+        return self.scheduler is not None
 
-    def stop(self, timeout: float = 5.0) -> None:
-        running = self.running
-        if running is not None:
-            running.cancel()
-        try:
-            self.queue.put_nowait(None)
-        except queue.Full:
-            pass
-        self.thread.join(timeout)
+    def start(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.start()
+        for thread in self.threads:
+            thread.start()
+
+    def drain(self) -> None:
+        """Admit no more jobs (503); those queued and running go on."""
+        self.draining = True
+
+    def idle(self) -> bool:
+        return not self.running and self.queue.empty()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new jobs, let the queued and running ones finish within ``timeout`` seconds (default
+        ``shutdown_timeout``), cancel what is left, and end the threads."""
+        self.drain()
+        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
+        while not self.idle() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while True:  # what did not finish in time is cancelled
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
+                self.counts["cancelled"] += 1
+                job.settle(error=JobCancelled())
+        for job in list(self.running):
+            job.cancel()
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join(max(0.1, deadline - time.monotonic()) + 5)
+        if self.scheduler is not None:
+            self.scheduler.stop()
 
     def submit(self, job: Job) -> None:
+        if self.draining:
+            self._count("rejected", "shutting_down")
+            raise APIError(503, "the server is shutting down; retry on another replica or later",
+                           type="server_error", code="shutting_down", headers={"Retry-After": "5"})
         try:
             self.queue.put_nowait(job)
         except queue.Full:
-            self.counts["rejected"] += 1
+            self._count("rejected", "queue_full")
             raise APIError(503, f"the server is busy: {self.max_queue} requests are already waiting; retry later",
                            type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
 
     def status(self) -> dict:
-        return {"queued": self.queue.qsize(), "max_queue": self.max_queue, "busy": self.running is not None,
-                **self.counts}
+        return {"queued": self.queue.qsize(), "max_queue": self.max_queue, "busy": bool(self.running),
+                "running": len(self.running), "max_running": self.max_running, "batching": self.batching,
+                "draining": self.draining, **self.counts}
 
-    # --- the thread -----------------------------------------------------------------------------------------------
+    def _count(self, count: str, code: str | None = None) -> None:
+        with self.lock:
+            self.counts[count] += 1
+        if self.metrics is not None:
+            self.metrics.finished(count, code)
+
+    # --- the threads ----------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             job = self.queue.get()
             if job is None:
                 return
             if job.cancelled.is_set():  # its client left while it waited
-                self.counts["cancelled"] += 1
+                self._count("cancelled", "cancelled")
                 job.settle(error=JobCancelled())
                 continue
-            self.running = job
+            with self.lock:
+                self.running.add(job)
             job.started = time.perf_counter()
+            if self.scheduler is not None:
+                self.scheduler.enter(job)
             outcome, error, count = None, None, "failed"
             try:
                 outcome, count = self._run(job), "completed"
@@ -223,9 +287,16 @@ class EngineWorker:
                 log.error("request %s failed:\n%s", job.plan.id, traceback.format_exc())
                 error = APIError(500, f"internal error while answering ({type(e).__name__})", type="server_error",
                                  code="internal_error")
+            finally:
+                if self.scheduler is not None:
+                    self.scheduler.leave()
             # the counters and the busy flag are settled before the client hears back, so /health agrees with it
-            self.counts[count] += 1
-            self.running = None
+            code = getattr(error, "code", None) or (str(error.status) if isinstance(error, APIError) else None)
+            self._count(count, code if count != "cancelled" else "cancelled")
+            if self.metrics is not None and outcome is not None:
+                self.metrics.answered(job, outcome)
+            with self.lock:
+                self.running.discard(job)
             job.settle(outcome, error)
 
     def _run(self, job: Job) -> Outcome:

@@ -1,0 +1,184 @@
+"""Continuous batching across requests: one scheduler thread owns the model; requests run side by side.
+
+Each running request is an ordinary ``OPRM.generate`` call in its own thread (so its answer is computed by the very
+code that answers it alone), but the engine's adapter is replaced by a :class:`SchedulingAdapter`: every forward the
+call asks for (a prefill micro-batch, a decode step) becomes an :class:`Op` handed to the :class:`Scheduler` thread,
+the only one that runs the model. Each scheduling round the scheduler
+
+* runs the decode steps of every request waiting on one as one batched forward (``batching.StepBatcher``): requests
+  join the batch at their first token and leave it after their last, or at once when their client goes away (its
+  thread stops asking);
+* then runs one prefill micro-batch (at most ``max_batch_tokens`` tokens), taking the requests in turn: a long
+  document's prefill is many rounds, and a short question that arrives behind it gets its rows in between.
+
+So the work per round is bounded (one micro-batch + one decode step per running request) and no request waits for
+another to finish. Before a round the scheduler waits a moment (``gather_s``) for running requests that are between
+two forwards, so their steps join the same batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import torch
+
+from .batching import StepBatcher
+
+
+class Op:
+    """One forward asked by a request's thread; the thread waits on ``done``."""
+
+    __slots__ = ("kind", "args", "owner", "done", "result", "error")
+
+    def __init__(self, kind: str, args: tuple, owner):
+        self.kind, self.args, self.owner = kind, args, owner
+        self.done = threading.Event()
+        self.result = self.error = None
+
+
+class Scheduler:
+    def __init__(self, adapter, gather_s: float = 0.005, observe=None):
+        self.adapter = adapter
+        self.batcher = StepBatcher(adapter)
+        self.gather_s = gather_s
+        self.observe = observe  # callback(kind, rows, seconds) for the metrics
+        self.cond = threading.Condition()
+        self.pending: list[Op] = []
+        self.active: set = set()  # owners (request threads' tokens) that may ask for forwards
+        self.local = threading.local()
+        self.turns: deque = deque()  # owners in the order their prefill gets a turn
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="oprm-scheduler", daemon=True)
+        self.rounds = 0
+
+    # --- request threads ------------------------------------------------------------------------------------------
+    def enter(self, owner) -> None:
+        """The calling thread runs a request from now on: its forwards are scheduled."""
+        self.local.owner = owner
+        with self.cond:
+            self.active.add(owner)
+
+    def leave(self) -> None:
+        owner = getattr(self.local, "owner", None)
+        self.local.owner = None
+        with self.cond:
+            self.active.discard(owner)
+            self.cond.notify_all()
+
+    def owner(self):
+        return getattr(self.local, "owner", None)
+
+    def submit(self, kind: str, *args):
+        owner = self.owner()
+        if owner is None or threading.current_thread() is self.thread:
+            return getattr(self.adapter, kind)(*args)
+        op = Op(kind, args, owner)
+        with self.cond:
+            if self.stopping:
+                raise RuntimeError("the scheduler has stopped")
+            self.pending.append(op)
+            self.cond.notify_all()
+        op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    # --- the scheduler thread -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        self.thread.join(10)
+
+    def _take(self) -> tuple[list[Op], Op | None]:
+        with self.cond:
+            while not self.pending and not self.stopping:
+                self.cond.wait()
+            if self.stopping and not self.pending:
+                return [], None
+            # a moment for running requests between two forwards: their steps join this round's batch
+            deadline = time.monotonic() + self.gather_s
+            while len({op.owner for op in self.pending}) < len(self.active) and not self.stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            steps = [op for op in self.pending if op.kind == "step"]
+            prefills = [op for op in self.pending if op.kind == "prefill"]
+            chosen = None
+            if prefills:
+                owners = {op.owner: op for op in prefills}
+                for owner in owners:  # newcomers go to the back of the line
+                    if owner not in self.turns:
+                        self.turns.append(owner)
+                while chosen is None:
+                    owner = self.turns.popleft()
+                    if owner in owners:
+                        chosen = owners[owner]
+                        self.turns.append(owner)
+                    elif owner in self.active:
+                        self.turns.append(owner)
+            self.pending = [op for op in self.pending if op.kind != "step" and op is not chosen]
+            return steps, chosen
+
+    def _loop(self) -> None:
+        with torch.no_grad():
+            while True:
+                steps, prefill = self._take()
+                if not steps and prefill is None:
+                    return
+                self.rounds += 1
+                if steps:
+                    self._run_steps(steps)
+                if prefill is not None:
+                    self._run(prefill)
+
+    def _run_steps(self, ops: list[Op]) -> None:
+        t = time.perf_counter()
+        try:
+            results = self.batcher.run([op.args for op in ops])
+        except BaseException:  # one failing request must not fail the others: run them one by one
+            for op in ops:
+                self._run(op)
+            return
+        if self.observe:
+            self.observe("step", sum(op.args[0].shape[0] for op in ops), time.perf_counter() - t)
+        for op, result in zip(ops, results):
+            op.result = result
+            op.done.set()
+
+    def _run(self, op: Op) -> None:
+        t = time.perf_counter()
+        try:
+            op.result = getattr(self.adapter, op.kind)(*op.args)
+        except BaseException as e:  # handed to the request's thread, which raises it as its own
+            op.error = e
+        if self.observe:
+            self.observe(op.kind, op.args[0].shape[0], time.perf_counter() - t)
+        op.done.set()
+
+
+class SchedulingAdapter:
+    """The engine's adapter while the server batches: forwards asked by request threads go through the scheduler;
+    everything else (select, concat, device, flags) is the model's own adapter."""
+
+    def __init__(self, adapter, scheduler: Scheduler):
+        self.__dict__["_adapter"] = adapter
+        self.__dict__["_scheduler"] = scheduler
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._adapter, name, value)
+
+    def prefill(self, input_ids, state=None, start: int = 0, num_logits: int = 1):
+        return self._scheduler.submit("prefill", input_ids, state, start, num_logits)
+
+    def step(self, token, state, position: int):
+        return self._scheduler.submit("step", token, state, position)

@@ -1,0 +1,156 @@
+"""Decode steps of several requests in one forward (serve/batching.py) and requests run side by side through the
+scheduler (serve/scheduler.py): the same tokens as each request alone, on tiny random models of each state layout."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from oprm import OPRM
+from oprm.serve.batching import StepBatcher, layout
+from oprm.serve.scheduler import Scheduler, SchedulingAdapter
+from tiny_models import VOCAB, reference_generate, tiny_model
+
+# layout -> model types; "None" ones are not stacked (their steps run one by one)
+STACKED = {"llama": "attention", "gemma": "attention", "mamba2": "recurrent", "mamba": "recurrent"}
+ALONE = ("bamba",)  # a hybrid: attention and SSM layers in one cache
+STEPS = 6
+
+
+def prompts(seed: int, lengths=(5, 17, 11)) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+def greedy_alone(adapter, prompt):
+    logits, state = adapter.prefill(torch.tensor([prompt]))
+    logits, tokens, seen = logits[:, -1], [], []
+    for k in range(STEPS):
+        token = int(logits.argmax(-1))
+        tokens.append(token)
+        seen.append(logits[0])
+        logits, state = adapter.step(torch.tensor([[token]]), state, len(prompt) + k)
+    return tokens, seen
+
+
+@pytest.mark.parametrize("model_type", [*STACKED, *ALONE])
+@torch.no_grad()
+def test_batched_steps_equal_steps_alone(model_type):
+    """Rows of different lengths (and one request with two rows, as look-ahead decodes) stepped together give each
+    request's own logits and tokens; the states that come back continue exactly."""
+    engine = OPRM(tiny_model(model_type), chunk_size=8, idk=None)
+    adapter = engine.adapter
+    texts = prompts(1)
+    alone = [greedy_alone(adapter, p) for p in texts]
+    batcher = StepBatcher(adapter)
+    current = []
+    for p in texts:
+        logits, state = adapter.prefill(torch.tensor([p]))
+        current.append([logits[:, -1], state, len(p), []])
+    # a two-row request: the first prompt twice (rows of one request share a position)
+    logits, state = adapter.prefill(torch.tensor([texts[0], texts[0]]))
+    pair = [logits[:, -1], state, len(texts[0]), [[], []]]
+    assert layout(current[0][1]) == STACKED.get(model_type)
+    for k in range(STEPS):
+        items = []
+        for i, c in enumerate(current):
+            token = int(c[0].argmax(-1))
+            torch.testing.assert_close(c[0][0], alone[i][1][k], rtol=1e-5, atol=1e-5)
+            c[3].append(token)
+            items.append((torch.tensor([[token]]), c[1], c[2]))
+        best = pair[0].argmax(-1)
+        for r in range(2):
+            pair[3][r].append(int(best[r]))
+        items.append((best[:, None], pair[1], pair[2]))
+        results = batcher.run(items)
+        for c, (logits, state) in zip(current + [pair], results):
+            assert logits.shape[0] == c[0].shape[0]
+            c[0], c[1], c[2] = logits, state, c[2] + 1
+    for c, (tokens, _) in zip(current, alone):
+        assert c[3] == tokens
+    assert pair[3] == [alone[0][0], alone[0][0]]
+    assert batcher.batched_steps == (STEPS if model_type in STACKED else 0)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mamba2"])
+def test_requests_side_by_side_equal_requests_alone(model_type):
+    """Six OPRM requests (different documents, questions and lengths; two with look-ahead selection) run at once in
+    threads through the scheduler: each answer, chosen chunk and entropy equals the request run alone, and the
+    decode steps did share forwards."""
+    model = tiny_model(model_type)
+    g = torch.Generator().manual_seed(7)
+    requests = []
+    for i in range(6):
+        context = torch.randint(3, VOCAB, (40 + 12 * i,), generator=g).tolist()
+        suffix = torch.randint(3, VOCAB, (3 + i % 3,), generator=g).tolist()
+        options = {"selection": "lookahead", "lookahead_tokens": 3} if i % 3 == 2 else {}
+        requests.append((dict(prefix_ids=[1, 5], context_ids=context, suffix_ids=suffix, max_new_tokens=5 + i),
+                         options))
+    engine = OPRM(model, chunk_size=8, idk=None, document_cache_bytes=0)
+    alone = [engine.generate(**kwargs, **options) for kwargs, options in requests]
+    real = engine.adapter
+    scheduler = Scheduler(real, gather_s=0.05)
+    engine.adapter = SchedulingAdapter(real, scheduler)
+    scheduler.start()
+    results, errors = [None] * len(requests), []
+    barrier = threading.Barrier(len(requests))
+
+    def run(i):
+        try:
+            scheduler.enter(i)
+            barrier.wait()
+            kwargs, options = requests[i]
+            with torch.no_grad():
+                results[i] = engine.generate(**kwargs, **options)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            scheduler.leave()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    scheduler.stop()
+    assert not errors, errors
+    for a, b in zip(alone, results):
+        assert b.token_ids == a.token_ids and b.chosen == a.chosen
+        assert [c.entropy for c in b.chunks] == pytest.approx([c.entropy for c in a.chunks], rel=1e-5, abs=1e-6)
+    assert scheduler.batcher.batched_steps > 0
+
+
+def test_batched_decode_equals_generate_on_the_chosen_chunk():
+    """The end of the chain: an answer decoded in a shared batch is model.generate on [P, C_j, S] alone."""
+    model = tiny_model("llama")
+    engine = OPRM(model, chunk_size=8, idk=None, document_cache_bytes=0)
+    real = engine.adapter
+    scheduler = Scheduler(real, gather_s=0.05)
+    engine.adapter = SchedulingAdapter(real, scheduler)
+    scheduler.start()
+    g = torch.Generator().manual_seed(3)
+    asks = [dict(prefix_ids=[1], context_ids=torch.randint(3, VOCAB, (32 + 8 * i,), generator=g).tolist(),
+                 suffix_ids=[4, 5 + i], max_new_tokens=6) for i in range(3)]
+    out = [None] * 3
+
+    def run(i):
+        scheduler.enter(i)
+        try:
+            with torch.no_grad():
+                out[i] = engine.generate(**asks[i])
+        finally:
+            scheduler.leave()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    scheduler.stop()
+    for ask, result in zip(asks, out):
+        j = result.chosen[0]
+        chunk = ask["context_ids"][8 * j:8 * (j + 1)]
+        tokens, _ = reference_generate(model, ask["prefix_ids"] + chunk + ask["suffix_ids"], 6)
+        assert result.token_ids == tokens

@@ -1,0 +1,117 @@
+"""`oprm serve` under load, as a real process: graceful shutdown on SIGTERM, and refusal while draining."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from oprm.synthetic.ar import make_ar_episode  # noqa: E402
+from ports import free_port  # noqa: E402
+from test_serve import MODEL, health, subprocess_env  # noqa: E402
+
+
+def start_server(*extra: str):
+    port = free_port()
+    cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", "128",
+           "--max-tokens-limit", "100000", *extra]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            health(port)
+            return proc, port
+        except (ConnectionError, OSError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
+            time.sleep(0.3)
+
+
+def open_stream(port: int, max_tokens: int):
+    ep = make_ar_episode(3, 5)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": ep.question}], "stream": True,
+            "max_tokens": max_tokens, "oprm": {"context": ep.context, "ignore_eos": True}}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.readline().startswith(b"data: ")  # the answer has begun
+    return conn, response
+
+
+def read_events(response) -> list[str]:
+    events = []
+    for line in iter(response.readline, b""):
+        if line.startswith(b"data: "):
+            events.append(line[6:].decode().strip())
+    return events
+
+
+def test_sigterm_finishes_running_requests_then_exits_0():
+    """SIGTERM while two answers stream: both finish whole (every token, then [DONE]), the listening socket closes
+    (a new client is refused), and the process exits 0."""
+    proc, port = start_server("--max-running", "2")
+    try:
+        streams = [open_stream(port, 300) for _ in range(2)]
+        proc.send_signal(signal.SIGTERM)
+        for conn, response in streams:
+            events = read_events(response)
+            assert events[-1] == "[DONE]"
+            last = json.loads(events[-2])
+            assert last["choices"][0]["finish_reason"] == "length"
+            conn.close()
+        assert proc.wait(60) == 0
+        out = proc.stdout.read()
+        assert "shutting down: finishing 2 running" in out and "Traceback" not in out
+        with pytest.raises(OSError):
+            health(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_sigterm_is_bounded_by_the_shutdown_timeout():
+    """An answer that would stream 100000 tokens does not hold a stopping server past --shutdown-timeout: the
+    process exits 0 soon after, the stream cut."""
+    proc, port = start_server("--shutdown-timeout", "1")
+    try:
+        conn, response = open_stream(port, 100_000)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        events = read_events(response)
+        assert "[DONE]" not in events
+        conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+class _FakeEngine:
+    class model:
+        generation_config = None
+
+
+def test_a_draining_worker_answers_503_with_retry_after():
+    from oprm.serve.plan import APIError, Plan
+    from oprm.serve.worker import EngineWorker, Job
+
+    async def submit():
+        worker = EngineWorker(_FakeEngine(), max_queue=4)
+        worker.drain()
+        with pytest.raises(APIError) as refused:
+            worker.submit(Job(Plan("chat", MODEL, {}), asyncio.get_running_loop()))
+        return worker, refused.value
+
+    worker, error = asyncio.run(submit())
+    assert error.status == 503 and error.code == "shutting_down" and error.headers["Retry-After"]
+    assert worker.status()["rejected"] == 1 and worker.status()["draining"]
