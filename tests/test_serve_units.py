@@ -26,6 +26,7 @@ class FakeJob:
         self.plan = FakePlan(stop)
         self.cancelled = threading.Event()
         self.tokens_decoded = 0
+        self.first_token = None
         self.pieces: list[str] = []
 
     def emit(self, delta):
