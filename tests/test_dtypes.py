@@ -56,3 +56,25 @@ def test_the_choice_is_announced_once_and_recorded(native, capsys):
     result = OPRM(model.to(torch.bfloat16), chunk_size=8, idk=None).generate(
         prefix_ids=[3, 4], context_ids=list(range(5, 30)), suffix_ids=[6, 7], max_new_tokens=2)
     assert result.dtype == "bfloat16" and result.to_dict()["dtype"] == "bfloat16"
+
+
+def test_auto_loads_in_its_dtype_as_from_pretrained_does(native, tmp_path):
+    """auto is decided from the config before the weights load, which then load in that dtype the transformers way:
+    the rotary frequencies stay fp32 (a loaded fp32 model cast to bf16 would round them: angles off at long
+    positions), and the model equals from_pretrained(dtype=bfloat16) bit for bit."""
+    import transformers as tf
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    from oprm.models import load_model
+
+    native(True)
+    tiny_model("llama").save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path), dtype="auto")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert {b.dtype for _, b in model.named_buffers()} == {torch.float32}
+    reference = tf.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)

@@ -75,7 +75,8 @@ _ANNOUNCED: set = set()
 def announce_dtype(model, device=None) -> None:
     """Print what ``auto`` chose, once per process and model type (standard error: answers stay on stdout)."""
     name, why = auto_dtype(model, device)
-    key = (getattr(getattr(model, "config", None), "model_type", None), name)
+    config = getattr(model, "config", model)  # a model or its config
+    key = (getattr(config, "model_type", None), name)
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
         print(f"oprm: dtype auto -> {name} ({why}; --dtype float32 for the exactness reference)", file=sys.stderr)

@@ -76,6 +76,11 @@ def load_model(name: str, *, dtype="auto", device: str | None = None, gguf_file:
                trust_remote_code: bool = False):
     """(model, tokenizer) the transformers way, with every failure as one clear line.
 
+    The weights load in their final dtype (``auto`` is decided from the config first), as
+    ``from_pretrained(dtype=...)`` does: buffers that transformers computes in fp32 (rotary frequencies) and
+    ``_keep_in_fp32_modules`` stay fp32, where casting a loaded fp32 model would round them too (SmolLM2's rotary
+    frequencies in bf16 put a position-16K angle off by radians).
+
     A ``.gguf`` model is converted once (de-quantization and tokenizer conversion take most of its start-up) and
     kept as safetensors + tokenizer files in the cache (see ``gguf_cache_dir``); later loads read those."""
     import torch
@@ -86,33 +91,68 @@ def load_model(name: str, *, dtype="auto", device: str | None = None, gguf_file:
 
         return load_rwkv_runtime(path, dtype, check_device(device) if device else device)
     auto = not isinstance(dtype, torch.dtype) and str(dtype) == "auto"
-    torch_dtype = torch.float32 if auto else resolve_dtype(dtype)  # auto: decided once the family is known
+    torch_dtype = None if auto else resolve_dtype(dtype)
     device = check_device(device)
     cache = gguf_cache_dir(Path(path) / gguf_file) if gguf_file else None
-    if cache is not None and (cache / "config.json").is_file():
-        path, gguf_file = str(cache), None  # converted before: load the plain transformers folder
-    model, tokenizer = _from_pretrained(name, path, gguf_file, torch.float32 if cache is not None and gguf_file
-                                        else torch_dtype, trust_remote_code)
-    loaded_fp32 = auto or (cache is not None and gguf_file)  # GGUF tensors are converted in fp32
-    if cache is not None and gguf_file:
+    if cache is not None and not (cache / "config.json").is_file():  # first load: de-quantize (fp32) and keep it
+        model, tokenizer = _from_pretrained(name, path, gguf_file, torch.float32, trust_remote_code)
         _save_converted(model, tokenizer, cache)
+        if not (cache / "config.json").is_file():  # the cache could not be written: cast this copy
+            torch_dtype = torch_dtype or resolve_dtype("auto", model, device)
+            if auto:
+                announce_dtype(model, device)
+            return _placed(_cast_parameters(model, torch_dtype), device), tokenizer
+        del model, tokenizer
+    if cache is not None:
+        path, gguf_file = str(cache), None  # converted before: load the plain transformers folder
+    config = None
     if auto:
-        torch_dtype = resolve_dtype("auto", model, device)
-        announce_dtype(model, device)
-    if loaded_fp32 and torch_dtype != torch.float32:
-        model = model.to(torch_dtype)
-    if device:
-        model = model.to(device)
-    return model, tokenizer
+        config = _load(name, lambda: _auto_config(path, gguf_file, trust_remote_code))
+        torch_dtype = resolve_dtype("auto", config, device)
+        announce_dtype(config, device)
+    model, tokenizer = _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config)
+    return _placed(model, device), tokenizer
 
 
-def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code):
+def _placed(model, device):
+    return model.to(device) if device else model
+
+
+def _cast_parameters(model, dtype):
+    """``model``'s parameters in ``dtype``, its buffers as they are (what ``from_pretrained(dtype=...)`` gives a
+    Llama-like model: fp32 rotary frequencies)."""
+    import torch
+
+    if dtype != torch.float32:
+        for param in model.parameters():
+            param.data = param.data.to(dtype)
+    return model
+
+
+def _auto_config(path, gguf_file, trust_remote_code):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                      **({"gguf_file": gguf_file} if gguf_file else {}))
+
+
+def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
-    try:
+    model_kwargs = {"config": config} if config is not None and not gguf_file else {}
+
+    def load():
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs, **model_kwargs), tokenizer
+
+    return _load(name, load)
+
+
+def _load(name, load):
+    """``load()``, whatever transformers raised as one clear line."""
+    try:
+        return load()
     except OPRMUsageError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear line for the user, whatever transformers raised
@@ -123,7 +163,6 @@ def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code):
             raise OPRMUsageError(f"unsupported architecture: {name!r} is not a causal LM; "
                                  f"supported: {', '.join(SUPPORTED)}") from None
         raise OPRMUsageError(f"could not load model {name!r}: {first}") from e
-    return model, tokenizer
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path | None:
