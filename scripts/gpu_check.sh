@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_check.sh [--device cuda|cpu] [--quick] [--wheels DIR] [--output-path DIR]
 #
-# 1. transformers 5.24.0: used as is when the Python in use has it (.venv/bin/python, else python3, or $PYTHON);
+# 1. transformers as pyproject.toml requires: used as is when the Python in use has it (.venv/bin/python, else python3, or $PYTHON);
 #    otherwise installed without network from a folder of wheels (--wheels, $OPRM_WHEELS or ./wheels, made by
 #    scripts/fetch_wheels.sh; its SOURCE.txt, printed here, says where it comes from).
 # 2. The exactness suite on the device in fp32 (tests/test_exactness.py with OPRM_TEST_DEVICE, the scan tests of
@@ -62,12 +62,20 @@ PY
 if [ "$DEVICE" != cpu ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   echo "gpu_check: --device $DEVICE but torch sees no GPU here" >&2; exit 2
 fi
+# the transformers oprm requires (pyproject.toml's range, e.g. ">=5.24,<6"): as installed when it satisfies it
 have=$("$PY" -c "import transformers; print(transformers.__version__)" 2>/dev/null || echo none)
-if [ "$have" = 5.24.0 ]; then
-  echo "transformers 5.24.0 is installed for $PY: no wheels needed"
+if "$PY" - "$have" <<'PY'
+import re, sys, tomllib
+from packaging.specifiers import SpecifierSet
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+spec = SpecifierSet(next(re.sub(r"^transformers", "", d) for d in deps if re.match(r"transformers\b", d)))
+sys.exit(0 if sys.argv[1] != "none" and sys.argv[1] in spec else 1)
+PY
+then
+  echo "transformers $have is installed for $PY: no wheels needed"
 else
   if [ ! -d "$WHEELS" ]; then
-    echo "gpu_check: transformers $have here, 5.24.0 needed, and no wheel folder at $WHEELS" \
+    echo "gpu_check: transformers $have here, pyproject.toml's range needed, and no wheel folder at $WHEELS" \
          "(make one with scripts/fetch_wheels.sh and carry it along)" >&2
     exit 2
   fi
