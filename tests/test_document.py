@@ -169,6 +169,36 @@ def test_state_layout_round_trip_every_architecture(model):
     assert float((a - b).abs().max()) < TOL
 
 
+def test_selected_states_are_freed_without_the_cycle_collector(model):
+    """A row selected from a batch state (and the batch it shares tensors with) is freed as soon as nobody holds it:
+    no reference cycle, which only Python's cyclic GC would free. One made a miss's per-row states pile up micro-batch
+    after micro-batch (a 400 KB document: 1.86x the cache-off peak resident memory)."""
+    import gc
+    import weakref
+
+    adapter = OPRM(model).adapter
+    ids = torch.randint(3, VOCAB, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, state = adapter.prefill(ids)
+    gc.collect()
+    gc.disable()
+    try:
+        rows = [adapter.select(state, [r]) for r in range(3)] + [adapter.select(state, [0, 0, 1])]
+        merged = adapter.concat(rows[:3])
+        refs = [weakref.ref(t) for t in adapter_tensors(state) + adapter_tensors(rows) + adapter_tensors(merged)]
+        del state, rows, merged
+        assert refs and all(ref() is None for ref in refs)
+    finally:
+        gc.enable()
+
+
+def adapter_tensors(obj) -> list:
+    from oprm.adapters.base import state_leaves
+
+    return [t for t in state_leaves(obj)[0] if t.numel() > 64] if not isinstance(obj, list) else [
+        t for x in obj for t in adapter_tensors(x)]
+
+
 def _held_bytes(monkeypatch):
     """Record the bytes of states a cache miss holds in memory after every state it is handed."""
     from oprm.document import NewDocument

@@ -9,7 +9,7 @@ whatever the number of chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -88,15 +88,19 @@ class Prefiller:
             yield batch, rows, start_state, len(prefix) if shared else 0
 
     def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
-                      num_logits: int, shared_prefix: bool, keep_states: bool = False) -> Iterator[MicroBatch]:
-        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep_states``, each row's state after
-        [P, C_i] comes back in the batch's ``kept`` and S runs on top in a second forward (what an encoded document
-        holds: the automatic document cache is filled this way while answering)."""
+                      num_logits: int, shared_prefix: bool,
+                      keep_states: bool | Callable[[int], bool] = False) -> Iterator[MicroBatch]:
+        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep_states`` (True, or a test of a
+        chunk's index asked as its micro-batch comes), the wanted rows' states after [P, C_i] come back in the
+        batch's ``kept`` and S runs on top in a second forward (what an encoded document holds: the automatic
+        document cache is filled this way while answering). A micro-batch with no row wanted runs as without."""
+        wanted = keep_states if callable(keep_states) else (lambda index: keep_states)
         for batch, rows, state, start in self.chunk_rows(prefix, context, chunks, len(suffix), shared_prefix):
             kept = None
-            if keep_states:
+            keep = [r for r, c in enumerate(batch) if wanted(c.index)]
+            if keep:
                 _, state = self.forward(rows, state, start)
-                kept = {c.index: self.adapter.select(state, [r]) for r, c in enumerate(batch)}
+                kept = {batch[r].index: self.adapter.select(state, [r]) for r in keep}
                 logits, state = self.forward([suffix] * len(batch), state, start + len(rows[0]), num_logits)
             else:
                 logits, state = self.forward([row + suffix for row in rows], state, start, num_logits)

@@ -75,7 +75,7 @@ class ChunkRun:
         return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets,
                            chunking=chunking_used(prompt, config), text=prompt.context_text)
 
-    def batches(self, chunks, num_logits: int, keep_states: bool = False):
+    def batches(self, chunks, num_logits: int, keep_states=False):
         """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
         p = self.prompt
         if self.document is None:
@@ -99,7 +99,8 @@ class ChunkRun:
 
         records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        for batch in self.batches(mine, num_logits, self.keep is not None):
+        # a miss's rows are split ([P, C_i] then S) only while the document still keeps their states
+        for batch in self.batches(mine, num_logits, self.keep.wants if self.keep is not None else False):
             answers += self.observe(batch, policy, records, idk_ids, query_ids)
             for index, state in (batch.kept or {}).items():
                 self.keep.add(index, state)

@@ -133,23 +133,23 @@ def copy_structure(obj):
     in place) are copied.
     """
     memo: dict[int, object] = {}
-
-    def visit(x, seen):
+    # an explicit stack, not a recursive closure: a nested function that calls itself is a reference cycle (function
+    # -> cell -> function) holding ``memo``, so every copy (and the batch tensors it shares) would live until Python's
+    # cyclic GC ran, which large tensors hardly trigger: a prefill's selected rows piled up micro-batch after
+    # micro-batch (hundreds of MB on a long document)
+    seen, stack = set(), [obj]
+    while stack:
+        x = stack.pop()
         if id(x) in seen:
-            return
+            continue
         seen.add(id(x))
         if isinstance(x, torch.Tensor):
             if x.numel() > 64:
                 memo[id(x)] = x
         elif isinstance(x, dict):
-            for v in x.values():
-                visit(v, seen)
+            stack.extend(x.values())
         elif isinstance(x, (list, tuple, set)):
-            for v in x:
-                visit(v, seen)
+            stack.extend(x)
         elif hasattr(x, "__dict__") and not isinstance(x, (type, torch.nn.Module)):
-            for v in vars(x).values():
-                visit(v, seen)
-
-    visit(obj, set())
+            stack.extend(vars(x).values())
     return copy.deepcopy(obj, memo)
