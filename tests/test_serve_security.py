@@ -8,6 +8,7 @@ same process, every answer a 4xx error object, the server alive, its memory flat
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import oprm  # noqa: E402
+from oprm.models import resolve_model  # noqa: E402
 from oprm.serve.protocol import server_only_options  # noqa: E402
 from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode  # noqa: E402
 from ports import free_port  # noqa: E402
@@ -77,33 +79,46 @@ class Client:
             return response.status, raw
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+MODEL_PATH = resolve_model(MODEL)[0]  # the shipped model's folder: served by its absolute path, seen as MODEL
+
+
+@contextlib.contextmanager
+def serve(args: list[str], env: dict):
+    """A real `oprm serve` process on a free port: (port, process); its output must hold no traceback."""
     port = free_port()
-    cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", "128",
-           "--max-new-tokens", "16", "--max-tokens-limit", str(TOKENS_LIMIT), "--max-body-mb", "1",
-           "--api-key", KEYS[0], "--api-key", KEYS[1]]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [sys.executable, "-m", "oprm", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = Client(port)
     deadline = time.time() + 120
-    while True:
-        try:
-            if client.send("GET", "/health", key=None)[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
-        time.sleep(0.3)
-    yield port, proc
-    proc.terminate()
     try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+        while True:
+            try:
+                if client.send("GET", "/health", key=None)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
+            time.sleep(0.3)
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
     assert "Traceback" not in out, out
+
+
+@pytest.fixture(scope="module")
+def server():
+    # --api-key flags win over $OPRM_API_KEY (set here to a key that must then be refused)
+    args = ["--model", MODEL_PATH, "--chunk-size", "128", "--max-new-tokens", "16", "--max-tokens-limit",
+            str(TOKENS_LIMIT), "--max-body-mb", "1", "--api-key", KEYS[0], "--api-key", KEYS[1]]
+    with serve(args, {**subprocess_env(), "OPRM_API_KEY": "env-key"}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +139,7 @@ def is_error_object(answer, status: int) -> bool:
 
 def test_api_keys(server, web):
     port = server[0]
-    for key in (None, "wrong", KEYS[0] + "x", ""):
+    for key in (None, "wrong", KEYS[0] + "x", "", "env-key"):
         status, answer = web.send("GET", "/v1/models", key=key)
         assert status == 401 and is_error_object(answer, status) and answer["error"]["code"] == "invalid_api_key"
         status, answer = web.send("POST", CHAT, good_body(), key=key)
@@ -140,6 +155,49 @@ def test_api_keys(server, web):
     answer = client.chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=16,
                                             extra_body={"oprm": body["oprm"]})
     assert answer.choices[0].message.content == web.send("POST", CHAT, body)[1]["choices"][0]["message"]["content"]
+
+
+def test_api_keys_from_the_environment():
+    """$OPRM_API_KEY (comma-separated) on a real server started without --api-key."""
+    env = {**subprocess_env(), "OPRM_API_KEY": "env-one, env-two"}
+    with serve(["--model", MODEL, "--chunk-size", "128", "--max-new-tokens", "4"], env) as (port, _):
+        web = Client(port)
+        for key in (None, "wrong", "env-one, env-two", "env-one,env-two", "env"):
+            status, answer = web.send("GET", "/v1/models", key=key)
+            assert status == 401 and answer["error"]["code"] == "invalid_api_key", key
+            assert web.send("POST", CHAT, good_body(), key=key)[0] == 401
+        assert web.send("GET", "/health", key=None)[0] == 200
+        for key in ("env-one", "env-two"):
+            assert web.send("GET", "/v1/models", key=key)[0] == 200
+        status, answer = web.send("POST", CHAT, good_body(), key="env-two")
+        assert status == 200 and answer["choices"][0]["message"]["content"]
+
+
+def test_models_show_a_name_never_the_server_path(web):
+    """Served by its absolute folder, the model is seen by its name: /v1/models, /health, errors hold no path."""
+    status, listing = web.send("GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in listing["data"]] == [MODEL]
+    assert all(value == MODEL for value in (listing["data"][0]["id"], listing["data"][0]["root"]))
+    answers = [listing, web.send("GET", f"/v1/models/{MODEL}")[1], web.send("GET", "/health", key=None)[1],
+               web.send("GET", "/v1/models/other")[1], web.send("POST", CHAT, {**good_body(), "model": "other"})[1]]
+    assert answers[2]["model"] == MODEL and answers[3]["error"]["code"] == "model_not_found"
+    for answer in answers:
+        text = json.dumps(answer)
+        assert os.path.dirname(MODEL_PATH) not in text and os.sep + MODEL not in text, text
+    # the path itself stays an accepted alias for clients that send it
+    assert web.send("POST", CHAT, {**good_body(), "model": MODEL_PATH})[0] == 200
+
+
+def test_model_names_hide_local_paths(tmp_path):
+    from oprm.serve import model_names
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert model_names(str(folder), None) == ["my-model", str(folder)]
+    assert model_names(str(folder), "team-model") == ["team-model", "my-model", str(folder)]
+    assert model_names("./models/m.gguf", None)[0] == "m.gguf" and model_names("~/m/", None)[0] == "m"
+    assert model_names("HuggingFaceTB/SmolLM2-135M", None) == ["HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M"]
+    assert model_names(MODEL, None)[0] == MODEL
 
 
 def test_origin_and_media_type(web):

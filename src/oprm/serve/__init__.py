@@ -44,8 +44,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("serve", help="serve a model with OPRM over an OpenAI-compatible HTTP API",
                        description="An OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models, "
-                                   "/health). The engine flags below are the server's defaults; each request can "
-                                   "override them in its \"oprm\" extension.")
+                                   "/health). The engine flags below are the server's defaults; a request may override "
+                                   "the per-question ones in its \"oprm\" extension, never a path or a server-wide "
+                                   "option (cache, threads, device, limits, keys).")
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for every one)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -56,7 +57,8 @@ def add_parser(sub) -> None:
                    help="Host header names answered besides the loopback ones (comma-separated, repeatable; '*' for "
                         "any). Default: loopback names only when bound to a loopback address, any otherwise")
     p.add_argument("--served-model-name", default=None,
-                   help="the model id clients send (default: --model as given)")
+                   help="the model id clients send and /v1/models shows (default: --model, or its last part "
+                        "when it is a local path)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for the engine; more are answered 503 (default 64)")
     p.add_argument("--max-running", type=int, default=DEFAULT_MAX_RUNNING,
@@ -83,9 +85,14 @@ def add_parser(sub) -> None:
 
 
 def model_names(model: str, served: str | None) -> list[str]:
-    """The id clients send first, then aliases: the --model string and its folder name."""
+    """The id clients send first, then aliases (the --model string and its folder name). The first is what
+    /v1/models, /health and error messages show: --served-model-name, else --model's last part when it names a local
+    path (a client never learns the server's folders), else --model as given (a hub id, a shipped model's name)."""
+    expanded = os.path.expanduser(model)
+    local = model.startswith((".", "/", "~")) or os.path.isabs(expanded) or os.path.exists(expanded)
+    base = os.path.basename(os.path.normpath(expanded))
     names = [served] if served else []
-    names += [model, os.path.basename(os.path.normpath(model))]
+    names += [base, model] if local else [model, base]
     return list(dict.fromkeys(n for n in names if n))
 
 

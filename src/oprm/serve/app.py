@@ -182,8 +182,9 @@ def create_app(engine, *, model_names: list[str], default_generation: dict | Non
         return await answer(request, parser.completion(await read_body(request)))
 
     def model_card(name: str) -> dict:
+        # a name only: never engine.name (the model's folder on this machine)
         return {"id": name, "object": "model", "created": int(worker.started_at), "owned_by": "oprm",
-                "root": engine.name}
+                "root": model_names[0]}
 
     async def models(request: Request) -> Response:
         return _json({"object": "list", "data": [model_card(model_names[0])]})
