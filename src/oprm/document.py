@@ -177,6 +177,9 @@ def document_key(fingerprint: dict, chunking: dict, prefix_ids: list[int], conte
     return h.hexdigest()[:32]
 
 
+INFLIGHT_WAIT_S = 600.0  # longest wait for a document another request is encoding
+
+
 class DocumentCache:
     """The engine's automatic cache: encoded documents by key, least recently used first out, within a byte
     budget; with a folder, documents are also written there and found by later processes. Thread-safe (a batching
@@ -186,11 +189,31 @@ class DocumentCache:
         self.items: OrderedDict[str, EncodedDocument] = OrderedDict()
         self.sizes: dict[str, int] = {}
         self.hits = self.misses = 0
+        self.extensions = 0  # misses served by extending a cached document (only its new chunks encoded)
         self.lock = threading.RLock()
+        self.inflight: dict[str, tuple] = {}  # key being encoded after a miss -> (event set when done, thread)
 
-    def get(self, key: str, folder: str | None) -> tuple[EncodedDocument | None, str]:
+    def get(self, key: str, folder: str | None, wait: float = INFLIGHT_WAIT_S) -> tuple[EncodedDocument | None, str]:
+        """(document, "hit" | "disk") or (None, "miss"). A miss marks the key as being encoded: a request for the same
+        document meanwhile (another client, at once) waits for it (at most ``wait`` seconds) instead of encoding it
+        too; ``settle(key)`` (``NewDocument.finish``/``abort``) ends the wait."""
+        me = threading.current_thread()
         with self.lock:
-            return self._get(key, folder)
+            event, owner = self.inflight.get(key, (None, None))
+        if event is not None and owner is not me and owner.is_alive():
+            event.wait(wait)
+        with self.lock:
+            document, status = self._get(key, folder)
+            if document is None:  # this caller encodes it (an earlier attempt of its own ended without settling)
+                self.inflight[key] = self.inflight.get(key, (threading.Event(), me))[:1] + (me,)
+            return document, status
+
+    def settle(self, key: str) -> None:
+        """The document of ``key`` is encoded (kept or not), or its encoding failed: whoever waits for it goes on."""
+        with self.lock:
+            event, _ = self.inflight.pop(key, (None, None))
+        if event is not None:
+            event.set()
 
     def _get(self, key: str, folder: str | None) -> tuple[EncodedDocument | None, str]:
         if key in self.items:
@@ -239,6 +262,14 @@ class NewDocument:
         self.nbytes = 0
         self.writer = DocumentWriter(os.path.join(folder, key + ".oprm")) if folder else None
         self.seen: set[int] = set()
+        self.parts: tuple | None = None  # what ``finish`` is told, when known before (``describe``)
+        self.stored = False
+
+    def describe(self, meta: dict, prefix_ids: list[int], context_ids: list[int], chunks: list[Chunk],
+                 context_text: str | None) -> None:
+        """What the document is, told before its states come: the cache then keeps it as soon as its last state
+        arrives (before the answer is decoded), so a request for the same document waiting meanwhile goes on."""
+        self.parts = (meta, prefix_ids, context_ids, chunks, context_text)
 
     def wants(self, index: int) -> bool:
         return index not in self.seen and (self.states is not None or self.writer is not None)
@@ -259,17 +290,29 @@ class NewDocument:
             self.states = None  # states larger than the first one's foretold (not seen in practice)
         else:
             self.states[index], self.nbytes = state, self.nbytes + size
+            if self.parts is not None and len(self.states) == self.num_states and self.writer is None:
+                self.stored = self.cache.store(self.key, self._document(*self.parts), self.max_bytes)
+                self.cache.settle(self.key)
+
+    def _document(self, meta, prefix_ids, context_ids, chunks, context_text) -> EncodedDocument:
+        return EncodedDocument(meta, prefix_ids, context_ids, chunks, context_text, states=self.states or {})
 
     def finish(self, meta: dict, prefix_ids: list[int], context_ids: list[int], chunks: list[Chunk],
                context_text: str | None) -> bool:
         """Close the file in the folder and keep the document in memory if it fit; whether it was kept."""
-        doc = EncodedDocument(meta, prefix_ids, context_ids, chunks, context_text, states=self.states or {})
+        if self.stored:
+            return True
+        doc = self._document(meta, prefix_ids, context_ids, chunks, context_text)
         if self.writer is not None:
             self.writer.close(doc.header(), context_ids, prefix_ids)
         kept = bool(self.states) and len(self.states) == len(self.seen)
-        return kept and self.cache.store(self.key, doc, self.max_bytes)
+        try:
+            return kept and self.cache.store(self.key, doc, self.max_bytes)
+        finally:
+            self.cache.settle(self.key)
 
     def abort(self) -> None:
+        self.cache.settle(self.key)
         if self.writer is not None:
             self.writer.abort()
 
@@ -295,3 +338,4 @@ def release_freed_memory() -> None:
 
 
 _malloc_trim = None
+

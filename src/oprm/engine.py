@@ -19,6 +19,7 @@ from .chunking import make_chunks
 from .config import OPRMConfig, split_options
 from .decoding import Answer, AnswerDecoder, eos_ids, make_generation_config
 from .document import DocumentCache, EncodedDocument, NewDocument, document_key, fingerprint, release_freed_memory
+from .document_extend import extend_cached
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats
 from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
@@ -184,6 +185,9 @@ class OPRM:
             info = {"source": "document"}
         else:
             document, info, key = self._cached_document(prompt, config)
+            if key is not None and document is None:  # a document that extends a cached one: only new chunks
+                document, extended = extend_cached(self, prompt, config, key, prefiller)
+                info.update(extended)
         if document is not None and not document.held:
             document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
         run = ChunkRun(prompt, config, self.adapter, self.tokenizer, prefiller, decoder, idk_ids=self.idk_ids,
@@ -194,6 +198,8 @@ class OPRM:
             mine = self.chunk_parallel.share(run.chunks) if self.chunk_parallel else run.chunks
             keep = run.keep = NewDocument(self.documents, key, config.document_cache_bytes, cache_folder(config),
                                           len(mine))
+            keep.describe(self.document_meta(config, run.chunking), prompt.prefix_ids, prompt.context_ids, run.chunks,
+                          prompt.context_text)  # kept (and waiting requests go on) once its states are made
         try:
             result = run.run(gold_chunk, gold_text)
         except BaseException:

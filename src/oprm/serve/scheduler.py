@@ -12,8 +12,8 @@ the only one that runs the model. Each scheduling round the scheduler
   document's prefill is many rounds, and a short question that arrives behind it gets its rows in between.
 
 So the work per round is bounded (one micro-batch + one decode step per running request) and no request waits for
-another to finish. Before a round the scheduler waits a moment (``gather_s``) for running requests that are between
-two forwards, so their steps join the same batch.
+another to finish. Before a round the scheduler waits a moment (``gather_s``) for the requests that stepped in the
+last round and are between two steps, so their steps join the same batch.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Scheduler:
         self.cond = threading.Condition()
         self.pending: list[Op] = []
         self.active: set = set()  # owners (request threads' tokens) that may ask for forwards
+        self.stepping: set = set()  # owners whose last forward was a decode step: the next round waits for them
         self.local = threading.local()
         self.turns: deque = deque()  # owners in the order their prefill gets a turn
         self.stopping = False
@@ -65,6 +66,7 @@ class Scheduler:
         self.local.owner = None
         with self.cond:
             self.active.discard(owner)
+            self.stepping.discard(owner)
             self.cond.notify_all()
 
     def owner(self):
@@ -101,9 +103,10 @@ class Scheduler:
                 self.cond.wait()
             if self.stopping and not self.pending:
                 return [], None
-            # a moment for running requests between two forwards: their steps join this round's batch
+            # a moment for decoding requests between two steps (streaming a piece): their steps join this round's
+            # batch; requests in other work (tokenizing, selecting, waiting for a document) are not waited for
             deadline = time.monotonic() + self.gather_s
-            while len({op.owner for op in self.pending}) < len(self.active) and not self.stopping:
+            while (self.stepping & self.active) - {op.owner for op in self.pending} and not self.stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -124,6 +127,7 @@ class Scheduler:
                     elif owner in self.active:
                         self.turns.append(owner)
             self.pending = [op for op in self.pending if op.kind != "step" and op is not chosen]
+            self.stepping = {op.owner for op in steps}
             return steps, chosen
 
     def _loop(self) -> None:

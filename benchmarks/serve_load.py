@@ -1,0 +1,381 @@
+"""``oprm serve`` under load, in the manner of vLLM's ``benchmark_serving.py``: a real server process, a client that
+replays a mix of requests one after another and then at a given concurrency, with continuous batching on
+(``--max-running 8``) and off (``--max-running 1``) side by side.
+
+Scenarios (``--scenario``, repeatable):
+
+* ``chat``: plain chat (no document), ``--requests`` different prompts x ``--max-tokens`` greedy tokens (eos ignored);
+* ``documents``: distinct ~20K-character associative-recall documents (the document cache off, so every request
+  encodes its document in both phases);
+* ``shared``: ``--requests`` questions on 4 shared documents, a fresh server, all at once: document-cache hit rate
+  after the first request per document, and TTFT of the hits against the misses;
+* ``fairness``: one long document (~80K characters) and then short questions 0.2 s later: do the short ones get
+  their first token before the long one finishes?
+
+Per phase it prints requests/s, output tokens/s, TTFT and inter-token latency (ITL) p50/p99, and the server's CPU
+seconds (user+system of its process: on a shared machine the fairer cost); per scenario whether every concurrent
+answer equals its one-after-another answer, and where one does not, the first differing token with the top-2
+logprob margin of the answer served alone (float noise is a margin of a rounding step, never silent).
+
+    python benchmarks/serve_load.py --model smollm2 --scenario chat --requests 8 --max-tokens 64
+    python benchmarks/serve_load.py --model oprm-ar-mamba2 --scenario documents --scenario shared --scenario fairness
+
+Writes one JSON object with every number to ``--output`` (default: stdout only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.abspath(os.path.join(HERE, os.pardir, "src"))
+sys.path.insert(0, SRC)
+
+CHAT_PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how a rainbow forms.",
+                "List some tips for learning a new language.", "Describe the water cycle to a child.",
+                "What makes a good cup of tea?", "Write a poem about autumn leaves.",
+                "How do airplanes stay in the air?", "Give advice to a new programmer.",
+                "Describe a busy market in the morning.", "Why do cats purr?", "Explain what a black hole is.",
+                "Write a letter to a friend about a trip to the mountains.", "How does a compass work?",
+                "Describe the taste of a ripe mango.", "What are the benefits of walking every day?",
+                "Tell me about the history of bicycles."]
+
+
+# --- the server -------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model: str, chunk_size: int, max_running: int, extra: list[str], threads: int):
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
+                   OMP_NUM_THREADS=str(threads))
+        cmd = [sys.executable, "-m", "oprm", "serve", "--model", model, "--port", str(self.port), "--chunk-size",
+               str(chunk_size), "--max-running", str(max_running), "--max-queue", "256", "--threads", str(threads),
+               "--max-tokens-limit", "100000", *extra]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if get(self.port, "/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                raise SystemExit(f"oprm serve did not start:\n{self.proc.stderr.read()}")
+            time.sleep(0.3)
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def metrics(self) -> dict:
+        values = {}
+        for line in get(self.port, "/metrics")[1].splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def get(port: int, path: str):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read().decode()
+    conn.close()
+    return r.status, body
+
+
+def post(port: int, body: dict, timeout: float = 3600) -> dict:
+    """One request; streamed bodies are timed: TTFT (first content), the gaps between pieces (ITL), latency."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    if not body.get("stream"):
+        data = json.loads(r.read())
+        conn.close()
+        return {"status": r.status, "body": data, "latency": time.perf_counter() - t0}
+    if r.status != 200:
+        data = r.read()
+        conn.close()
+        return {"status": r.status, "error": data.decode()[:200]}
+    pieces, times, usage = [], [], None
+    for line in iter(r.readline, b""):
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        event = json.loads(line[6:])
+        if event.get("usage"):
+            usage = event["usage"]
+        for choice in event.get("choices", []):
+            text = choice.get("delta", {}).get("content")
+            if text:
+                pieces.append(text)
+                times.append(time.perf_counter())
+    end = time.perf_counter()
+    conn.close()
+    return {"status": 200, "text": "".join(pieces), "ttft": (times[0] - t0) if times else end - t0,
+            "itl": [b - a for a, b in zip(times, times[1:])], "latency": end - t0,
+            "tokens": usage["completion_tokens"] if usage else len(pieces), "start": t0, "end": end}
+
+
+# --- scenarios ----------------------------------------------------------------------------------------------------
+def chat_bodies(model: str, n: int, max_tokens: int) -> list[dict]:
+    return [{"model": model, "messages": [{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]
+                                           + ("" if i < len(CHAT_PROMPTS) else f" (take {i})")}],
+             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
+             "oprm": {"ignore_eos": True}} for i in range(n)]
+
+
+def ar_body(model: str, episode, question: str | None = None, prefix: str | None = None, **extra) -> dict:
+    from oprm.synthetic.ar import AR_TEMPLATE
+
+    return {"model": model, "messages": [{"role": "user", "content": question or episode.question}],
+            "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True},
+            "oprm": {"context": episode.context, "template": AR_TEMPLATE,
+                     "answer_prefix": prefix if prefix is not None else episode.answer_prefix, **extra}}
+
+
+def questions(episode, k: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``k`` different questions on one document: its own and others about its recorded facts."""
+    out = [(episode.question, episode.answer_prefix)]
+    for key, attr, _ in rng.sample(episode.records, min(len(episode.records), 4 * k)):
+        the = "" if key[:1].isupper() else "the "
+        q = (f"What is the {attr} of {the}{key}?", f"The {attr} of {the}{key} is ")
+        if q not in out:
+            out.append(q)
+        if len(out) == k:
+            break
+    return out
+
+
+def document_bodies(model: str, n: int, facts: int = 200, seed: int = 1000) -> list[dict]:
+    from oprm.synthetic.ar import make_ar_episode
+
+    return [ar_body(model, make_ar_episode(seed + i, facts)) for i in range(n)]
+
+
+def shared_bodies(model: str, n: int, documents: int = 4, seed: int = 2000) -> tuple[list[dict], list[int]]:
+    from oprm.synthetic.ar import make_ar_episode
+
+    rng = random.Random(seed)
+    episodes = [make_ar_episode(seed + d, 200) for d in range(documents)]
+    asks = [questions(ep, (n + documents - 1) // documents, rng) for ep in episodes]
+    bodies, docs = [], []
+    for i in range(n):  # round robin over the documents: the first `documents` requests are the misses
+        d = i % documents
+        q, prefix = asks[d][i // documents]
+        bodies.append(ar_body(model, episodes[d], q, prefix, explain=False))
+        docs.append(d)
+    return bodies, docs
+
+
+# --- measuring ----------------------------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def phase(server: Server, bodies: list[dict], concurrency: int, stagger: list[float] | None = None) -> dict:
+    cpu0, m0 = server.cpu_seconds(), server.metrics()
+    t0 = time.perf_counter()
+
+    def one(i):
+        if stagger:
+            time.sleep(max(0.0, t0 + stagger[i] - time.perf_counter()))
+        return post(server.port, bodies[i])
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(len(bodies))))
+    wall = time.perf_counter() - t0
+    cpu, m1 = server.cpu_seconds() - cpu0, server.metrics()
+    ok = [r for r in results if r["status"] == 200]
+    tokens = sum(r["tokens"] for r in ok)
+    itl = [x for r in ok for x in r["itl"]]
+    hits = m1.get("oprm_document_cache_hits_total", 0) - m0.get("oprm_document_cache_hits_total", 0)
+    misses = m1.get("oprm_document_cache_misses_total", 0) - m0.get("oprm_document_cache_misses_total", 0)
+    return {"concurrency": concurrency, "requests": len(bodies), "ok": len(ok), "wall_s": round(wall, 3),
+            "server_cpu_s": round(cpu, 2), "requests_per_s": round(len(ok) / wall, 3),
+            "output_tokens": tokens, "output_tok_per_s": round(tokens / wall, 2),
+            "output_tok_per_cpu_s": round(tokens / cpu, 2) if cpu else None,
+            "ttft_p50": _r(pct([r["ttft"] for r in ok], 0.5)), "ttft_p99": _r(pct([r["ttft"] for r in ok], 0.99)),
+            "itl_p50": _r(pct(itl, 0.5)), "itl_p99": _r(pct(itl, 0.99)),
+            "cache_hits": hits, "cache_misses": misses,
+            "cache_hit_rate": round(hits / (hits + misses), 3) if hits + misses else None,
+            "results": results}
+
+
+def _r(x):
+    return None if x is None else round(x, 4)
+
+
+def divergence(server: Server, body: dict, text: str, reference: str) -> dict:
+    """Where ``text`` leaves ``reference`` (both answers to ``body``): the token and the top-2 logprob margin of the
+    answer served alone at that token."""
+    alone = dict(body, stream=False, logprobs=True, top_logprobs=2)
+    alone.pop("stream_options", None)
+    r = post(server.port, alone)["body"]
+    entries = r["choices"][0]["logprobs"]["content"]
+    so_far = ""
+    for i, e in enumerate(entries):
+        if not text.startswith((so_far + e["token"]).lstrip()):
+            top = e["top_logprobs"]
+            return {"token_index": i, "token": e["token"], "margin": round(top[0]["logprob"] - top[1]["logprob"], 5)
+                    if len(top) > 1 else None}
+        so_far += e["token"]
+    return {"token_index": len(entries), "margin": None, "note": "differs only after the reference's tokens"}
+
+
+def compare(server: Server, bodies, first: list[dict], second: list[dict]) -> dict:
+    same, diverged = 0, []
+    for i, (a, b) in enumerate(zip(first, second)):
+        if a.get("text") == b.get("text"):
+            same += 1
+        else:
+            diverged.append({"request": i, **divergence(server, bodies[i], b.get("text", ""), a.get("text", ""))})
+    return {"identical": same, "of": len(first), "divergences": diverged}
+
+
+def run_scenario(name: str, args) -> dict:
+    model = args.model
+    modes = {"on": args.max_running, "off": 1}
+    out = {}
+    for mode, running in modes.items():
+        extra = list(args.server_arg)
+        if name == "documents":
+            extra += ["--document-cache-bytes", "0"]
+        server = Server(model, args.chunk_size, running, extra, args.threads)
+        try:
+            if name == "chat":
+                bodies = chat_bodies(model, args.requests, args.max_tokens)
+                post(server.port, chat_bodies(model, 1, 4)[0])  # warm-up
+                seq = phase(server, bodies, 1)
+                conc = phase(server, bodies, args.concurrency)
+                out[mode] = {"sequential": seq, "concurrent": conc, "answers": compare(server, bodies,
+                                                                                         seq["results"],
+                                                                                         conc["results"])}
+            elif name == "documents":
+                bodies = document_bodies(model, args.requests)
+                post(server.port, document_bodies(model, 1, seed=99)[0])
+                seq = phase(server, bodies, 1)
+                conc = phase(server, bodies, args.concurrency)
+                out[mode] = {"sequential": seq, "concurrent": conc, "answers": compare(server, bodies,
+                                                                                         seq["results"],
+                                                                                         conc["results"])}
+            elif name == "shared":
+                bodies, docs = shared_bodies(model, args.shared_requests)
+                post(server.port, document_bodies(model, 1, seed=99)[0])
+                conc = phase(server, bodies, args.shared_requests)
+                first = set()
+                hit_ttft, miss_ttft = [], []
+                for d, r in zip(docs, conc["results"]):
+                    (miss_ttft if d not in first else hit_ttft).append(r["ttft"])
+                    first.add(d)
+                conc["ttft_first_per_document_p50"] = _r(pct(miss_ttft, 0.5))
+                conc["ttft_later_p50"] = _r(pct(hit_ttft, 0.5))
+                hits, misses = conc["cache_hits"], conc["cache_misses"]
+                later = len(bodies) - len(first)
+                conc["hit_rate_after_first_per_document"] = round(min(hits, later) / later, 3) if later else None
+                out[mode] = {"concurrent": conc}
+            elif name == "fairness":
+                from oprm.synthetic.ar import make_ar_episode
+
+                long_body = ar_body(model, make_ar_episode(3000, 800))
+                shorts = document_bodies(model, 4, facts=21, seed=3100)
+                bodies = [long_body] + shorts
+                post(server.port, document_bodies(model, 1, seed=99)[0])
+                conc = phase(server, bodies, len(bodies), stagger=[0.0] + [0.2] * len(shorts))
+                long_end = conc["results"][0]["end"]
+                conc["short_first_token_before_long_ends"] = sum(
+                    r["start"] + r["ttft"] < long_end for r in conc["results"][1:])
+                conc["long_latency_s"] = _r(conc["results"][0]["latency"])
+                conc["short_ttft_max_s"] = _r(max(r["ttft"] for r in conc["results"][1:]))
+                out[mode] = {"concurrent": conc}
+        finally:
+            server.stop()
+    return out
+
+
+def table(report: dict) -> str:
+    lines = ["| scenario | batching | phase | req/s | out tok/s | out tok/CPU-s | TTFT p50 | TTFT p99 | ITL p50 | "
+             "ITL p99 | cache hits | answers equal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, modes in report["scenarios"].items():
+        for mode, phases in modes.items():
+            answers = phases.get("answers")
+            for label, p in phases.items():
+                if label == "answers":
+                    continue
+                eq = f"{answers['identical']}/{answers['of']}" if answers and label == "concurrent" else ""
+                hits = f"{p['cache_hit_rate']:.0%}" if p["cache_hit_rate"] is not None else ""
+                lines.append(f"| {name} | {mode} | {label} x{p['concurrency']} | {p['requests_per_s']} | "
+                             f"{p['output_tok_per_s']} | {p['output_tok_per_cpu_s']} | {p['ttft_p50']} | "
+                             f"{p['ttft_p99']} | {p['itl_p50']} | {p['itl_p99']} | {hits} | {eq} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--chunk-size", type=int, default=128)
+    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness"))
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--shared-requests", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-running", type=int, default=8, help="the batching server's --max-running")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
+    ap.add_argument("--server-arg", action="append", default=[], help="more `oprm serve` arguments")
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    report = {"model": args.model, "args": vars(args), "scenarios": {}}
+    for name in args.scenario or ["chat"]:
+        report["scenarios"][name] = run_scenario(name, args)
+        print(f"[{name} done]", file=sys.stderr, flush=True)
+    for modes in report["scenarios"].values():  # the per-request records stay out of the printed summary
+        for phases in modes.values():
+            for p in phases.values():
+                if isinstance(p, dict) and "results" in p:
+                    p["per_request"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                                         if k in ("status", "ttft", "latency", "tokens")} for r in p.pop("results")]
+    print(table(report))
+    for name, modes in report["scenarios"].items():
+        for mode, phases in modes.items():
+            extra = {k: v for k, v in phases.get("concurrent", {}).items()
+                     if k in ("ttft_first_per_document_p50", "ttft_later_p50", "hit_rate_after_first_per_document",
+                              "short_first_token_before_long_ends", "long_latency_s", "short_ttft_max_s")}
+            if extra or phases.get("answers", {}).get("divergences"):
+                print(f"{name} / batching {mode}: {json.dumps(extra)} "
+                      f"divergences: {json.dumps(phases.get('answers', {}).get('divergences', []))}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Documents that extend a cached one: a log appended to, a chat whose history grows, the same passages in another
+document. Only the chunks whose tokens no cached document has are encoded.
+
+The state after [P, C_i] depends on P and on C_i's tokens only (every row starts at position 0), so a chunk of a new
+context whose tokens are those of a chunk of a cached document with the same P (model, dtype, chunking) has that
+chunk's state. Appending to a text keeps the earlier chunks' contents with token chunking; sentence chunking snaps
+windows from the document's end, so appending can move its boundaries (docs/serving.md measures both).
+"""
+
+from __future__ import annotations
+
+from .chunking import Chunk
+from .document import EncodedDocument, state_nbytes
+from .run import ChunkRun, chunking_used
+
+
+def chunk_tokens(context_ids: list[int], chunks: list[Chunk]) -> dict[tuple, list[int]]:
+    """The token content of each chunk -> the indices of the chunks holding it."""
+    out: dict[tuple, list[int]] = {}
+    for c in chunks:
+        out.setdefault(tuple(context_ids[c.token_start:c.token_end]), []).append(c.index)
+    return out
+
+
+def extend_cached(engine, prompt, config, key: str, prefiller) -> tuple[EncodedDocument | None, dict]:
+    """On a cache miss: a document built from the states of the cached documents' chunks (in memory, same model,
+    chunking and P) that hold the same tokens, and the new chunks encoded; kept in the cache under ``key``, with
+    {"cache": "extended", "reused_chunks", "encoded_chunks"}. (None, {}) when no cached chunk matches, or the
+    document would not fit the cache's budget."""
+    try:
+        return _extend_cached(engine, prompt, config, key, prefiller)
+    except BaseException:  # e.g. the client left during the encoding: who waits for this document goes on
+        engine.documents.settle(key)
+        raise
+
+
+def _extend_cached(engine, prompt, config, key: str, prefiller) -> tuple[EncodedDocument | None, dict]:
+    cache = engine.documents
+    if config.document_cache_bytes <= 0 or engine.chunk_parallel is not None:
+        return None, {}
+    meta = engine.document_meta(config, chunking_used(prompt, config))
+    chunks = ChunkRun.chunks_of(prompt, config)
+    with cache.lock:
+        candidates = list(reversed(cache.items.values()))  # the most recently used first
+    candidates = [doc for doc in candidates if doc.prefix_ids == prompt.prefix_ids and doc.states and all(
+        doc.meta.get(k) == v for k, v in meta.items() if k != "model")]
+    if not candidates:
+        return None, {}
+    wanted = chunk_tokens(prompt.context_ids, chunks)
+    states: dict[int, object] = {}
+    for doc in candidates:
+        for tokens, indices in chunk_tokens(doc.context_ids, doc.chunks).items():
+            for i in wanted.pop(tokens, ()):
+                states[i] = doc.states[indices[0]]  # shared, never changed: batch_state copies
+        if not wanted:
+            break
+    if not states:
+        return None, {}
+    per_state = state_nbytes(next(iter(states.values())))
+    if not cache.make_room(per_state * len(chunks), config.document_cache_bytes):
+        return None, {}
+    reused = len(states)
+    new = [c for c in chunks if c.index not in states]
+    if new:
+        states.update(prefiller.chunk_states(prompt.prefix_ids, prompt.context_ids, new, config.shared_prefix))
+    doc = EncodedDocument(meta, prompt.prefix_ids, prompt.context_ids, chunks, prompt.context_text, states=states)
+    cache.store(key, doc, config.document_cache_bytes)
+    with cache.lock:
+        cache.extensions += 1
+    cache.settle(key)
+    return doc, {"cache": "extended", "reused_chunks": reused, "encoded_chunks": len(new)}
