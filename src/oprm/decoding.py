@@ -162,7 +162,10 @@ class AnswerDecoder:
         self.want_logits = output_logits
         self.streamed = False
 
-    def answer(self, chunk: int | None, state, first_logits: torch.Tensor, prompt_ids: list[int]) -> Answer:
+    def answer(self, chunk: int | None, state, first_logits: torch.Tensor, prompt_ids: list[int],
+               steps: Iterator[DecodeStep] | None = None) -> Answer:
+        """Decode from ``state``, or take the tokens of ``steps`` (a decoding already started: the chosen chunk's
+        look-ahead, ``oprm.lookahead``)."""
         t = time.perf_counter()
         keep = self.want_logits and self.logits is None
         logits = [] if keep else None
@@ -170,8 +173,9 @@ class AnswerDecoder:
             self.streamer.put(torch.tensor(prompt_ids))
             self.streamed = True
         tokens = []
-        steps = decode(self.adapter, state, first_logits, prompt_ids, len(prompt_ids), self.config, self.tokenizer,
-                       self.generator)
+        if steps is None:
+            steps = decode(self.adapter, state, first_logits, prompt_ids, len(prompt_ids), self.config, self.tokenizer,
+                           self.generator)
         with model_failures(self.model_name):
             for step in steps:
                 tokens.append(step.token)

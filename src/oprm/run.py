@@ -11,9 +11,10 @@ import torch
 
 from .chunking import extra_tokens, make_chunks
 from .config import OPRMConfig
-from .decoding import Answer, AnswerDecoder, eos_ids, greedy_lookahead
+from .decoding import Answer, AnswerDecoder
 from .document import EncodedDocument
 from .errors import OPRMUsageError
+from .lookahead import LookaheadSearch
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
@@ -93,7 +94,8 @@ class ChunkRun:
         gold = self.gold_chunks(gold_chunk, gold_text)
         require(config, query_text=p.query_text, query_span=p.query_span, gold=bool(gold),
                 text=p.context_text is not None)
-        policy = SelectionPolicy(config, gold)
+        policy = SelectionPolicy(config, gold, text=p.context_text is not None and bool(p.query_text))
+        search = LookaheadSearch(self, policy) if policy.looks_ahead else None
         idk_ids = self.idk_ids(policy.idk) if policy.idk is not None else set()
         num_logits, query_ids = self.query_positions(policy.needs_query_logprob)
 
@@ -101,7 +103,7 @@ class ChunkRun:
         mine = parallel.share(self.chunks) if parallel else self.chunks
         # a miss's rows are split ([P, C_i] then S) only while the document still keeps their states
         for batch in self.batches(mine, num_logits, self.keep.wants if self.keep is not None else False):
-            answers += self.observe(batch, policy, records, idk_ids, query_ids)
+            answers += self.observe(batch, policy, records, idk_ids, query_ids, search)
             for index, state in (batch.kept or {}).items():
                 self.keep.add(index, state)
             del batch  # before the next micro-batch runs: one batch of activations and states at a time
@@ -109,12 +111,16 @@ class ChunkRun:
         candidates, fallbacks = policy.keys()
         if parallel:
             records, candidates, fallbacks = parallel.merge_selection(records, candidates, fallbacks)
+        if search is not None:
+            search.complete(records)  # the look-aheads the choice still needs
         choice = policy.choose(records, candidates, fallbacks)
         winners, fallback_used = sorted(choice.winners), choice.fallback_used
         if not policy.decode_all:  # decode_all decoded every chunk as its micro-batch went by
-            kept = policy.states()  # under chunk parallelism, only the rank holding a winner decodes it
-            kept.update(self.prefill_again([i for i in winners if i not in kept and self.holds(i)]))
-            answers += [self.decoder.answer(i, *kept[i], self.chunk_prompt(i)) for i in winners if i in kept]
+            reused = [a for a in (search.answer(i) for i in winners) if a is not None] if search else []
+            todo = [i for i in winners if i not in {a.chunk for a in reused}]
+            kept = search.states() if search else policy.states()  # under chunk parallelism, only the rank
+            kept.update(self.prefill_again([i for i in todo if i not in kept and self.holds(i)]))  # holding it
+            answers += reused + [self.decoder.answer(i, *kept[i], self.chunk_prompt(i)) for i in todo if i in kept]
         if parallel:
             answers = parallel.merge_answers(answers, self.prefiller.stats, self.prefiller.shared_prefix_tokens)
         if not winners:  # every chunk said IDK: the answer is the IDK word
@@ -139,46 +145,23 @@ class ChunkRun:
                          for r, c in enumerate(batch.chunks)})
         return kept
 
-    def observe(self, batch, policy: SelectionPolicy, records: list, idk_ids: set[int], query_ids) -> list[Answer]:
-        """Record one micro-batch's chunks and keep the states that can still win; with ``decode="all"`` decode its
-        chunks at once (summaries: memory stays bounded)."""
+    def observe(self, batch, policy: SelectionPolicy, records: list, idk_ids: set[int], query_ids,
+                search: LookaheadSearch | None = None) -> list[Answer]:
+        """Record one micro-batch's chunks and keep the states that can still win (look-ahead selection: ``search``);
+        with ``decode="all"`` decode its chunks at once (summaries: memory stays bounded)."""
         t = time.perf_counter()
         first = batch.logits[:, -1]
         qlp = None if query_ids is None else query_logprobs(batch.logits[:, :len(query_ids)], query_ids)
         batch_records = chunk_records(batch.chunks, first, idk_ids, self.tokenizer, self.config.top_k_tokens, qlp)
         records += batch_records
         self.prefiller.stats.timings["selection"] += time.perf_counter() - t
-        if policy.looks_ahead:
-            self.look_ahead(batch, batch_records, policy)
+        if search is not None:
+            search.observe(batch, batch_records)
+            return []
         t = time.perf_counter()
         decode_now = policy.observe(batch_records, lambda r: (self.adapter.select(batch.state, [r]), first[r].clone()))
         self.prefiller.stats.timings["selection"] += time.perf_counter() - t
         return [self.decoder.answer(rec.index, *kept, self.chunk_prompt(rec.index)) for rec, kept in decode_now]
-
-    def look_ahead(self, batch, records: list, policy: SelectionPolicy) -> None:
-        """Decode ``lookahead_tokens`` greedily from every chunk of the batch that passes the first-token IDK filter
-        (all rows in one batch) and note each answer, its log-probabilities and what else the policy ranks by."""
-        t = time.perf_counter()
-        p = self.prompt
-        rows = [r for r, rec in enumerate(records) if not rec.is_idk]
-        if rows:
-            state = self.adapter.select(batch.state, rows)
-            position = len(p.prefix_ids) + batch.chunks[0].num_tokens + len(p.suffix_ids)
-            # the answer ends where the model ends it, whatever eos the caller decodes with (e.g. none)
-            eos = eos_ids(self.decoder.config) | self.model_eos
-            tokens, logprobs = greedy_lookahead(self.adapter, state, batch.logits[rows, -1], position,
-                                                self.config.lookahead_tokens, eos)
-            steps = len(rows) * (max(map(len, logprobs)) - 1)  # the first token came with the prefill
-            self.prefiller.stats.tokens_processed += steps
-            self.prefiller.stats.lookahead_tokens += steps
-            for r, ids, lps in zip(rows, tokens, logprobs):
-                rec = records[r]
-                rec.lookahead_ids, rec.lookahead_logprobs = ids, lps
-                rec.lookahead = (self.tokenizer.decode(ids, skip_special_tokens=True).strip() if self.tokenizer
-                                 else " ".join(map(str, ids)))
-                known = p.context_text is not None and rec.char_start is not None
-                policy.annotate(rec, p.context_text[rec.char_start:rec.char_end] if known else None, p.query_text)
-        self.prefiller.stats.timings["lookahead"] += time.perf_counter() - t
 
     def query_positions(self, needed: bool) -> tuple[int, torch.Tensor | None]:
         """(logits to keep per row, query token ids): the query-likelihood criterion scores the query tokens of S."""

@@ -47,6 +47,7 @@ class ChunkRecord:
     lookahead_ids: list[int] | None = None  # its token ids (before any eos)
     lookahead_logprobs: list[float] | None = None  # the log-probability of each of its tokens (and of the eos)
     support: float | None = None  # support selection: the answer's extractive support in its chunk
+    support_bound: float | None = None  # the most support any answer can get in the chunk (no look-ahead needed)
 
 
 def first_token_stats(logits: torch.Tensor, top_k: int = 5):
@@ -151,8 +152,18 @@ class PIdkSelector(Selector):
 
 
 class LookaheadSelector(Selector):
+    """Ranks the chunks that pass by their look-ahead answer's confidence, from where the contenders' answers differ.
+
+    ``search``: how much of the look-ahead the choice needs (``SelectionPolicy.pending``): ``"full"`` every chunk
+    that passes the first-token IDK filter; ``"bounded"`` (support on text) only the chunks whose support bound can
+    still reach the support already found — the choice is the full search's, by construction; ``"first_token"``
+    (support without a text to find support in) the chunks in first-token order until one passes."""
+
     name = "lookahead"
     lookahead = True
+
+    def search(self, text: bool) -> str:
+        return "full"
 
     @staticmethod
     def passes(record: ChunkRecord, idk: str | None) -> bool:
@@ -164,10 +175,16 @@ class LookaheadSelector(Selector):
         states of the likely winners; ``rank`` decides once every chunk is known."""
         return sum(record.lookahead_logprobs) / len(record.lookahead_logprobs)
 
-    def rank(self, records: list[ChunkRecord], idk: str | None) -> list[ChunkRecord]:
-        """The records that pass (no IDK word, a non-empty answer), scored, best first (ties to the earlier)."""
+    def rank(self, records: list[ChunkRecord], idk: str | None, k: int = 1) -> list[ChunkRecord]:
+        """The records that pass (no IDK word, a non-empty answer), scored, best first (ties to the earlier). The score
+        is the mean log-probability of the answer from where the contenders' answers differ; the contenders are the
+        chunks that pass with a support at least the k-th best's (every chunk that passes when there is no support):
+        chunks that cannot be chosen do not move the others' scores."""
         passing = [r for r in records if self.passes(r, idk)]
-        start = divergence([r.lookahead_ids for r in passing])
+        if not passing:
+            return []
+        kth = sorted((r.support or 0.0 for r in passing), reverse=True)[min(k, len(passing)) - 1]
+        start = divergence([r.lookahead_ids for r in passing if (r.support or 0.0) >= kth])
         for r in passing:  # the answer's tokens from where the answers differ (the eos's alone if none are left)
             answer = r.lookahead_logprobs[start:len(r.lookahead_ids)] or r.lookahead_logprobs[-1:]
             r.score = sum(answer) / len(answer)
@@ -181,6 +198,9 @@ class SupportSelector(LookaheadSelector):
     name = "support"
     needs = frozenset({"query_text"})
 
+    def search(self, text):
+        return "bounded" if text else "first_token"
+
     def annotate(self, record, chunk_text, query_text):
         if chunk_text is not None:
             record.support = support(chunk_text, record.lookahead, query_text)
@@ -190,6 +210,17 @@ class SupportSelector(LookaheadSelector):
 
     def key(self, record) -> tuple:
         return (record.support or 0.0, record.score)
+
+
+def search_order(record: ChunkRecord) -> tuple:
+    """The look-ahead search's order (smaller first): the highest support bound, then the first token least inclined
+    to the IDK word (the lowest P(IDK), where the IDK filter is on), then the lowest entropy, then the earlier."""
+    return (-(record.support_bound or 0.0), record.p_idk or 0.0, record.entropy, record.index)
+
+
+def first_token_score(record: ChunkRecord) -> float:
+    """What ``"first_token"`` search ranks by (reported as the score): -P(IDK) with the IDK filter, else -entropy."""
+    return -record.p_idk if record.p_idk is not None else -record.entropy
 
 
 def divergence(answers: list[list[int]]) -> int:
@@ -298,27 +329,29 @@ class Choice:
 
 
 class SelectionPolicy:
-    """The one owner of a call's selection decisions: which chunks get a look-ahead (``looks_ahead``), whether the IDK
-    filter applies (``idk``), which states to keep while micro-batches stream by, which chunks to decode (every chunk
-    with ``decode_all``, else the winners of ``choose``) and what the call must give it (``require``).
+    """The one owner of a call's selection decisions: which chunks get a look-ahead (``looks_ahead``, ``pending``),
+    whether the IDK filter applies (``idk``), which states to keep while micro-batches stream by, which chunks to
+    decode (every chunk with ``decode_all``, else the winners of ``choose``) and what the call must give it
+    (``require``).
 
     ``decode="one"`` / ``"top_k"``: the k best chunks that pass the IDK filter, by the selector's score. Until one
     passes, the k lowest-entropy IDK chunks are kept too when ``idk_fallback="min_entropy"``; they are dropped as soon
     as a chunk passes. ``decode="all"``: every chunk is handed back at once to be decoded (summaries), so memory stays
-    one micro-batch plus one state however many chunks there are. Look-ahead selectors keep no state: their winners
-    are known only once every chunk is: the states of the few best by a provisional key are kept, and a winner
-    outside them is prefilled again to be decoded.
+    one micro-batch plus one state however many chunks there are. Look-ahead selectors rank chunks only once their
+    look-aheads are known: which ones the choice needs is ``pending`` (``oprm.lookahead`` decodes them).
     """
 
     LOOKAHEAD_KEPT = 4  # states kept for look-ahead selection: the final ranking rarely leaves these
 
-    def __init__(self, config, gold_chunks: set[int] | None = None):
+    def __init__(self, config, gold_chunks: set[int] | None = None, *, text: bool = True):
         self.config = config
         self.selector = make_selector(config.selection, seed=config.seed, gold_chunks=gold_chunks)
         self.decode_all = config.decode == "all"
         use_idk = config.idk is not None and self.selector.uses_idk_filter and not self.decode_all
         self.idk = config.idk if use_idk else None  # the IDK word of the filter (None: no filter)
         self.looks_ahead = self.selector.lookahead and not self.decode_all
+        # how much look-ahead the choice needs (text: whether the context's text and the question are known)
+        self.search = self.selector.search(text) if self.looks_ahead else None
         self.k = config.num_decode if config.decode == "top_k" else 1
         self.pool = CandidatePool(max(self.k, self.LOOKAHEAD_KEPT) if self.selector.lookahead else self.k)
         self.min_entropy_fallback = use_idk and config.idk_fallback == "min_entropy"
@@ -359,6 +392,49 @@ class SelectionPolicy:
     def states(self) -> dict[int, object]:
         return {i: state for _, i, state in self.pool.items + self.fallback.items}
 
+    # --- look-ahead selection -----------------------------------------------------------------------------------
+    def pending(self, records: list[ChunkRecord]) -> list[ChunkRecord]:
+        """The chunks whose look-ahead the choice may still need, in search order (``search_order``); [] once the
+        choice is known. A record has been looked ahead once its ``lookahead_ids`` is set.
+
+        * ``"full"``: every chunk that passes the first-token IDK filter.
+        * ``"bounded"``: once k chunks pass with a support of at least s_k (the k-th best), a chunk whose support
+          bound is below s_k can neither be chosen nor be a contender (``rank``), and s_k only grows as more chunks
+          are looked at: so the chunks still needed are those with a bound of at least s_k, and none once s_k
+          exceeds every bound left. The choice is then the one ``rank`` makes with every look-ahead known.
+        * ``"first_token"``: the choice is the first k chunks in search order that pass (``choose``); needed are the
+          chunks from the first one not yet looked at, until k pass.
+        """
+        candidates = sorted((r for r in records if not r.is_idk), key=search_order)
+        unseen = [r for r in candidates if r.lookahead_ids is None]
+        if not unseen or self.search == "full":
+            return unseen
+        if self.search == "first_token":
+            passed = 0
+            for r in candidates:
+                if r.lookahead_ids is None:
+                    return unseen
+                passed += self.selector.passes(r, self.idk)
+                if passed >= self.k:
+                    return []
+            return unseen
+        supports = sorted(((r.support or 0.0) for r in candidates
+                           if r.lookahead_ids is not None and self.selector.passes(r, self.idk)), reverse=True)
+        if len(supports) < self.k:
+            return unseen
+        kth = supports[self.k - 1]
+        return [r for r in unseen if (r.support_bound or 0.0) >= kth]
+
+    def ranked(self, records: list[ChunkRecord]) -> list[ChunkRecord]:
+        """The look-ahead records that pass, best first: by ``rank``, or (``"first_token"``) in search order."""
+        seen = [r for r in records if r.lookahead_ids is not None]
+        if self.search != "first_token":
+            return self.selector.rank(seen, self.idk, self.k)
+        passing = sorted((r for r in seen if self.selector.passes(r, self.idk)), key=search_order)
+        for r in passing:
+            r.score = first_token_score(r)
+        return passing
+
     def choose(self, records: list[ChunkRecord], candidates: list[tuple[float, int]],
                fallbacks: list[tuple[float, int]]) -> Choice:
         """The chunks to decode: every chunk with ``decode_all``; else the winners among (key, chunk) pairs (this
@@ -368,7 +444,7 @@ class SelectionPolicy:
             return Choice(sorted(r.index for r in records))
         best = lambda items: [i for _, i in sorted(items, key=lambda it: (-it[0], it[1]))[:self.k]]  # noqa: E731
         if self.selector.lookahead:
-            ranked = self.selector.rank(records, self.idk)
+            ranked = self.ranked(records)
             if ranked:
                 return Choice([r.index for r in ranked[:self.k]])
             fallbacks = [(-r.entropy, r.index) for r in records] if self.min_entropy_fallback else []
