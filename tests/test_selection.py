@@ -168,3 +168,155 @@ def test_zero_or_negative_sizes_are_errors_not_defaults():
     for kwargs in ({"chunk_size": 0}, {"chunk_size": -4}, {"max_batch_tokens": 0}):
         with pytest.raises(OPRMUsageError):
             run(table, **kwargs)
+
+
+# --- look-ahead only where it can change the choice (oprm.lookahead) -------------------------------------------------
+def _records(rng, n, k_values):
+    """Random look-ahead records: support bounds, supports at most their bound, answers sharing prefixes."""
+    from oprm.selection import ChunkRecord
+
+    out = []
+    for i in range(n):
+        bound = rng.choice(k_values)
+        rec = ChunkRecord(i, 0, 4, 0, 4, entropy=rng.random(), argmax=3, max_prob=0.5, is_idk=rng.random() < 0.2,
+                          p_idk=rng.choice([0.1, 0.2, 0.3]))
+        rec.support_bound = bound
+        ids = [rng.choice([7, 8]) for _ in range(rng.randint(0, 3))]  # short answers: shared prefixes, empty ones
+        truth = dict(lookahead_ids=ids, lookahead_logprobs=[-rng.random() for _ in range(len(ids) + 1)],
+                     lookahead=" ".join(map(str, ids)) if rng.random() < 0.8 else "Error",
+                     support=rng.choice([v for v in k_values if v <= bound]))
+        out.append((rec, truth))
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_bounded_search_chooses_what_a_lookahead_on_every_chunk_chooses(k):
+    """``support`` on text looks ahead in search order only while a chunk left could still be chosen or move the
+    contenders' scores; on 400 random cases (ties in support, answers sharing prefixes, IDK answers, top-k) it
+    chooses exactly the chunks, in the order, that a look-ahead on every chunk chooses, looking at fewer."""
+    import copy
+    import random
+
+    from oprm.config import OPRMConfig
+    from oprm.selection import SelectionPolicy
+
+    config = OPRMConfig(idk="Error", decode="top_k" if k > 1 else "one", num_decode=k)
+    looked = total = 0
+    for seed in range(400):
+        rng = random.Random(seed)
+        cases = _records(rng, rng.randint(1, 12), [0.0, 1 / 3, 2 / 3, 1.0])
+        full = [copy.deepcopy(rec) for rec, _ in cases]
+        for rec, (_, truth) in zip(full, cases):
+            vars(rec).update(truth)
+        expected = SelectionPolicy(config).choose(full, [], [])
+        policy, pruned = SelectionPolicy(config), [rec for rec, _ in cases]
+        assert policy.search == "bounded"
+        size = 1
+        while pending := policy.pending(pruned):  # the search: what the choice still needs, a growing round
+            for rec in pending[:size]:
+                vars(rec).update(cases[rec.index][1])
+            size *= 2
+        choice = policy.choose(pruned, [], [])
+        assert (choice.winners, choice.fallback_used) == (expected.winners, expected.fallback_used), seed
+        looked += sum(r.lookahead_ids is not None for r in pruned)
+        total += sum(not r.is_idk for r in pruned)
+    assert looked < (0.8 if k == 1 else 1.0) * total
+
+
+def test_first_token_search_without_text_takes_the_first_chunk_that_passes():
+    from oprm.config import OPRMConfig
+    from oprm.selection import ChunkRecord, SelectionPolicy
+
+    policy = SelectionPolicy(OPRMConfig(idk="Error"), text=False)
+    assert policy.search == "first_token"
+    recs = [ChunkRecord(i, 0, 4, None, None, entropy=e, argmax=3, max_prob=0.5, is_idk=False, p_idk=p)
+            for i, (e, p) in enumerate([(1.0, 0.3), (2.0, 0.1), (0.5, 0.2)])]
+    assert [r.index for r in policy.pending(recs)] == [1, 2, 0]  # lowest P(IDK) first
+    recs[1].lookahead_ids, recs[1].lookahead_logprobs, recs[1].lookahead = [5], [-0.1, -0.1], "Error 5"
+    assert [r.index for r in policy.pending(recs)] == [2, 0]  # said IDK: widen
+    recs[2].lookahead_ids, recs[2].lookahead_logprobs, recs[2].lookahead = [6], [-3.0, -0.1], "6"
+    assert policy.pending(recs) == [] and policy.choose(recs, [], []).winners == [2]
+
+
+def test_lookahead_rows_stop_at_the_end_of_the_answer_and_leave_the_batch():
+    from oprm.lookahead import AnswerEnd, batched_lookahead
+
+    nl, seven, eight = (TOK(t, add_special_tokens=False)["input_ids"][0] for t in ("\n", "7", "8"))
+    script = {0: [seven, nl, seven, seven], 1: [seven, EOS], 2: [seven] + [ERROR] * 3, 3: [seven, eight, seven, eight]}
+    sizes = []
+
+    class Script(StateAdapter):  # row r emits script[r] (its state: [row, step])
+        def step(self, token, state, position):
+            sizes.append(len(state))
+            state = [[r, t + 1] for r, t in state]
+            return torch.stack([dist(script[r][t], 0.9) for r, t in state]), state
+
+        def select(self, state, rows):
+            return [state[r] for r in rows]
+
+    first = torch.stack([dist(script[r][0], 0.9) for r in range(4)])
+    rows = batched_lookahead(Script(TableModel()), [[r, 0] for r in range(4)], first, 10, 4,
+                             AnswerEnd(TOK, {EOS}, "Error"))
+    assert [r.text for r in rows] == ["7", "7", "7Error", "7878"]
+    assert [len(r.logprobs) for r in rows] == [2, 2, 2, 4]  # the line break, the eos, the IDK word end a row
+    assert sizes == [4, 1, 1]  # finished rows leave the batch
+
+
+@pytest.mark.parametrize("arch", sorted(__import__("tiny_models").CONFIGS))
+@pytest.mark.parametrize("new", [3, 9])
+def test_reused_lookahead_answer_equals_generate(arch, new):
+    """The chunk looked at alone is decoded by the answer's own loop; its answer continues it (here the look-ahead
+    is 6 tokens: the answer is cut inside it, or goes on past it) and equals model.generate on [P, C_j, S] alone."""
+    import random
+
+    from tiny_models import VOCAB, reference_generate, tiny_model
+
+    model = tiny_model(arch)
+    rng = random.Random(5)
+    P, C, S = ([rng.randrange(3, VOCAB) for _ in range(n)] for n in (5, 48, 6))
+    result = OPRM(model, idk=None, chunk_size=12, lookahead_tokens=6, document_cache_bytes=0).generate(
+        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=new, output_logits=True)
+    assert result.selection == "support" and len(result.chunks) == 4
+    assert sum(c.lookahead_ids is not None for c in result.chunks) == 1  # no text: the first chunk that passes
+    assert result.lookahead_tokens == max(0, 6 - new)  # look-ahead steps the answer reused count as its own
+    c = result.chunks[result.chosen[0]]
+    tokens, logits = reference_generate(model, P + C[c.token_start:c.token_end] + S, new)
+    assert result.token_ids == tokens
+    assert max(float((a.cpu() - b).abs().max()) for a, b in zip(result.logits, logits)) < 1e-5
+
+
+def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(monkeypatch):
+    """The demo's setting (the shipped model, sentence chunks of 16 tokens, support, the IDK filter) on AR documents
+    of 84 and 169 facts (hundreds of chunks): the pruned search chooses the chunk and answer that a look-ahead on
+    every chunk chooses, looks at fewer chunks, and its (reused) answer equals model.generate on [P, C_j, S]."""
+    import random
+
+    from oprm import lookahead
+    from oprm.synthetic.ar import make_ar_episode
+
+    engine = OPRM.from_pretrained("oprm-ar-mamba2", dtype="float32", chunk_size=16, idk="Error",
+                                  document_cache_bytes=0)
+    looked = {True: 0, False: 0}
+    for facts, seed in ((84, 1), (169, 2)):
+        episode = make_ar_episode(random.Random(f"prune-{seed}"), facts)
+        kwargs = dict(episode.prompt_kwargs(), max_new_tokens=8)
+        results = {}
+        for prune in (True, False):
+            monkeypatch.setattr(lookahead, "PRUNE", prune)
+            results[prune] = engine.generate(**kwargs)
+            looked[prune] += sum(c.lookahead_ids is not None for c in results[prune].chunks)
+        pruned, full = results[True], results[False]
+        assert len(pruned.chunks) > 80 and pruned.selection == "support"
+        assert pruned.chosen == full.chosen and pruned.token_ids == full.token_ids
+        for a, b in zip(pruned.chunks, full.chunks):
+            if a.lookahead_ids is not None:
+                assert (a.lookahead, a.support) == (b.lookahead, b.support)
+        if pruned.chosen:
+            prompt = engine.build_prompt(episode.context, episode.question, template=kwargs["template"],
+                                         answer_prefix=kwargs["answer_prefix"])
+            c = pruned.chunks[pruned.chosen[0]]
+            ids = prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end] + prompt.suffix_ids
+            out = engine.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                        attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            assert pruned.token_ids == out[0, len(ids):].tolist()
+    assert looked[True] < looked[False]

@@ -50,10 +50,11 @@ class AnswerEnd:
         """(the answer's text up to its first line break, whether the answer ended: a line break or the IDK word)."""
         if self.tokenizer is None:
             return " ".join(map(str, ids)), False
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
         cut = text.find("\n")
         if cut >= 0:
             return text[:cut].rstrip(), True
+        text = text.rstrip()
         return text, bool(self.idk and self.idk in text)
 
 

@@ -1,13 +1,14 @@
-"""Chunk selection: per-chunk statistics of the first answer token, the IDK filter and the selection criteria.
+"""Chunk selection: the IDK filter, the selection criteria and the policy (chunk records: ``oprm.records``).
 
 First-token criteria (the paper's entropy and query likelihood; max_prob, p_idk, random, oracle) map a chunk's record
 to a score where higher is better, so candidates are ranked as soon as a micro-batch is prefilled and only the best
-states are kept. Look-ahead criteria (``lookahead``, ``support``) first decode a few tokens from every chunk that
-passes the IDK filter and rank the chunks once all are known (the study behind them: benchmarks/selection_study.md):
+states are kept. Look-ahead criteria (``lookahead``, ``support``) rank chunks by a few greedily decoded tokens, decoded
+only where the choice needs them (``SelectionPolicy.pending``, ``oprm.lookahead``; the study behind them:
+benchmarks/selection_study.md):
 
 * an IDK word anywhere in the look-ahead, or an empty one, drops the chunk (models that restate the question before
   answering say "The ..." first: their first token carries no signal);
-* ``lookahead``: the mean log-probability of the look-ahead answer from where the chunks' answers start to differ;
+* ``lookahead``: the mean log-probability of the look-ahead answer from where the contenders' answers start to differ;
 * ``support``: first the answer's extractive support — the largest share of the question's content words in a
   sentence of the chunk that holds the answer's value — then ``lookahead``. A key-less chunk that copies the value
   of another fact it holds gets little support; the needle's own sentence gets all of it.
@@ -16,53 +17,12 @@ passes the IDK filter and rank the chunks once all are known (the study behind t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-
-import torch
-import torch.nn.functional as F
+from dataclasses import dataclass
 
 from .config import SELECTIONS
 from .errors import OPRMUsageError
+from .records import ChunkRecord, chunk_records, first_token_stats, query_logprobs  # noqa: F401 (their home was here)
 from .support import support
-
-
-@dataclass
-class ChunkRecord:
-    """What the speculative prefill learned about one chunk."""
-
-    index: int
-    token_start: int
-    token_end: int
-    char_start: int | None
-    char_end: int | None
-    entropy: float  # nats, of the first-answer-token distribution
-    argmax: int
-    max_prob: float
-    is_idk: bool
-    top_tokens: list[tuple[int, str | None, float]] = field(default_factory=list)  # (id, text, probability), best first
-    query_logprob: float | None = None  # sum of log p(query tokens | P, C_i)
-    score: float | None = None  # the selection criterion's value (higher is better)
-    p_idk: float | None = None  # first-token probability of the IDK word's tokens
-    lookahead: str | None = None  # look-ahead selection: the chunk's greedy answer (up to lookahead_tokens)
-    lookahead_ids: list[int] | None = None  # its token ids (before any eos)
-    lookahead_logprobs: list[float] | None = None  # the log-probability of each of its tokens (and of the eos)
-    support: float | None = None  # support selection: the answer's extractive support in its chunk
-    support_bound: float | None = None  # the most support any answer can get in the chunk (no look-ahead needed)
-
-
-def first_token_stats(logits: torch.Tensor, top_k: int = 5):
-    """Entropy (nats), argmax, max probability and top-k of each row of ``logits`` [B, V]."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    probs = logp.exp()
-    entropy = -(probs * logp).sum(-1)
-    top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-    return entropy, top_i[:, 0], top_p[:, 0], top_i, top_p
-
-
-def query_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over positions of log p(target_t) given logits [B, T, V] that predict targets [T]."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, targets.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1).sum(-1)
 
 
 # what a selection may need from a call, and how a caller gives it (the one-line error when it is missing)
@@ -179,12 +139,14 @@ class LookaheadSelector(Selector):
         """The records that pass (no IDK word, a non-empty answer), scored, best first (ties to the earlier). The score
         is the mean log-probability of the answer from where the contenders' answers differ; the contenders are the
         chunks that pass with a support at least the k-th best's (every chunk that passes when there is no support):
-        chunks that cannot be chosen do not move the others' scores."""
+        chunks that cannot be chosen do not move the others' scores. Contenders that all give the same answer are
+        scored on the whole of it."""
         passing = [r for r in records if self.passes(r, idk)]
         if not passing:
             return []
         kth = sorted((r.support or 0.0 for r in passing), reverse=True)[min(k, len(passing)) - 1]
-        start = divergence([r.lookahead_ids for r in passing if (r.support or 0.0) >= kth])
+        answers = {tuple(r.lookahead_ids) for r in passing if (r.support or 0.0) >= kth}
+        start = divergence([list(a) for a in answers]) if len(answers) > 1 else 0  # one answer: all of it
         for r in passing:  # the answer's tokens from where the answers differ (the eos's alone if none are left)
             answer = r.lookahead_logprobs[start:len(r.lookahead_ids)] or r.lookahead_logprobs[-1:]
             r.score = sum(answer) / len(answer)
@@ -300,24 +262,6 @@ class CandidatePool:
 
     def __len__(self):
         return len(self.items)
-
-
-def chunk_records(chunks, first_logits: torch.Tensor, idk_ids: set[int], tokenizer=None, top_k: int = 5,
-                  query_logprob: torch.Tensor | None = None) -> list[ChunkRecord]:
-    """One record per chunk from its first-answer-token logits [B, V] (and query log-probabilities [B])."""
-    entropy, argmax, max_prob, top_i, top_p = first_token_stats(first_logits, top_k)
-    ids = sorted(idk_ids)
-    p_idk = torch.softmax(first_logits.float(), -1)[:, ids].sum(-1) if ids else None
-    records = []
-    top_ids, top_probs = top_i.tolist(), top_p.tolist()  # one conversion, not one per element
-    texts = {i: tokenizer.decode([i]) for i in set(sum(top_ids, []))} if tokenizer else {}  # each id decoded once
-    for r, chunk in enumerate(chunks):
-        tops = [(i, texts.get(i), p) for i, p in zip(top_ids[r], top_probs[r])]
-        records.append(ChunkRecord(chunk.index, chunk.token_start, chunk.token_end, chunk.char_start, chunk.char_end,
-                                   float(entropy[r]), int(argmax[r]), float(max_prob[r]), int(argmax[r]) in idk_ids,
-                                   tops, None if query_logprob is None else float(query_logprob[r]),
-                                   p_idk=None if p_idk is None else float(p_idk[r])))
-    return records
 
 
 @dataclass
