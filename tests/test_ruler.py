@@ -11,7 +11,7 @@ import pytest
 
 from oprm import cli
 from oprm.errors import OPRMUsageError
-from oprm.eval.ruler_report import average_ci
+from oprm.eval.ruler_report import average_ci, main as ruler_report_main, results_from_predictions
 from oprm.eval.scoring import ruler_by_length
 from oprm.metrics.synthetic import string_match_all, string_match_part
 from oprm.models import resolve_model
@@ -239,6 +239,44 @@ def test_average_ci_hand_example():
     mean, half = average_ci({"a": {"score": 50.0, "n": 4, "sd": 57.735}, "b": {"score": 100.0, "n": 4, "sd": 0.0}})
     assert mean == 75.0
     assert half == pytest.approx(round(1.96 * math.sqrt(57.735 ** 2 / 4 + 1875 / 4) / 2, 2))
+
+
+def _pred(task, length, i, score, pred="x", config="vanilla"):
+    return {"_id": f"{task}-L{length}-{i}-s42", "task": task, "pred": pred, "score": score, "config": config,
+            "setting": {"target_length": length, "haystack": "noise"}}
+
+
+def test_tables_from_prediction_files_of_split_runs(tmp_path, capsys):
+    """Runs split over processes write into one or several model folders; the report reads them back read-only,
+    deduplicates by (config, id), keeps the first N samples on request and ignores a torn last line."""
+    a, b = tmp_path / "a" / "m", tmp_path / "b" / "m"
+    for root, recs in ((a, [_pred("niah_single_1", 4096, 0, 1.0), _pred("niah_single_1", 4096, 1, 0.0),
+                            _pred("ruler_cwe", 4096, 0, 0.5, pred="")]),
+                       (b, [_pred("niah_single_1", 4096, 1, 0.0), _pred("niah_single_1", 8192, 0, 1.0),
+                            _pred("niah_single_1", 4096, 2, 1.0)])):
+        path = root / "vanilla" / "pred"
+        path.mkdir(parents=True)
+        for task in {r["task"] for r in recs}:
+            lines = "".join(json.dumps(r) + "\n" for r in recs if r["task"] == task)
+            (path / f"{task}.jsonl").write_text(lines + ('{"_id": "torn' if task == "niah_single_1" else ""))
+    torn = (b / "vanilla" / "pred" / "niah_single_1.jsonl").read_text()
+    res = results_from_predictions([a, b])
+    assert (b / "vanilla" / "pred" / "niah_single_1.jsonl").read_text() == torn  # never truncated while read
+    per = res["configs"]["vanilla"]["tasks"]
+    assert list(res["tasks"]) == ["niah_single_1", "ruler_cwe"]  # RULER's task order
+    assert per["niah_single_1"]["ruler"]["4096"]["n"] == 3 and per["niah_single_1"]["ruler"]["4096"]["score"] == 66.67
+    assert (per["niah_single_1"]["ruler"]["8192"]["score"], per["niah_single_1"]["ruler"]["8192"]["n"]) == (100.0, 1)
+    assert per["ruler_cwe"]["ruler"]["4096"]["nulls"] == 1
+    first2 = results_from_predictions([a, b], lengths=[4096], max_samples=2)["configs"]["vanilla"]["tasks"]
+    assert first2["niah_single_1"]["ruler"] == {"4096": {"score": 50.0, "n": 2, "sd": 70.7107, "nulls": 0}}
+    out = tmp_path / "docs"
+    assert ruler_report_main([str(a), str(b), "--output", str(out)]) == 0
+    md = capsys.readouterr().out
+    assert "### 4096 tokens" in md and "### 8192 tokens" in md and "### Averages" in md
+    mean, half = average_ci({t: per[t]["ruler"]["4096"] for t in ("niah_single_1", "ruler_cwe")})
+    assert f"{mean:.2f} ± {half:.2f} (2 tasks, n=1-3)" in md
+    rows = list(csv.reader(open(out / "vanilla" / "ruler" / "4096" / "summary.csv")))
+    assert rows[1:] == [["Tasks", "niah_single_1", "ruler_cwe"], ["Score", "66.67", "50.0"], ["Nulls", "0/3", "1/1"]]
 
 
 def test_eval_end_to_end_on_the_shipped_model(tmp_path, capsys):
