@@ -177,14 +177,15 @@ def ruler_markdown_by_length(results: dict) -> str:
                 continue
             m, h = average_ci(per)
             ns = sorted({int(v.get("n") or 0) for v in per.values()})
-            cells.append(f"{_fmt(m)} ± {_fmt(h)} ({len(per)} tasks, n={ns[0] if len(ns) == 1 else f'{ns[0]}-{ns[-1]}'})")
+            n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+            cells.append(f"{_fmt(m)} ± {_fmt(h)} ({len(per)} tasks, n={n})")
         rows.append([c] + cells)
     out += ["### Averages", "", markdown_table(["config"] + lengths, rows), ""]
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
-    """``python -m oprm.eval.ruler_report MODEL_DIR [...]``: RULER tables and summary.csv files from prediction files."""
+    """``python -m oprm.eval.ruler_report MODEL_DIR [...]``: RULER tables and summary.csv from prediction files."""
     import argparse  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="python -m oprm.eval.ruler_report", description=main.__doc__)
