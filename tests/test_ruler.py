@@ -170,6 +170,32 @@ def test_cwe_repeats_and_fewshot(tok):
     assert sorted(shot_counts.values()) == [1] * 10 + [3] * 10
 
 
+@pytest.mark.parametrize("name, question", [
+    ("ruler_cwe", "Question: What are the 10 most common words in the above list?"),
+    ("ruler_fwe", "Question: Do not provide any explanation. Please ignore the dots '....'. What are the three most "
+                  "frequently appeared words in the above coded text?")])
+def test_keyless_tasks_give_their_question_as_input(tok, name, question):
+    """CWE / FWE name no key: the question after the haystack is the sample's input (what the support selection
+    looks for around an answer), marked {input} in the template, so the prompt is the same text and tokens."""
+    s = _samples(name, tok, length=2048, n=1)[0]
+    assert s["input"] == question and s["template"].endswith("\n{input}")
+    literal = s["template"].replace("{input}", question.replace("{", "{{").replace("}", "}}"))
+    with_input = build_prompt(tok, s["context"], s["template"], {"input": s["input"]}, answer_prefix=s["answer_prefix"])
+    plain = build_prompt(tok, s["context"], literal, {}, answer_prefix=s["answer_prefix"])
+    assert (with_input.prefix_ids, with_input.suffix_ids) == (plain.prefix_ids, plain.suffix_ids)
+    assert with_input.query_text == question and with_input.query_span is not None
+
+
+def test_support_selection_runs_on_every_offline_task(tmp_path):
+    args = ["eval", "--model", "oprm-ar-mamba2", "--tasks", "ruler_cwe,ruler_fwe,ruler_vt", "--lengths", "2048",
+            "--samples", "1", "--modes", "oprm", "--selection", "support", "--chunk-size", "300",
+            "--output-path", str(tmp_path), "--quiet", "--no-plots"]
+    assert cli.main(args) == 0
+    preds = [json.loads(x) for x in open(next((tmp_path / "oprm-ar-mamba2").glob("oprm_cs300_support*/pred/"
+                                                                                    "ruler_cwe.jsonl")))]
+    assert len(preds) == 1 and preds[0]["num_chunks"] >= 2 and preds[0]["selection"] == "support"
+
+
 def test_fwe_zeta_counts():
     assert zeta(2.0) == pytest.approx(1.6449340668482264)
     assert zeta(3.0) == pytest.approx(1.2020569031595942, rel=1e-9)

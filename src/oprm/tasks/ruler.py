@@ -14,6 +14,7 @@ does); ``length`` is RULER's: input tokens (chat template included) + the task's
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -129,6 +130,11 @@ def ruler_samples(task: Task, limit: int | None = None, seed: int = 42, options:
     for length in lengths:
         pairs, hay_name = _inputs(task, int(length), per, seed, count, opts)
         for i, (inp, total) in enumerate(pairs):
+            if not inp.query and inp.suffix.strip():
+                # CWE / FWE name no key: their question is the whole text after the haystack. As the sample's
+                # input (the template marks it {input}, so the prompt is the same text and tokens) it gives the
+                # support selection its question words and query-likelihood its span, as the other tasks' keys do
+                inp = replace(inp, query=inp.suffix.strip())
             rec = {"_id": f"{task.name}-L{length}-{i}-s{seed}", "context": inp.context, "input": inp.query,
                    "template": inp.template(), "answer_prefix": inp.escaped_answer_prefix(),
                    "answers": list(inp.answers), "all_classes": None, "length": int(total), "dataset": task.name,
