@@ -7,8 +7,11 @@ Scenarios (``--scenario``, repeatable):
 * ``chat``: plain chat (no document), ``--requests`` different prompts x ``--max-tokens`` greedy tokens (eos ignored);
 * ``documents``: distinct ~20K-character associative-recall documents (the document cache off, so every request
   encodes its document in both phases);
-* ``shared``: ``--requests`` questions on 4 shared documents, a fresh server, all at once: document-cache hit rate
-  after the first request per document, and TTFT of the hits against the misses;
+* ``shared``: ``--shared-requests`` questions on 4 shared documents, a fresh server: a miss alone, the other first
+  requests per document at once (misses), then hits one by one and the rest at once: the hit rate after the first
+  request per document, and the hits' TTFT against the misses' (alone against alone, at once against at once);
+* ``append``: a document, then the same with ~1 % more text appended, with token and with sentence chunking: the
+  chunks re-encoded and the server's CPU seconds of each (batching on only);
 * ``fairness``: one long document (~80K characters) and then short questions 0.2 s later: do the short ones get
   their first token before the long one finishes?
 
@@ -142,6 +145,9 @@ def post(port: int, body: dict, timeout: float = 3600) -> dict:
             "tokens": usage["completion_tokens"] if usage else len(pieces), "start": t0, "end": end}
 
 
+OPTIONS: dict = {}  # --selection: per-request engine options of the document scenarios
+
+
 # --- scenarios ----------------------------------------------------------------------------------------------------
 def chat_bodies(model: str, n: int, max_tokens: int) -> list[dict]:
     return [{"model": model, "messages": [{"role": "user", "content": CHAT_PROMPTS[i % len(CHAT_PROMPTS)]
@@ -156,7 +162,7 @@ def ar_body(model: str, episode, question: str | None = None, prefix: str | None
     return {"model": model, "messages": [{"role": "user", "content": question or episode.question}],
             "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True},
             "oprm": {"context": episode.context, "template": AR_TEMPLATE,
-                     "answer_prefix": prefix if prefix is not None else episode.answer_prefix, **extra}}
+                     "answer_prefix": prefix if prefix is not None else episode.answer_prefix, **OPTIONS, **extra}}
 
 
 def questions(episode, k: int, rng: random.Random) -> list[tuple[str, str]]:
@@ -290,18 +296,43 @@ def run_scenario(name: str, args) -> dict:
             elif name == "shared":
                 bodies, docs = shared_bodies(model, args.shared_requests)
                 post(server.port, document_bodies(model, 1, seed=99)[0])
-                conc = phase(server, bodies, args.shared_requests)
-                first = set()
-                hit_ttft, miss_ttft = [], []
-                for d, r in zip(docs, conc["results"]):
-                    (miss_ttft if d not in first else hit_ttft).append(r["ttft"])
-                    first.add(d)
-                conc["ttft_first_per_document_p50"] = _r(pct(miss_ttft, 0.5))
-                conc["ttft_later_p50"] = _r(pct(hit_ttft, 0.5))
-                hits, misses = conc["cache_hits"], conc["cache_misses"]
-                later = len(bodies) - len(first)
-                conc["hit_rate_after_first_per_document"] = round(min(hits, later) / later, 3) if later else None
-                out[mode] = {"concurrent": conc}
+                k = len(set(docs))  # the first request per document are the misses, the others hits
+                alone_miss = phase(server, bodies[:1], 1)
+                misses = phase(server, bodies[1:k], k - 1)
+                alone_hits = phase(server, bodies[k:2 * k], 1)
+                hits = phase(server, bodies[2 * k:], len(bodies) - 2 * k)
+                alone_hits["ttft_p50_over_a_miss_alone"] = round(alone_hits["ttft_p50"] / alone_miss["ttft_p50"], 3)
+                hits["ttft_p50_over_concurrent_misses_p50"] = round(hits["ttft_p50"] / misses["ttft_p50"], 3)
+                out[mode] = {"a miss alone": alone_miss, "misses at once": misses, "hits one by one": alone_hits,
+                             "hits at once": hits}
+            elif name == "append":
+                if mode == "off":
+                    continue
+                from oprm.synthetic.ar import make_ar_episode
+
+                for chunking in ("tokens", "sentences"):
+                    ep = make_ar_episode(4000, args.append_facts)
+                    body = ar_body(model, ep, chunking=chunking, explain=True)
+                    body.pop("stream_options")
+                    body["stream"] = False
+                    grown = dict(body, oprm=dict(body["oprm"]))
+                    extra_facts = max(1, args.append_facts // 100)
+                    grown["oprm"]["context"] = ep.context + " " + " ".join(
+                        make_ar_episode(4001, extra_facts + 5).facts[:extra_facts])
+                    runs = {}
+                    for label, b in (("encode", body), ("append 1 %", grown)):
+                        cpu0 = server.cpu_seconds()
+                        r = post(server.port, b)
+                        details = r["body"]["oprm"]
+                        runs[label] = {"latency_s": round(r["latency"], 3),
+                                       "server_cpu_s": round(server.cpu_seconds() - cpu0, 2),
+                                       "chunks": len(details["chunks"]), "document": details.get("document"),
+                                       "characters": len(b["oprm"]["context"]),
+                                       "tokens_processed": details["tokens_processed"]}
+                    doc = runs["append 1 %"]["document"] or {}
+                    runs["re-encoded fraction"] = round(doc.get("encoded_chunks", runs["append 1 %"]["chunks"])
+                                                        / runs["append 1 %"]["chunks"], 4)
+                    out[f"{mode} / {chunking} chunking"] = runs
             elif name == "fairness":
                 from oprm.synthetic.ar import make_ar_episode
 
@@ -329,7 +360,7 @@ def table(report: dict) -> str:
         for mode, phases in modes.items():
             answers = phases.get("answers")
             for label, p in phases.items():
-                if label == "answers":
+                if label == "answers" or not isinstance(p, dict) or "requests_per_s" not in p:
                     continue
                 eq = f"{answers['identical']}/{answers['of']}" if answers and label == "concurrent" else ""
                 hits = f"{p['cache_hit_rate']:.0%}" if p["cache_hit_rate"] is not None else ""
@@ -343,7 +374,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--chunk-size", type=int, default=128)
-    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness"))
+    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness", "append"))
+    ap.add_argument("--append-facts", type=int, default=2000, help="facts of the append scenario's document "
+                    "(2000: ~200K characters)")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--shared-requests", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -351,8 +384,11 @@ def main() -> None:
     ap.add_argument("--max-running", type=int, default=8, help="the batching server's --max-running")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server (default 1)")
     ap.add_argument("--server-arg", action="append", default=[], help="more `oprm serve` arguments")
+    ap.add_argument("--selection", default=None, help="the document requests' oprm.selection (default: the server's)")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
+    if args.selection:
+        OPTIONS["selection"] = args.selection
     report = {"model": args.model, "args": vars(args), "scenarios": {}}
     for name in args.scenario or ["chat"]:
         report["scenarios"][name] = run_scenario(name, args)
@@ -366,9 +402,14 @@ def main() -> None:
     print(table(report))
     for name, modes in report["scenarios"].items():
         for mode, phases in modes.items():
-            extra = {k: v for k, v in phases.get("concurrent", {}).items()
-                     if k in ("ttft_first_per_document_p50", "ttft_later_p50", "hit_rate_after_first_per_document",
-                              "short_first_token_before_long_ends", "long_latency_s", "short_ttft_max_s")}
+            if name == "append":
+                print(f"append / {mode}: {json.dumps(phases)}")
+                continue
+            extra = {k: v for label in ("concurrent", "hits one by one", "hits at once")
+                     for k, v in phases.get(label, {}).items()
+                     if k in ("ttft_p50_over_a_miss_alone", "ttft_p50_over_concurrent_misses_p50",
+                              "short_first_token_before_long_ends",
+                              "long_latency_s", "short_ttft_max_s")}
             if extra or phases.get("answers", {}).get("divergences"):
                 print(f"{name} / batching {mode}: {json.dumps(extra)} "
                       f"divergences: {json.dumps(phases.get('answers', {}).get('divergences', []))}")

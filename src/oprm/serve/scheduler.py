@@ -8,8 +8,9 @@ the only one that runs the model. Each scheduling round the scheduler
 * runs the decode steps of every request waiting on one as one batched forward (``batching.StepBatcher``): requests
   join the batch at their first token and leave it after their last, or at once when their client goes away (its
   thread stops asking);
-* then runs one prefill micro-batch (at most ``max_batch_tokens`` tokens), taking the requests in turn: a long
-  document's prefill is many rounds, and a short question that arrives behind it gets its rows in between.
+* then runs one prefill micro-batch (at most ``max_batch_tokens`` tokens): a request's first micro-batch before any
+  request's later ones (a short question does not queue behind the rest of a long document), else the oldest
+  request's; while requests decode, prefill gets at most half the time (their steps wait for each micro-batch).
 
 So the work per round is bounded (one micro-batch + one decode step per running request) and no request waits for
 another to finish. Before a round the scheduler waits a moment (``gather_s``) for the requests that stepped in the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 
 import torch
 
@@ -39,7 +39,7 @@ class Op:
 
 
 class Scheduler:
-    def __init__(self, adapter, gather_s: float = 0.005, observe=None):
+    def __init__(self, adapter, gather_s: float = 0.005, observe=None, quantum: int = 8192):
         self.adapter = adapter
         self.batcher = StepBatcher(adapter)
         self.gather_s = gather_s
@@ -49,7 +49,11 @@ class Scheduler:
         self.active: set = set()  # owners (request threads' tokens) that may ask for forwards
         self.stepping: set = set()  # owners whose last forward was a decode step: the next round waits for them
         self.local = threading.local()
-        self.turns: deque = deque()  # owners in the order their prefill gets a turn
+        self.arrival: dict = {}  # owner -> its order of arrival
+        self.served: dict = {}  # owner -> tokens of prefill run for it
+        self.quantum = quantum  # prefill tokens a request gets before it queues behind newer requests
+        self.prefill_s = self.step_s = 0.0  # time in prefill and in decode steps since nobody decoded
+        self.arrivals = 0
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="oprm-scheduler", daemon=True)
         self.rounds = 0
@@ -60,6 +64,8 @@ class Scheduler:
         self.local.owner = owner
         with self.cond:
             self.active.add(owner)
+            self.arrivals += 1
+            self.arrival[owner] = self.arrivals
 
     def leave(self) -> None:
         owner = getattr(self.local, "owner", None)
@@ -67,6 +73,8 @@ class Scheduler:
         with self.cond:
             self.active.discard(owner)
             self.stepping.discard(owner)
+            self.arrival.pop(owner, None)
+            self.served.pop(owner, None)
             self.cond.notify_all()
 
     def owner(self):
@@ -114,18 +122,14 @@ class Scheduler:
             steps = [op for op in self.pending if op.kind == "step"]
             prefills = [op for op in self.pending if op.kind == "prefill"]
             chosen = None
-            if prefills:
-                owners = {op.owner: op for op in prefills}
-                for owner in owners:  # newcomers go to the back of the line
-                    if owner not in self.turns:
-                        self.turns.append(owner)
-                while chosen is None:
-                    owner = self.turns.popleft()
-                    if owner in owners:
-                        chosen = owners[owner]
-                        self.turns.append(owner)
-                    elif owner in self.active:
-                        self.turns.append(owner)
+            # prefill gets at most half the time while requests decode (their steps wait for each prefill)
+            if prefills and (not steps or self.prefill_s <= self.step_s):
+                # a request's first micro-batch goes first (a short question is not queued behind a long
+                # document's later ones), then the oldest request
+                chosen = min(prefills, key=lambda op: (self.served.get(op.owner, 0) >= self.quantum,
+                                                       self.arrival.get(op.owner, 0)))
+            if not steps:  # nobody decodes: the time shares start again
+                self.prefill_s = self.step_s = 0.0
             self.pending = [op for op in self.pending if op.kind != "step" and op is not chosen]
             self.stepping = {op.owner for op in steps}
             return steps, chosen
@@ -135,12 +139,20 @@ class Scheduler:
             while True:
                 steps, prefill = self._take()
                 if not steps and prefill is None:
-                    return
+                    if self.stopping:
+                        return
+                    continue
                 self.rounds += 1
                 if steps:
+                    t = time.perf_counter()
                     self._run_steps(steps)
+                    self.step_s += time.perf_counter() - t
                 if prefill is not None:
+                    t = time.perf_counter()
                     self._run(prefill)
+                    self.prefill_s += time.perf_counter() - t
+                    owner = prefill.owner
+                    self.served[owner] = self.served.get(owner, 0) + prefill.args[0].numel()
 
     def _run_steps(self, ops: list[Op]) -> None:
         t = time.perf_counter()
