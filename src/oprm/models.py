@@ -109,8 +109,9 @@ def load_model(name: str, *, dtype="auto", device: str | None = None, gguf_file:
     if auto:
         config = _load(name, lambda: _auto_config(path, gguf_file, trust_remote_code))
         torch_dtype = resolve_dtype("auto", config, device)
-        announce_dtype(config, device)
     model, tokenizer = _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config)
+    if auto:  # once the model loaded: a model that fails to load gets its one error line alone
+        announce_dtype(config, device)
     return _placed(model, device), tokenizer
 
 
