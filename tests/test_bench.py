@@ -178,3 +178,37 @@ def test_document_mode_answers_from_the_encoded_context(tmp_path):
     assert d["above_loaded_mb"] is not None and o["prefill_tokens"] > d["prefill_tokens"]
     _, files = bench.write_outputs(tmp_path, bench.meta(_args(modes="oprm,document")), [timing, memory])
     assert "| state KB per chunk |" in (tmp_path / "bench.md").read_text()
+
+
+def test_speed_pairs_run_the_same_work_on_a_tiny_model():
+    """python -m oprm.bench.speed's in-process pairs: the plain forwards and OPRM's prefill see the same context
+    tokens, and the engine's decode makes generate's tokens (eos off). No timing is asserted."""
+    from oprm.bench.speed import compare_decode, compare_prefill
+    from oprm.engine import OPRM
+
+    model = bench.load_model("tiny-llama", dtype="float32")
+    engine = OPRM(model, None)
+    context = list(range(10, 10 + 64))
+    prefill = compare_prefill(model, engine, [4, 5, 6], context, [7, 8], 16, repeats=1)
+    assert prefill["context_tokens"] == 64 and prefill["chunk_size"] == 16
+    assert {"context_cpu_tok_s", "prompts_cpu_tok_s", "oprm_cpu_tok_s", "oprm_over_prompts_cpu"} <= set(prefill)
+    decode = compare_decode(model, engine, context[:20], 4, repeats=1)
+    assert decode["same_tokens"] and decode["new_tokens"] == 4 and decode["generate_cpu_tok_s"] > 0
+
+
+def test_speed_table_holds_every_figure():
+    from oprm.bench.speed import markdown
+
+    pair = {"context_cpu_tok_s": 100.0, "prompts_cpu_tok_s": 95.0, "oprm_cpu_tok_s": 96.0, "chunk_size": 16,
+            "oprm_over_prompts_cpu": 1.01, "oprm_over_context_cpu": 0.96, "oprm_over_prompts_wall": 1.0,
+            "oprm_over_context_wall": 0.9}
+    dec = {"generate_cpu_tok_s": 10.0, "oprm_cpu_tok_s": 11.0, "oprm_over_generate_cpu": 1.1,
+           "oprm_over_generate_wall": 1.0, "same_tokens": True}
+    report = {"document": {"tokens": 16384},
+              "end_to_end": {"runs": [{"cpu": 60.0, "wall": 70.0, "correct": True}], "floor": "plain",
+                             "floor_runs": [{"cpu": 45.0, "wall": 50.0}], "cpu_ratio": 1.33, "wall_ratio": 1.4},
+              "startup": {"phases": {"imports": {"cpu": 5.0, "wall": 6.0}}, "process_cpu": 6.5},
+              "prefill": {"smollm2_bf16": pair, "smollm2_fp32": {"context_cpu_tok_s": 60.0}, "mamba2_fp32": pair},
+              "decode": {"smollm2_bf16": dec}}
+    table = markdown(report)
+    assert "1.33x" in table and "1/1 correct" in table and "1.67x" in table and "1.1x" in table
