@@ -35,7 +35,11 @@ def test_the_converted_copy_is_the_same_model(engine, cache_dir):
 
     (converted,) = (cache_dir / "gguf").iterdir()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in converted.iterdir()}
+    dtype = next(engine.model.parameters()).dtype  # auto: bf16 on CPUs with native bf16 matmul
+    if dtype != torch.float32:  # the weights in that dtype are kept too, and read from now on
+        assert (converted / str(dtype).removeprefix("torch.") / "model.safetensors").is_file()
     model, tokenizer = load_model("smollm2")  # from the cache now
+    assert next(model.parameters()).dtype == dtype
     original = {k: v for k, v in engine.model.config.to_dict().items() if k != "quantization_config"}
     assert model.config.to_dict() == {**original, "_name_or_path": str(converted)}  # all but the GGUF origin
     text = engine.tokenizer.apply_chat_template([{"role": "user", "content": "Où est la tour Eiffel? 42"}],

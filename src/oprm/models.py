@@ -109,10 +109,27 @@ def load_model(name: str, *, dtype="auto", device: str | None = None, gguf_file:
     if auto:
         config = _load(name, lambda: _auto_config(path, gguf_file, trust_remote_code))
         torch_dtype = resolve_dtype("auto", config, device)
-    model, tokenizer = _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config)
+    typed = _typed_copy(cache, torch_dtype) if cache is not None else None
+    model_path = str(typed) if typed is not None and (typed / "model.safetensors").is_file() else path
+    if model_path != path and config is None:  # the entry's config, whichever copy of the weights is read
+        config = _load(name, lambda: _auto_config(path, None, trust_remote_code))
+    model, tokenizer = _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config, model_path)
+    model.config._name_or_path = path  # the cache entry, whichever copy of its weights was read
     if auto:  # once the model loaded: a model that fails to load gets its one error line alone
         announce_dtype(config, device)
+    if typed is not None and model_path == path:
+        _save_typed(model, typed)
     return _placed(model, device), tokenizer
+
+
+def _typed_copy(cache: Path, torch_dtype) -> Path | None:
+    """Where a converted GGUF model's weights are kept in ``torch_dtype`` (not fp32): a folder inside its cache entry,
+    so a bf16 start-up reads half the bytes and converts nothing."""
+    import torch
+
+    if torch_dtype is None or torch_dtype == torch.float32:
+        return None
+    return cache / str(torch_dtype).removeprefix("torch.")
 
 
 def _placed(model, device):
@@ -137,7 +154,7 @@ def _auto_config(path, gguf_file, trust_remote_code):
                                       **({"gguf_file": gguf_file} if gguf_file else {}))
 
 
-def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config=None):
+def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, config=None, model_path=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"trust_remote_code": trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {})}
@@ -145,7 +162,8 @@ def _from_pretrained(name, path, gguf_file, torch_dtype, trust_remote_code, conf
 
     def load():
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs, **model_kwargs), tokenizer
+        model = AutoModelForCausalLM.from_pretrained(model_path or path, dtype=torch_dtype, **kwargs, **model_kwargs)
+        return model, tokenizer
 
     return _load(name, load)
 
@@ -169,7 +187,10 @@ def _load(name, load):
 def gguf_cache_dir(gguf_path: Path) -> Path | None:
     """Where the converted copy of a GGUF file lives: ``$OPRM_CACHE_DIR`` (default ``~/.cache/oprm``) ``/gguf/``,
     keyed by the file's name, size and modification time and by the transformers version that converted it.
-    ``OPRM_CACHE_DIR=off`` turns the cache off (None)."""
+    ``OPRM_CACHE_DIR=off`` turns the cache off (None). The entry holds the fp32 weights (the de-quantized tensors)
+    and, once a model has loaded in another dtype, a subfolder with its weights in that dtype (``bfloat16/``: what
+    ``--dtype auto`` reads on CPUs with native bf16). Only safetensors, JSON and tokenizer files are read back
+    (no pickle); the folders are made by ``mkdtemp`` (owner-only) and renamed into place when complete."""
     import transformers
 
     root = os.environ.get("OPRM_CACHE_DIR", "~/.cache/oprm")
@@ -205,6 +226,28 @@ def _save_converted(model, tokenizer, cache: Path) -> None:
             save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # tied weights stored once
             tokenizer.save_pretrained(tmp)
             tmp.rename(cache)  # another process may have won the race: then its copy stays
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _save_typed(model, typed: Path) -> None:
+    """Write ``model``'s weights (loaded from a GGUF cache entry in a dtype other than fp32) to ``typed``, atomically
+    and best effort, as ``_save_converted`` does; they equal, bit for bit, what loading the fp32 copy in that dtype
+    gives (``from_pretrained`` rounds the same way)."""
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_model
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=typed.name + ".", dir=typed.parent))
+        try:
+            model.config.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tmp.rename(typed)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
