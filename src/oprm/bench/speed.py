@@ -147,6 +147,8 @@ mark("import torch + transformers")
 import oprm
 from oprm.engine import OPRM
 mark("import oprm")
+import transformers.modeling_utils, transformers.generation.utils
+mark("transformers' modeling imports (lazy)")
 engine = OPRM.from_pretrained(sys.argv[1])
 mark("load model + tokenizer")
 engine.build_prompt("A short text.", "What is it?")
