@@ -263,10 +263,10 @@ def test_lookahead_rows_stop_at_the_end_of_the_answer_and_leave_the_batch():
 
 
 @pytest.mark.parametrize("arch", sorted(__import__("tiny_models").CONFIGS))
-@pytest.mark.parametrize("new", [3, 9])
-def test_reused_lookahead_answer_equals_generate(arch, new):
-    """The chunk looked at alone is decoded by the answer's own loop; its answer continues it (here the look-ahead
-    is 6 tokens: the answer is cut inside it, or goes on past it) and equals model.generate on [P, C_j, S] alone."""
+def test_reused_lookahead_answer_equals_generate(arch):
+    """Pre-tokenized input without an IDK word: the choice only asks whether a look-ahead passes, so it stops at its
+    first token; the chunk looked at alone is decoded by the answer's own loop, its answer continues it, and equals
+    model.generate on [P, C_j, S] alone."""
     import random
 
     from tiny_models import VOCAB, reference_generate, tiny_model
@@ -275,14 +275,26 @@ def test_reused_lookahead_answer_equals_generate(arch, new):
     rng = random.Random(5)
     P, C, S = ([rng.randrange(3, VOCAB) for _ in range(n)] for n in (5, 48, 6))
     result = OPRM(model, idk=None, chunk_size=12, lookahead_tokens=6, document_cache_bytes=0).generate(
-        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=new, output_logits=True)
+        prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=7, output_logits=True)
     assert result.selection == "support" and len(result.chunks) == 4
-    assert sum(c.lookahead_ids is not None for c in result.chunks) == 1  # no text: the first chunk that passes
-    assert result.lookahead_tokens == max(0, 6 - new)  # look-ahead steps the answer reused count as its own
+    looked = [c for c in result.chunks if c.lookahead_ids is not None]
+    assert [c.index for c in looked] == result.chosen and len(looked[0].lookahead_logprobs) == 1
+    assert result.lookahead_tokens == 0  # its one token is the answer's first
     c = result.chunks[result.chosen[0]]
-    tokens, logits = reference_generate(model, P + C[c.token_start:c.token_end] + S, new)
+    tokens, logits = reference_generate(model, P + C[c.token_start:c.token_end] + S, 7)
     assert result.token_ids == tokens
     assert max(float((a.cpu() - b).abs().max()) for a, b in zip(result.logits, logits)) < 1e-5
+
+
+def test_resumed_answer_is_cut_at_its_own_max_new_tokens():
+    from oprm.lookahead import Resumable
+
+    resumable = Resumable(iter(range(10)), max_new_tokens=3)
+    assert [resumable.pull() for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert list(resumable.steps()) == [0, 1, 2]
+    resumable = Resumable(iter(range(10)), max_new_tokens=7)
+    resumable.pull(), resumable.pull()
+    assert list(resumable.steps()) == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(monkeypatch):
@@ -301,7 +313,7 @@ def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(m
         episode = make_ar_episode(random.Random(f"prune-{seed}"), facts)
         kwargs = dict(episode.prompt_kwargs(), max_new_tokens=8)
         results = {}
-        for prune in (True, False):
+        for prune in (False, True):  # pruned last: the max_new_tokens=2 call below prunes too
             monkeypatch.setattr(lookahead, "PRUNE", prune)
             results[prune] = engine.generate(**kwargs)
             looked[prune] += sum(c.lookahead_ids is not None for c in results[prune].chunks)
@@ -316,7 +328,9 @@ def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(m
                                          answer_prefix=kwargs["answer_prefix"])
             c = pruned.chunks[pruned.chosen[0]]
             ids = prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end] + prompt.suffix_ids
-            out = engine.model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
-                                        attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-            assert pruned.token_ids == out[0, len(ids):].tolist()
+            for new, result in ((8, pruned), (2, engine.generate(**dict(kwargs, max_new_tokens=2)))):
+                assert result.chosen == pruned.chosen  # 2: the answer is cut inside the reused look-ahead
+                out = engine.model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False,
+                                            attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+                assert result.token_ids == out[0, len(ids):].tolist()
     assert looked[True] < looked[False]

@@ -6,7 +6,8 @@ it, stop it where the answer ends, and hand the chosen chunk's look-ahead to its
   exceeds every bound left: the chosen chunk is the one a look-ahead on every chunk would choose. ``lookahead`` looks
   at every chunk that passes the first-token IDK filter.
 * **Where the answer ends**: a row stops at an eos, at a line break after some text, or once it holds the IDK word,
-  and leaves the batch.
+  and leaves the batch; where the choice only asks whether a look-ahead passes and there is no IDK word (``support``
+  without a text or an IDK filter), at its first token.
 * **Reuse**: the first chunk looked at alone is decoded by the answer's own decoding loop (``decoding.decode``, its
   generation config, batch 1, its kept state): if it is chosen, its answer continues that loop, so it is exactly the
   answer ``decode`` gives from that state — the same calls in the same order — and so ``model.generate`` on
@@ -41,10 +42,11 @@ def state_nbytes(state) -> int:
 
 
 class AnswerEnd:
-    """Where a look-ahead answer ends: an eos, a line break after some text, or the IDK word."""
+    """Where a look-ahead answer ends: an eos, a line break after some text, or the IDK word; with ``first_decides``
+    after its first token (the choice only asks whether a look-ahead passes, and without an IDK word any token does)."""
 
-    def __init__(self, tokenizer, eos: set[int], idk: str | None):
-        self.tokenizer, self.eos, self.idk = tokenizer, eos, idk
+    def __init__(self, tokenizer, eos: set[int], idk: str | None, first_decides: bool = False):
+        self.tokenizer, self.eos, self.idk, self.first_decides = tokenizer, eos, idk, first_decides
 
     def text(self, ids: list[int]) -> tuple[str, bool]:
         """(the answer's text up to its first line break, whether the answer ended: a line break or the IDK word)."""
@@ -74,6 +76,7 @@ class Row:
             return
         self.ids.append(token)
         self.text, self.done = end.text(self.ids)
+        self.done = self.done or end.first_decides
 
 
 def batched_lookahead(adapter, state, first_logits: torch.Tensor, position: int, steps: int,
@@ -135,7 +138,8 @@ class LookaheadSearch:
         config, prompt, decoder = run.config, run.prompt, run.decoder
         self.steps = config.lookahead_tokens
         # the answer ends where the model ends it, whatever eos the caller decodes with (e.g. none)
-        self.end = AnswerEnd(run.tokenizer, eos_ids(decoder.config) | run.model_eos, policy.idk)
+        self.end = AnswerEnd(run.tokenizer, eos_ids(decoder.config) | run.model_eos, policy.idk,
+                             first_decides=policy.search == "first_token" and policy.idk is None)
         self.defer = PRUNE and policy.search != "full" and run.parallel is None
         self.kept: dict[int, tuple] = {}  # chunk -> (state, first-token logits): deferred, or kept for decoding
         self.order: dict[int, tuple] = {}
