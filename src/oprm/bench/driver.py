@@ -46,9 +46,9 @@ def add_parser(sub) -> None:
                         "or both, as separate rows")
     p.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory processes")
     p.add_argument("--output-path", default="bench_results", help="folder for bench.json, bench.md and the plots")
-    # random token ids hold no question text for support to look for: lookahead, which costs what support does
-    add_config_arguments(p, exclude=tuple(n for n in OPRMConfig.names() if n not in ENGINE_FLAGS),
-                         defaults={"selection": "lookahead"})
+    # the default selection: on random token ids (no text, no IDK word) support looks ahead on the first chunk in
+    # first-token order only, the cost of its usual case on text (docs/method.md); --selection lookahead: every chunk
+    add_config_arguments(p, exclude=tuple(n for n in OPRMConfig.names() if n not in ENGINE_FLAGS))
     add_generation_arguments(p, max_new_tokens=32)
     p.set_defaults(func=run_bench)
 
