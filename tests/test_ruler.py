@@ -295,6 +295,8 @@ def test_tables_from_prediction_files_of_split_runs(tmp_path, capsys):
     assert per["ruler_cwe"]["ruler"]["4096"]["nulls"] == 1
     first2 = results_from_predictions([a, b], lengths=[4096], max_samples=2)["configs"]["vanilla"]["tasks"]
     assert first2["niah_single_1"]["ruler"] == {"4096": {"score": 50.0, "n": 2, "sd": 70.7107, "nulls": 0}}
+    only = results_from_predictions([a, b], tasks=["ruler_cwe"])
+    assert list(only["tasks"]) == ["ruler_cwe"] and list(only["configs"]["vanilla"]["tasks"]) == ["ruler_cwe"]
     out = tmp_path / "docs"
     assert ruler_report_main([str(a), str(b), "--output", str(out)]) == 0
     md = capsys.readouterr().out

@@ -119,14 +119,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def results_from_predictions(roots, configs=None, lengths=None, max_samples: int | None = None) -> dict:
+def results_from_predictions(roots, configs=None, lengths=None, max_samples: int | None = None,
+                             tasks=None) -> dict:
     """A results dict (as ``oprm eval`` writes, RULER part only) rebuilt from the ``<config>/pred/*.jsonl`` files
     under each of ``roots`` (model folders): records deduplicated by (config, id), optionally only the
-    ``configs`` / ``lengths`` given and the first ``max_samples`` samples of each task and length."""
+    ``configs`` / ``lengths`` / ``tasks`` given and the first ``max_samples`` samples of each task and length."""
     from oprm.eval.scoring import ruler_by_length  # noqa: PLC0415
     from oprm.tasks.ruler import RULER_QA_TASKS, RULER_TASKS  # noqa: PLC0415
 
-    names = list(RULER_TASKS) + [t for t in RULER_QA_TASKS if t not in RULER_TASKS]
+    names = [t for t in list(RULER_TASKS) + [t for t in RULER_QA_TASKS if t not in RULER_TASKS]
+             if not tasks or t in tasks]
     keep_len = {str(x) for x in lengths} if lengths else None
     recs: dict[str, dict[str, dict[str, dict]]] = {}  # config -> task -> id -> record
     haystack: dict[str, str] = {}
@@ -192,11 +194,12 @@ def main(argv=None) -> int:
     p.add_argument("roots", nargs="+", help="model folders of oprm eval runs (<output-path>/<model>)")
     p.add_argument("--configs", default=None, help="comma list of config names, in column order (default: all)")
     p.add_argument("--lengths", default=None, help="comma list of target lengths (default: all)")
+    p.add_argument("--tasks", default=None, help="comma list of RULER task names (default: all found)")
     p.add_argument("--max-samples", type=int, default=None, help="only the first N samples of a task and length")
     p.add_argument("--output", default=None, help="write <config>/ruler/<length>/summary.csv and ruler.md here")
     a = p.parse_args(argv)
     split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
-    res = results_from_predictions(a.roots, split(a.configs), split(a.lengths), a.max_samples)
+    res = results_from_predictions(a.roots, split(a.configs), split(a.lengths), a.max_samples, split(a.tasks))
     md = ruler_markdown_by_length(res)
     print(md)
     if a.output:
