@@ -10,6 +10,8 @@ Scenarios (``--scenario``, repeatable):
 * ``shared``: ``--shared-requests`` questions on 4 shared documents, a fresh server: a miss alone, the other first
   requests per document at once (misses), then hits one by one and the rest at once: the hit rate after the first
   request per document, and the hits' TTFT against the misses' (alone against alone, at once against at once);
+* ``soak``: ``--soak-requests`` (1000) from ``--soak-concurrency`` (16) clients, 10 % malformed and 10 % dropped
+  mid-stream: 5xx count, incomplete answers, the server's resident memory (batching on only);
 * ``append``: a document, then the same with ~1 % more text appended, with token and with sentence chunking: the
   chunks re-encoded and the server's CPU seconds of each (batching on only);
 * ``fairness``: one long document (~80K characters) and then short questions 0.2 s later: do the short ones get
@@ -86,6 +88,10 @@ class Server:
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024, 1)
 
     def metrics(self) -> dict:
         values = {}
@@ -199,6 +205,82 @@ def shared_bodies(model: str, n: int, documents: int = 4, seed: int = 2000) -> t
     return bodies, docs
 
 
+def soak_request(port: int, kind: str, body: dict) -> dict:
+    """One soak request: ``good`` (must be answered whole), ``bad`` (malformed: must be a 4xx) or ``drop`` (a stream
+    whose client leaves after its first event)."""
+    if kind == "bad":
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("POST", "/v1/chat/completions", body=body["raw"], headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return {"kind": kind, "status": r.status, "complete": 400 <= r.status < 500}
+    if kind == "drop":
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                     headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        status = r.status
+        if status == 200:
+            r.readline()
+        conn.close()
+        return {"kind": kind, "status": status, "complete": status == 200}
+    r = post(port, body)
+    complete = r["status"] == 200 and bool(r.get("text") is not None) and r.get("tokens", 0) > 0
+    return {"kind": kind, "status": r["status"], "complete": complete}
+
+
+BAD_BODIES = ['{"model": "m", "messages": [', '{"model": "%s", "messages": "hi"}',
+              '{"model": "%s", "messages": [{"role": "user", "content": "q"}], "max_tokens": -1}',
+              '{"model": "%s", "messages": [{"role": "user", "content": "q"}], "oprm": {"nope": 1}}',
+              '{"model": "%s", "messages": [{"role": "user", "content": "q"}], "oprm": {"context": "", "chunk_size": 0}}']
+
+
+def soak(server: Server, model: str, n: int, concurrency: int) -> dict:
+    """``n`` requests from ``concurrency`` clients: 80 % good (documents from a pool of 30, so hits and misses, and
+    plain chat), 10 % malformed, 10 % dropped mid-stream; the server's resident memory every 10 % of the way."""
+    from oprm.synthetic.ar import make_ar_episode
+
+    rng = random.Random(5)
+    pool = [make_ar_episode(5000 + i, 21) for i in range(30)]
+    jobs = []
+    for i in range(n):
+        u = rng.random()
+        if u < 0.1:
+            jobs.append(("bad", {"raw": rng.choice(BAD_BODIES).replace("%s", model)}))
+        elif u < 0.2:
+            body = ar_body(model, rng.choice(pool))
+            body["max_tokens"], body["oprm"]["ignore_eos"] = 2000, True
+            jobs.append(("drop", body))
+        elif u < 0.3:
+            jobs.append(("good", chat_bodies(model, len(CHAT_PROMPTS), 8)[i % len(CHAT_PROMPTS)]))
+        else:
+            jobs.append(("good", ar_body(model, rng.choice(pool))))
+    rss, done = [], [0]
+    lock = threading.Lock()
+
+    def one(job):
+        result = soak_request(server.port, *job)
+        with lock:
+            done[0] += 1
+            if done[0] % max(1, n // 10) == 0:
+                rss.append(server.rss_mb())
+        return result
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool_:
+        results = list(pool_.map(one, jobs))
+    health = json.loads(get(server.port, "/health")[1])
+    fives = sum(r["status"] >= 500 for r in results)
+    incomplete = [r for r in results if not r["complete"]]
+    after_warmup = rss[1:] or rss
+    return {"requests": n, "concurrency": concurrency, "wall_s": round(time.perf_counter() - t0, 1),
+            "by_kind": {k: sum(r["kind"] == k for r in results) for k in ("good", "bad", "drop")},
+            "5xx": fives, "incomplete": len(incomplete), "statuses": sorted({r["status"] for r in results}),
+            "rss_mb": rss, "rss_spread_after_warmup": round(max(after_warmup) / min(after_warmup) - 1, 3)
+            if after_warmup else None, "health": health}
+
+
 # --- measuring ----------------------------------------------------------------------------------------------------
 def pct(values: list[float], q: float) -> float | None:
     if not values:
@@ -305,6 +387,10 @@ def run_scenario(name: str, args) -> dict:
                 hits["ttft_p50_over_concurrent_misses_p50"] = round(hits["ttft_p50"] / misses["ttft_p50"], 3)
                 out[mode] = {"a miss alone": alone_miss, "misses at once": misses, "hits one by one": alone_hits,
                              "hits at once": hits}
+            elif name == "soak":
+                if mode == "off":
+                    continue
+                out[mode] = {"soak": soak(server, model, args.soak_requests, args.soak_concurrency)}
             elif name == "append":
                 if mode == "off":
                     continue
@@ -374,7 +460,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--chunk-size", type=int, default=128)
-    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness", "append"))
+    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness", "append", "soak"))
+    ap.add_argument("--soak-requests", type=int, default=1000)
+    ap.add_argument("--soak-concurrency", type=int, default=16)
     ap.add_argument("--append-facts", type=int, default=2000, help="facts of the append scenario's document "
                     "(2000: ~200K characters)")
     ap.add_argument("--requests", type=int, default=8)
@@ -402,8 +490,8 @@ def main() -> None:
     print(table(report))
     for name, modes in report["scenarios"].items():
         for mode, phases in modes.items():
-            if name == "append":
-                print(f"append / {mode}: {json.dumps(phases)}")
+            if name in ("append", "soak"):
+                print(f"{name} / {mode}: {json.dumps(phases)}")
                 continue
             extra = {k: v for label in ("concurrent", "hits one by one", "hits at once")
                      for k, v in phases.get(label, {}).items()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,28 @@ def test_a_draining_worker_answers_503_with_retry_after():
     worker, error = asyncio.run(submit())
     assert error.status == 503 and error.code == "shutting_down" and error.headers["Retry-After"]
     assert worker.status()["rejected"] == 1 and worker.status()["draining"]
+
+
+def test_soak_malformed_and_dropped_clients():
+    """A bounded soak through benchmarks/serve_load.py's client: 150 requests from 12 clients, 10 % malformed and
+    10 % dropped mid-stream, the rest answered (documents from a pool, so hits and misses, and plain chat): no 5xx,
+    every good request answered whole, every malformed one a 4xx, the dropped ones cancelled, nothing left running."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serve_load
+
+    server = serve_load.Server(MODEL, 128, 8, ["--max-new-tokens", "16"], 1)
+    try:
+        report = serve_load.soak(server, MODEL, 150, 12)
+        deadline = time.monotonic() + 60
+        while (h := health(server.port))["running"] or h["queued"]:
+            assert time.monotonic() < deadline, h
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    assert report["5xx"] == 0 and report["incomplete"] == 0, report
+    kinds = report["by_kind"]
+    assert kinds["bad"] > 0 and kinds["drop"] > 0
+    assert h["failed"] == 0 and h["refused"] == 0 and h["cancelled"] >= 1
+    # a dropped request was cancelled, or had already finished (an all-IDK answer needs no decoding)
+    assert h["cancelled"] + h["completed"] == kinds["drop"] + kinds["good"], (json.dumps(h), kinds)
+    assert server.proc.returncode == 0
