@@ -334,3 +334,39 @@ def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(m
                                             attention_mask=torch.ones(1, len(ids), dtype=torch.long))
                 assert result.token_ids == out[0, len(ids):].tolist()
     assert looked[True] < looked[False]
+
+
+def test_states_that_do_not_fit_are_run_again_on_an_encoded_document(monkeypatch):
+    """One state kept: on an encoded document the other chunks' S runs again when the search reaches them; the
+    choice and answer are those of a look-ahead on every chunk, and the answer equals model.generate."""
+    from tiny_models import reference_generate, tiny_model
+
+    from oprm import lookahead
+    from oprm.run import ChunkRun
+    from oprm.selection import SelectionPolicy
+
+    model = tiny_model("mamba2", vocab_size=V)
+    text = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
+            "The silver otter keeps 7731 in a box near the old harbour. ") * 4
+    query = "What is the code of the amber falcon?"
+    engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=0, idk=None)
+    document = engine.encode(text)
+    again, prefill_again = [], ChunkRun.prefill_again
+    monkeypatch.setattr(ChunkRun, "prefill_again", lambda self, indices: again.append(indices) or
+                        prefill_again(self, indices))
+    results = {}
+    for prune in (False, True):  # `again` ends with the pruned run's
+        again.clear()
+        monkeypatch.setattr(lookahead, "PRUNE", prune)
+        monkeypatch.setattr(lookahead, "LOOKAHEAD_STATE_BYTES", 1)
+        monkeypatch.setattr(SelectionPolicy, "LOOKAHEAD_KEPT", 1)
+        results[prune] = engine.generate(document=document, query=query, max_new_tokens=5, output_logits=True)
+    pruned, full = results[True], results[False]
+    assert len(pruned.chunks) > 4 and pruned.chunking == "sentences" and sum(map(len, again)) > 2
+    assert pruned.chosen == full.chosen and pruned.token_ids == full.token_ids
+    prompt = engine.build_prompt(text, query)
+    c = pruned.chunks[pruned.chosen[0]]
+    tokens, logits = reference_generate(model, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
+                                        + prompt.suffix_ids, 5)
+    assert pruned.token_ids == tokens
+    assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5

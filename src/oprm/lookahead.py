@@ -17,7 +17,8 @@ it, stop it where the answer ends, and hand the chosen chunk's look-ahead to its
 
 States: the states of the chunks the search may still look at are kept while micro-batches stream by, up to
 ``LOOKAHEAD_STATE_BYTES`` (at least ``SelectionPolicy.LOOKAHEAD_KEPT`` of them); a chunk that does not fit is looked
-at at once, as its micro-batch goes by. Under chunk parallelism, or for ``lookahead``, every chunk is looked at as its
+at at once, as its micro-batch goes by — or, on an encoded document, where only S is run, dropped and run again if
+the search reaches it. Under chunk parallelism, or for ``lookahead``, every chunk is looked at as its
 micro-batch goes by (ranks exchange records, not states).
 """
 
@@ -185,6 +186,8 @@ class LookaheadSearch:
             if len(self.kept) > self.capacity:
                 worst = max(self.order, key=lambda i: self.order[i][0])
                 evicted.append((self.order.pop(worst)[1], self.kept.pop(worst)))
+        if self.run.document is not None:  # on an encoded document S alone is run again if the search needs them
+            return
         self.look_rows(batch, now, records)
         if evicted:
             self.look_states([rec for rec, _ in evicted], [kept for _, kept in evicted])
