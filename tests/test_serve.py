@@ -448,4 +448,5 @@ def test_metrics_in_prometheus_format(server, client, engine):
     assert samples[("oprm_document_cache_misses_total", ())] >= 8 and samples[("oprm_document_cache_bytes", ())] > 0
     steps = samples[("oprm_forward_rows_count", (("kind", "step"),))]
     rows = samples[("oprm_forward_rows_sum", (("kind", "step"),))]
-    assert h["batching"] and rows > steps  # some decode step served several requests in one forward
+    assert h["batching"] and rows > steps
+    assert samples[("oprm_batched_steps_total", ())] > 0  # some decode step served several requests in one forward

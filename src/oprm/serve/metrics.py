@@ -30,6 +30,10 @@ class _Live:
         yield GaugeMetricFamily("oprm_running_requests", "requests being answered", value=len(w.running))
         yield GaugeMetricFamily("oprm_draining", "1 while shutting down (new requests get 503)",
                                 value=int(w.draining))
+        scheduler = getattr(w, "scheduler", None)
+        if scheduler is not None:
+            yield CounterMetricFamily("oprm_batched_steps", "decode-step forwards that served several requests",
+                                      value=scheduler.batcher.batched_steps)
         cache = getattr(self.engine, "documents", None)
         if cache is not None:
             with cache.lock:
