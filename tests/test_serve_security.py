@@ -173,6 +173,17 @@ def test_api_keys_from_the_environment():
         assert status == 200 and answer["choices"][0]["message"]["content"]
 
 
+def test_a_bad_key_names_where_it_came_from(monkeypatch):
+    from oprm import OPRMUsageError
+    from oprm.serve import api_keys
+
+    monkeypatch.setenv("OPRM_API_KEY", "two words")
+    with pytest.raises(OPRMUsageError, match=r"^\$OPRM_API_KEY must be"):
+        api_keys(None)
+    with pytest.raises(OPRMUsageError, match="^--api-key must be"):
+        api_keys(["two words"])
+
+
 def test_models_show_a_name_never_the_server_path(web):
     """Served by its absolute folder, the model is seen by its name: /v1/models, /health, errors hold no path."""
     status, listing = web.send("GET", "/v1/models")

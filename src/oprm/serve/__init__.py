@@ -100,7 +100,8 @@ def api_keys(flags: list[str] | None) -> list[str]:
     """The keys of --api-key (repeatable), else of $OPRM_API_KEY (comma-separated), else none."""
     keys = flags if flags else [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     if any(not k or any(c.isspace() for c in k) for k in keys):
-        raise OPRMUsageError("--api-key must be a non-empty text without spaces")
+        raise OPRMUsageError(f"{'--api-key' if flags else '$' + API_KEY_ENV} must be a non-empty text without spaces "
+                             "(several keys: repeat --api-key, or separate them by commas in $OPRM_API_KEY)")
     return keys
 
 
