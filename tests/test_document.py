@@ -240,6 +240,26 @@ def test_a_miss_holds_no_more_than_the_budget(chat_engine, monkeypatch):
     assert list(chat_engine.documents.sizes.values()) == [size]
 
 
+def test_a_miss_that_keeps_states_hands_freed_memory_back_as_it_goes(chat_engine, monkeypatch):
+    """Holes left between kept states by freed activations are handed back every TRIM_EVERY_BYTES of states kept
+    (not only at the end of the request); the answer is unchanged."""
+    import oprm.document as document
+
+    chat_engine.documents.items.clear()
+    chat_engine.documents.sizes.clear()
+    trims = []
+    monkeypatch.setattr(document, "release_freed_memory", lambda: trims.append(1))
+    text = TEXT * 4
+    off = chat_engine.generate(context=text, query="What is the code?", max_new_tokens=4, document_cache_bytes=0)
+    assert not trims
+    size = document.state_nbytes(chat_engine.adapter.select(chat_engine.adapter.prefill(
+        torch.tensor([[5, 6, 7]]))[1], [0]))
+    monkeypatch.setattr(document, "TRIM_EVERY_BYTES", 3 * size)
+    kept = chat_engine.generate(context=text, query="What is the code?", max_new_tokens=4)
+    assert kept.document["kept"] and kept.token_ids == off.token_ids
+    assert len(trims) == len(kept.chunks) // 3
+
+
 def test_a_miss_spills_to_the_cache_folder_state_by_state(chat_engine, monkeypatch, tmp_path):
     """With a cache folder and no memory budget, states go to disk as they are made and none stays in memory; the
     file answers later questions exactly like the context itself."""

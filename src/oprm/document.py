@@ -262,6 +262,7 @@ class NewDocument:
         self.nbytes = 0
         self.writer = DocumentWriter(os.path.join(folder, key + ".oprm")) if folder else None
         self.seen: set[int] = set()
+        self.untrimmed = 0  # bytes of states kept since freed memory was last handed back
         self.parts: tuple | None = None  # what ``finish`` is told, when known before (``describe``)
         self.stored = False
 
@@ -290,6 +291,15 @@ class NewDocument:
             self.states = None  # states larger than the first one's foretold (not seen in practice)
         else:
             self.states[index], self.nbytes = state, self.nbytes + size
+            self.untrimmed += size
+            if self.untrimmed >= TRIM_EVERY_BYTES:
+                # kept states are small tensors made between a micro-batch's large activations: once those are
+                # freed, their room is holes between kept states, too small for the next micro-batch, so resident
+                # memory grew by ~40 % of the states kept (a 400 KB document: 1,255 MiB of states, +520 MiB, peak
+                # 2,575 MiB) until the trim at the end of the request. Handing the holes back as they form: peak
+                # 2,190 MiB, at ~25 ms of CPU per trim (~1 % of the prefill that made those 64 MiB)
+                release_freed_memory()
+                self.untrimmed = 0
             if self.parts is not None and len(self.states) == self.num_states and self.writer is None:
                 self.stored = self.cache.store(self.key, self._document(*self.parts), self.max_bytes)
                 self.cache.settle(self.key)
@@ -315,6 +325,9 @@ class NewDocument:
         self.cache.settle(self.key)
         if self.writer is not None:
             self.writer.abort()
+
+
+TRIM_EVERY_BYTES = 64 << 20
 
 
 def state_nbytes(state) -> int:
