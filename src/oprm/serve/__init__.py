@@ -108,6 +108,7 @@ def api_keys(flags: list[str] | None) -> list[str]:
 def run_serve(args) -> int:
     from ..cli import engine_from_args
     from ..config import generation_from_args
+    from ..document import limit_malloc_arenas
 
     _require_stack()
     if not 0 <= args.port <= 65535:
@@ -135,6 +136,7 @@ def run_serve(args) -> int:
     if not loopback and not keys:
         print(f"oprm serve: warning: listening on {args.host} (not only this machine) without --api-key: anyone who "
               "can reach this port can use the model", file=sys.stderr, flush=True)
+    limit_malloc_arenas()  # before any request thread: their freed memory is shared, not kept per thread
     engine = engine_from_args(args)
     import uvicorn
 
