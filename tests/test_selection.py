@@ -370,3 +370,14 @@ def test_states_that_do_not_fit_are_run_again_on_an_encoded_document(monkeypatch
                                         + prompt.suffix_ids, 5)
     assert pruned.token_ids == tokens
     assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5
+
+
+def test_without_an_idk_word_a_lookahead_stops_at_its_first_text():
+    from oprm.lookahead import AnswerEnd, Row
+
+    end, row = AnswerEnd(TOK, {EOS}, None, first_decides=True), Row()
+    space, seven = (TOK(t, add_special_tokens=False)["input_ids"][0] for t in (" ", "7"))
+    row.add(space, -0.1, end)
+    assert not row.done and row.text == ""  # whitespace alone would not pass: go on
+    row.add(seven, -0.2, end)
+    assert row.done and row.text == "7" and row.ids == [space, seven]

@@ -44,7 +44,7 @@ def state_nbytes(state) -> int:
 
 class AnswerEnd:
     """Where a look-ahead answer ends: an eos, a line break after some text, or the IDK word; with ``first_decides``
-    after its first token (the choice only asks whether a look-ahead passes, and without an IDK word any token does)."""
+    at its first text (the choice only asks whether a look-ahead passes, and without an IDK word any text does)."""
 
     def __init__(self, tokenizer, eos: set[int], idk: str | None, first_decides: bool = False):
         self.tokenizer, self.eos, self.idk, self.first_decides = tokenizer, eos, idk, first_decides
@@ -77,7 +77,7 @@ class Row:
             return
         self.ids.append(token)
         self.text, self.done = end.text(self.ids)
-        self.done = self.done or end.first_decides
+        self.done = self.done or (end.first_decides and bool(self.text))  # passes once it holds some text
 
 
 def batched_lookahead(adapter, state, first_logits: torch.Tensor, position: int, steps: int,
