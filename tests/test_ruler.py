@@ -11,7 +11,8 @@ import pytest
 
 from oprm import cli
 from oprm.errors import OPRMUsageError
-from oprm.eval.ruler_report import average_ci, main as ruler_report_main, results_from_predictions
+from oprm.eval.ruler_report import average_ci
+from oprm.eval.ruler_tables import main as ruler_report_main, results_from_predictions
 from oprm.eval.scoring import ruler_by_length
 from oprm.metrics.synthetic import string_match_all, string_match_part
 from oprm.models import resolve_model

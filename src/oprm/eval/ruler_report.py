@@ -9,8 +9,7 @@ from pathlib import Path
 
 from oprm.report import markdown_table
 
-__all__ = ["ruler_rows", "ruler_markdown", "write_ruler_summaries", "average_ci", "results_from_predictions",
-           "ruler_markdown_by_length", "main"]
+__all__ = ["ruler_rows", "ruler_markdown", "write_ruler_summaries", "average_ci", "ruler_markdown_by_length"]
 
 
 def _fmt(v) -> str:
@@ -95,64 +94,6 @@ def write_ruler_summaries(results: dict, root: Path) -> list[Path]:
     return written
 
 
-# --- tables straight from prediction files (runs split over processes, lengths or machines) -----------------------
-def _sample_index(rec: dict) -> int:
-    """i of a RULER sample id ``<task>-L<length>-<i>-s<seed>`` (-1 when the id has another shape)."""
-    parts = str(rec.get("_id", "")).rsplit("-", 2)
-    try:
-        return int(parts[-2])
-    except (IndexError, ValueError):
-        return -1
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only, read-only (a file another run is appending to may end in a torn line)."""
-    import json  # noqa: PLC0415
-
-    out = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
-def results_from_predictions(roots, configs=None, lengths=None, max_samples: int | None = None,
-                             tasks=None) -> dict:
-    """A results dict (as ``oprm eval`` writes, RULER part only) rebuilt from the ``<config>/pred/*.jsonl`` files
-    under each of ``roots`` (model folders): records deduplicated by (config, id), optionally only the
-    ``configs`` / ``lengths`` / ``tasks`` given and the first ``max_samples`` samples of each task and length."""
-    from oprm.eval.scoring import ruler_by_length  # noqa: PLC0415
-    from oprm.tasks.ruler import RULER_QA_TASKS, RULER_TASKS  # noqa: PLC0415
-
-    names = [t for t in list(RULER_TASKS) + [t for t in RULER_QA_TASKS if t not in RULER_TASKS]
-             if not tasks or t in tasks]
-    keep_len = {str(x) for x in lengths} if lengths else None
-    recs: dict[str, dict[str, dict[str, dict]]] = {}  # config -> task -> id -> record
-    haystack: dict[str, str] = {}
-    for root in [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]:
-        for path in sorted(root.glob("*/pred/*.jsonl")):
-            cname = path.parent.parent.name
-            if configs and cname not in configs:
-                continue
-            for r in _read_jsonl(path):
-                task, st = r.get("task"), r.get("setting") or {}
-                if task not in names or (keep_len and str(st.get("target_length")) not in keep_len):
-                    continue
-                if max_samples is not None and not 0 <= _sample_index(r) < max_samples:
-                    continue
-                recs.setdefault(cname, {}).setdefault(task, {})[r["_id"]] = r
-                haystack.setdefault(task, st.get("haystack") or "")
-    order = list(configs) if configs else sorted(recs)
-    present = [t for t in names if any(t in recs.get(c, {}) for c in order)]
-    return {"model": ", ".join(str(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)),
-            "tasks": {t: {"suite": "ruler", "haystack": haystack.get(t, "")} for t in present},
-            "configs": {c: {"tasks": {t: {"ruler": ruler_by_length(list(recs[c][t].values()))}
-                                      for t in present if t in recs.get(c, {})}} for c in order if c in recs}}
-
-
 def ruler_markdown_by_length(results: dict) -> str:
     """One table per length (tasks as rows, configs as columns, the average ± its 95 % half-width and the samples
     per task), then the averages alone (configs as rows, lengths as columns)."""
@@ -184,29 +125,3 @@ def ruler_markdown_by_length(results: dict) -> str:
         rows.append([c] + cells)
     out += ["### Averages", "", markdown_table(["config"] + lengths, rows), ""]
     return "\n".join(out)
-
-
-def main(argv=None) -> int:
-    """``python -m oprm.eval.ruler_report MODEL_DIR [...]``: RULER tables and summary.csv from prediction files."""
-    import argparse  # noqa: PLC0415
-
-    p = argparse.ArgumentParser(prog="python -m oprm.eval.ruler_report", description=main.__doc__)
-    p.add_argument("roots", nargs="+", help="model folders of oprm eval runs (<output-path>/<model>)")
-    p.add_argument("--configs", default=None, help="comma list of config names, in column order (default: all)")
-    p.add_argument("--lengths", default=None, help="comma list of target lengths (default: all)")
-    p.add_argument("--tasks", default=None, help="comma list of RULER task names (default: all found)")
-    p.add_argument("--max-samples", type=int, default=None, help="only the first N samples of a task and length")
-    p.add_argument("--output", default=None, help="write <config>/ruler/<length>/summary.csv and ruler.md here")
-    a = p.parse_args(argv)
-    split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
-    res = results_from_predictions(a.roots, split(a.configs), split(a.lengths), a.max_samples, split(a.tasks))
-    md = ruler_markdown_by_length(res)
-    print(md)
-    if a.output:
-        write_ruler_summaries(res, Path(a.output))
-        (Path(a.output) / "ruler.md").write_text("# RULER\n\n" + md, encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
