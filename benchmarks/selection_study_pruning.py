@@ -8,6 +8,7 @@ look-ahead on every chunk).
     python benchmarks/selection_study_pruning.py run --full --out full.jsonl           # a look-ahead on every chunk
     PYTHONPATH=/path/to/old/src python benchmarks/selection_study_pruning.py run --out before.jsonl
     python benchmarks/selection_study_pruning.py compare before.jsonl after.jsonl full.jsonl
+    python benchmarks/selection_study_pruning.py prose --n 2          # SmolLM2, 16K tokens of prose, encoded once
 
 Episodes: ``oprm demo``'s (``oprm eval``'s synthetic AR task, seed 0, the shipped model with oprm's defaults:
 sentence chunks of the measured size, support selection, the IDK filter on ``Error``).
@@ -52,6 +53,32 @@ def run(args) -> None:
             out.flush()
 
 
+def prose(args) -> None:
+    """SmolLM2 (--dtype auto) on a secret number in ~16K tokens of Moby-Dick, encoded once; each question asked with a
+    look-ahead on every chunk and with the pruned search, twice, interleaved: chosen chunk, answer, CPU seconds."""
+    import random
+
+    import torch
+
+    from oprm import OPRM, lookahead
+    from oprm.synthetic.niah import make_secret_number_episode
+
+    torch.set_num_threads(1)
+    engine = OPRM.from_pretrained("smollm2", chunk_size=2000, document_cache_bytes=0)
+    count = lambda s: len(engine.tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    for n in range(args.n):
+        episode = make_secret_number_episode(random.Random(30_000 + args.length + n), args.length, count=count)
+        document = engine.encode(episode.context)
+        for prune in (False, True, False, True):
+            lookahead.PRUNE = prune
+            cpu = time.process_time()
+            r = engine.generate(document=document, query=episode.question, max_new_tokens=24)
+            print(json.dumps({"episode": n, "pruned": prune, "correct": episode.answer in r.text, "chosen": r.chosen,
+                              "chunks": len(r.chunks), "looked": sum(c.lookahead_ids is not None for c in r.chunks),
+                              "lookahead_tokens": r.lookahead_tokens, "cpu_s": round(time.process_time() - cpu, 2)}),
+                  flush=True)
+
+
 def compare(paths: list[str]) -> None:
     runs = [{r["id"]: r for r in map(json.loads, open(p))} for p in paths]
     base = runs[0]
@@ -88,8 +115,11 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("compare")
     p.add_argument("paths", nargs="+")
+    p = sub.add_parser("prose")
+    p.add_argument("--n", type=int, default=2)
+    p.add_argument("--length", type=int, default=16384, help="context tokens")
     args = parser.parse_args()
-    run(args) if args.command == "run" else compare(args.paths)
+    {"run": run, "prose": prose}[args.command](args) if args.command != "compare" else compare(args.paths)
 
 
 if __name__ == "__main__":
