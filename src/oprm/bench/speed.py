@@ -224,18 +224,54 @@ def run(args) -> dict:
               "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
-    log("start-up ...")
-    startup(SMOLLM2, args.threads)  # the first one may convert the GGUF file: not counted
-    report["startup"] = startup(SMOLLM2, args.threads)
+    parts = set(args.parts.split(","))
+    if "startup" in parts:
+        log("start-up ...")
+        startup(SMOLLM2, args.threads)  # the first one may convert the GGUF file: not counted
+        report["startup"] = startup(SMOLLM2, args.threads)
 
     bf16, tokenizer = load_model(SMOLLM2, dtype="bfloat16")
-    fp32, _ = load_model(SMOLLM2, dtype="float32")
+    fp32, _ = load_model(SMOLLM2, dtype="float32") if parts & {"prefill", "decode"} else (None, None)
     document = make_document(tokenizer, args.tokens, args.seed, tempfile.mkdtemp(prefix="oprm-speed-"))
     report["document"] = document
 
-    log("end to end vs the floor ...")
     with open(document["path"], encoding="utf-8") as f:
         context_ids = tokenizer(f.read(), add_special_tokens=False)["input_ids"]
+    if "e2e" in parts:
+        log("end to end vs the floor ...")
+        report["end_to_end"] = end_to_end_vs_floor(bf16, context_ids, document, args)
+    engine16, engine32 = OPRM(bf16, tokenizer), OPRM(fp32, tokenizer) if fp32 is not None else None
+    if "prefill" in parts:
+        log("prefill, fp32 vs bf16 ...")
+        frame = engine16.build_prompt("{context}", document["question"], template=default_qa_template())
+        n = args.prefill_tokens // args.chunk_size * args.chunk_size
+        report["prefill"] = {
+            "smollm2_bf16": compare_prefill(bf16, engine16, frame.prefix_ids, context_ids[:n], frame.suffix_ids,
+                                            args.chunk_size, args.repeats),
+            "smollm2_fp32": compare_prefill(fp32, engine32, frame.prefix_ids, context_ids[:n], frame.suffix_ids,
+                                            args.chunk_size, args.repeats, kinds=("context",))}
+    if parts & {"prefill", "decode"}:
+        mamba, _ = load_model(SHIPPED, dtype="float32")
+        engine_m = OPRM(mamba, None)
+        g = torch.Generator().manual_seed(args.seed)
+        ids = torch.randint(4, mamba.config.vocab_size, (32 + args.mamba_tokens + 32,), generator=g).tolist()
+    if "prefill" in parts:
+        from oprm.models import default_chunk_size
+
+        report["prefill"]["mamba2_fp32"] = compare_prefill(mamba, engine_m, ids[:32], ids[32:-32], ids[-32:],
+                                                           default_chunk_size(SHIPPED), args.repeats)
+    if "decode" in parts:
+        log("decode ...")
+        prompt, reps = context_ids[:args.decode_prompt], args.decode_repeats
+        report["decode"] = {"smollm2_bf16": compare_decode(bf16, engine16, prompt, args.new_tokens, reps),
+                            "smollm2_fp32": compare_decode(fp32, engine32, prompt, args.new_tokens, reps),
+                            "mamba2_fp32": compare_decode(mamba, engine_m, ids[:args.decode_prompt],
+                                                          args.new_tokens * 2, reps)}
+    return report
+
+
+def end_to_end_vs_floor(bf16, context_ids, document, args) -> dict:
+    """``oprm ask`` runs in fresh processes, interleaved with the floor in this one: floor, ask, ask, floor, ..."""
     e2e, floor = [], []
     for r in range(args.e2e_repeats):  # interleaved: floor, oprm ask, oprm ask, floor, ...
         for name in (("floor", "ask") if r % 2 == 0 else ("ask", "floor")):
@@ -244,53 +280,48 @@ def run(args) -> dict:
                 floor.append({"cpu": round(cpu, 2), "wall": round(wall, 2)})
             else:
                 e2e.append(end_to_end(SMOLLM2, document, args.threads, ["--chunk-size", str(args.chunk_size)]))
-    report["end_to_end"] = {
+    return {
         "runs": e2e, "floor_runs": floor, "floor": f"plain bf16 forward of the {len(context_ids)} context tokens in "
                                                   f"{args.chunk_size}-token rows",
         "cpu_ratio": round(_median([e["cpu"] for e in e2e]) / _median([f["cpu"] for f in floor]), 2),
         "wall_ratio": round(_median([e["wall"] for e in e2e]) / _median([f["wall"] for f in floor]), 2)}
 
-    log("prefill, fp32 vs bf16 ...")
-    engine16, engine32 = OPRM(bf16, tokenizer), OPRM(fp32, tokenizer)
-    frame = engine16.build_prompt("{context}", document["question"], template=default_qa_template())
-    prefix, suffix = frame.prefix_ids, frame.suffix_ids
-    n = args.prefill_tokens // args.chunk_size * args.chunk_size
-    report["prefill"] = {"smollm2_bf16": compare_prefill(bf16, engine16, prefix, context_ids[:n], suffix,
-                                                         args.chunk_size, args.repeats),
-                         "smollm2_fp32": compare_prefill(fp32, engine32, prefix, context_ids[:n], suffix,
-                                                         args.chunk_size, args.repeats, kinds=("context",))}
-    mamba, _ = load_model(SHIPPED, dtype="float32")
-    from oprm.models import default_chunk_size
-
-    size = default_chunk_size(SHIPPED)
-    g = torch.Generator().manual_seed(args.seed)
-    ids = torch.randint(4, mamba.config.vocab_size, (32 + args.mamba_tokens + 32,), generator=g).tolist()
-    engine_m = OPRM(mamba, None)
-    report["prefill"]["mamba2_fp32"] = compare_prefill(mamba, engine_m, ids[:32], ids[32:-32], ids[-32:], size,
-                                                       args.repeats)
-
-    log("decode ...")
-    prompt = context_ids[:args.decode_prompt]
-    report["decode"] = {"smollm2_bf16": compare_decode(bf16, engine16, prompt, args.new_tokens, args.repeats),
-                        "smollm2_fp32": compare_decode(fp32, engine32, prompt, args.new_tokens, args.repeats),
-                        "mamba2_fp32": compare_decode(mamba, engine_m, ids[:args.decode_prompt],
-                                                      args.new_tokens * 4, args.repeats)}
-    return report
-
 
 def markdown(report: dict) -> str:
-    e = report["end_to_end"]
     lines = ["| figure | measured | target |", "|---|---|---|"]
-    runs = e["runs"]
+    if "end_to_end" in report:
+        lines += _e2e_lines(report)
+    if "startup" in report:
+        lines += _startup_lines(report)
+    if "prefill" in report:
+        lines += _prefill_lines(report)
+    for name, d in report.get("decode", {}).items():
+        lines.append(f"| decode {name}: generate / OPRM tok/s (CPU) | {d['generate_cpu_tok_s']} / "
+                     f"{d['oprm_cpu_tok_s']} = {d['oprm_over_generate_cpu']}x (wall {d['oprm_over_generate_wall']}x)"
+                     f"{'' if d['same_tokens'] else ', tokens differ'} | >= 1x |")
+    return "\n".join(lines)
+
+
+def _e2e_lines(report: dict) -> list[str]:
+    e = report["end_to_end"]
+    lines, runs = [], e["runs"]
     lines.append(f"| `oprm ask --model smollm2`, {report['document']['tokens']:,}-token document, end to end "
                  f"(CPU s / wall s) | {_median([r['cpu'] for r in runs]):.1f} / {_median([r['wall'] for r in runs]):.1f}"
                  f" ({sum(r['correct'] for r in runs)}/{len(runs)} correct) | |")
     lines.append(f"| floor: {e['floor']} (CPU s / wall s) | {_median([f['cpu'] for f in e['floor_runs']]):.1f} / "
                  f"{_median([f['wall'] for f in e['floor_runs']]):.1f} | |")
     lines.append(f"| end to end / floor (CPU, wall) | {e['cpu_ratio']}x, {e['wall_ratio']}x | <= 1.5x |")
+    return lines
+
+
+def _startup_lines(report: dict) -> list[str]:
     s = report["startup"]
     phases = ", ".join(f"{k} {v['cpu']:.2f}" for k, v in s["phases"].items())
-    lines.append(f"| start-up, CPU s by phase | {phases} (process {s['process_cpu']:.2f}) | |")
+    return [f"| start-up, CPU s by phase | {phases} (process {s['process_cpu']:.2f}) | |"]
+
+
+def _prefill_lines(report: dict) -> list[str]:
+    lines = []
     for name, p in report["prefill"].items():
         if "oprm_cpu_tok_s" not in p:
             continue
@@ -302,11 +333,7 @@ def markdown(report: dict) -> str:
     p16, p32 = report["prefill"]["smollm2_bf16"], report["prefill"]["smollm2_fp32"]
     lines.append(f"| SmolLM2 plain forward bf16 / fp32 (CPU tok/s) | {p16['context_cpu_tok_s']:,.0f} / "
                  f"{p32['context_cpu_tok_s']:,.0f} = {p16['context_cpu_tok_s'] / p32['context_cpu_tok_s']:.2f}x | |")
-    for name, d in report["decode"].items():
-        lines.append(f"| decode {name}: generate / OPRM tok/s (CPU) | {d['generate_cpu_tok_s']} / "
-                     f"{d['oprm_cpu_tok_s']} = {d['oprm_over_generate_cpu']}x (wall {d['oprm_over_generate_wall']}x)"
-                     f"{'' if d['same_tokens'] else ', tokens differ'} | >= 1x |")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv=None) -> int:
@@ -315,18 +342,21 @@ def main(argv=None) -> int:
     p.add_argument("--prefill-tokens", type=int, default=4000, help="context tokens of the SmolLM2 prefill pairs")
     p.add_argument("--mamba-tokens", type=int, default=16384, help="context tokens of the Mamba2 prefill pair")
     p.add_argument("--chunk-size", type=int, default=2000, help="SmolLM2's chunk size and the floor's row (2000)")
-    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens per decode timing (Mamba2: 4x)")
+    p.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per decode timing (Mamba2: 2x)")
+    p.add_argument("--decode-repeats", type=int, default=4, help="interleaved repeats of each decode pair (4)")
     p.add_argument("--decode-prompt", type=int, default=200, help="prompt tokens before decoding")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each in-process pair")
     p.add_argument("--e2e-repeats", type=int, default=2, help="end-to-end runs (each paired with a floor run)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, here and in the child processes (1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--parts", default="startup,e2e,prefill,decode", help="what to measure (default: all of "
+                                                                          "startup,e2e,prefill,decode)")
     p.add_argument("--quick", action="store_true", help="4K-token document, 4K prefill tokens, one repeat")
     p.add_argument("--output-path", default=None, help="folder for speed.json, speed.md and the document")
     args = p.parse_args(argv)
     if args.quick:
         args.tokens, args.prefill_tokens, args.mamba_tokens = 4096, 4000, 4096
-        args.repeats, args.e2e_repeats = 1, 1
+        args.repeats, args.e2e_repeats, args.decode_repeats, args.new_tokens = 1, 1, 1, 16
     report = run(args)
     table = markdown(report)
     print(json.dumps(report, indent=2))
