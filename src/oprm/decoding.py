@@ -112,34 +112,6 @@ def decode(adapter, state, first_logits: torch.Tensor, prompt_ids: list[int], po
         position += 1
 
 
-@torch.no_grad()
-def greedy_lookahead(adapter, state, first_logits: torch.Tensor, position: int, steps: int,
-                     eos: set[int]) -> tuple[list[list[int]], list[list[float]]]:
-    """Greedy continuation of a batch of rows (``state`` holds B rows whose next-token logits are ``first_logits``
-    [B, V], at absolute ``position``): per row the tokens before its first eos (at most ``steps``) and the
-    log-probability of each of them, and of that eos when it came. All rows step together (one forward per token);
-    ``state`` is consumed."""
-    rows = first_logits.shape[0]
-    tokens: list[list[int]] = [[] for _ in range(rows)]
-    logprobs: list[list[float]] = [[] for _ in range(rows)]
-    done = [False] * rows
-    logp = torch.log_softmax(first_logits.float(), -1)
-    for step in range(steps):
-        best = logp.argmax(-1)
-        best_logp = logp.gather(-1, best[:, None])[:, 0].tolist()
-        for r, (token, lp) in enumerate(zip(best.tolist(), best_logp)):
-            if not done[r]:
-                logprobs[r].append(lp)
-                done[r] = token in eos
-                if not done[r]:
-                    tokens[r].append(token)
-        if all(done) or step == steps - 1:
-            break
-        logits, state = adapter.step(best[:, None], state, position + step)
-        logp = torch.log_softmax(logits.float(), -1)
-    return tokens, logprobs
-
-
 @dataclass
 class Answer:
     """The decoded answer of one chunk (or of the whole prompt in vanilla/truncate mode)."""
