@@ -6,9 +6,9 @@ block + question), one at a time. Reads the server's resident memory (VmRSS), hi
 /proc/PID after the warm-up and after every ``--every`` requests, and the bytes and number of documents its cache
 holds from /metrics (when prometheus-client is installed). Prints one JSON object, then a markdown table.
 
-Target (issue 22): the server's memory above its warmed-up working set stays within the cache budget + 10 %, i.e.
-RSS after the last request - (RSS after the warm-up - the warm-up document's cached states) <= 1.1 x budget (the
-warm-up's own document sits in the cache, so it is counted as cache, not as baseline).
+Target (issue 22): RSS after the last request - RSS after the warm-up <= the cache budget + 10 %. Also reported,
+stricter: the warm-up's own document sits in the cache, so counting it as cache rather than baseline, RSS after the
+last request - (RSS after the warm-up - the states cached then) against the same 1.1 x budget.
 
     .venv/bin/python benchmarks/serve_memory.py [--requests 100] [--kb 100] [--budget-mib 256] [--chunk-size 128]
 """
@@ -148,21 +148,25 @@ def main() -> None:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
-    base = rows[0]["VmRSS"] - rows[0].get("cache_mib", 0.0)  # warmed up, its document counted as cache
-    growth = rows[-1]["VmRSS"] - base
+    growth = rows[-1]["VmRSS"] - rows[0]["VmRSS"]
+    base = rows[0]["VmRSS"] - rows[0].get("cache_mib", 0.0)  # stricter: the warm-up's document counted as cache
+    above = rows[-1]["VmRSS"] - base
     report = {"model": args.model, "chunk_size": args.chunk_size, "selection": args.selection, "kb": args.kb,
-              "requests": args.requests, "budget_mib": args.budget_mib, "baseline_mib": round(base, 1),
-              "rss_above_baseline_mib": round(growth, 1), "vs_budget": round(growth / args.budget_mib, 3),
-              "max_rss_above_baseline_mib": round(max(r["VmRSS"] for r in rows) - base, 1),
-              "target_met": growth <= 1.1 * args.budget_mib, "rows": rows}
+              "requests": args.requests, "budget_mib": args.budget_mib,
+              "rss_growth_since_warmup_mib": round(growth, 1), "growth_vs_budget": round(growth / args.budget_mib, 3),
+              "target_met": growth <= 1.1 * args.budget_mib, "strict_baseline_mib": round(base, 1),
+              "strict_rss_above_baseline_mib": round(above, 1), "strict_vs_budget": round(above / args.budget_mib, 3),
+              "strict_max_above_baseline_mib": round(max(r["VmRSS"] for r in rows) - base, 1),
+              "strict_target_met": above <= 1.1 * args.budget_mib, "rows": rows}
     print(json.dumps(report, indent=2))
     print()
-    print("| requests | RSS (MiB) | RSS - baseline (MiB) | cache (MiB, documents) | high-water (MiB) | server CPU s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| requests | RSS (MiB) | RSS - after warm-up | RSS - strict baseline | cache (MiB, documents) | high-water "
+          "(MiB) | server CPU s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         cached = f"{row['cache_mib']:.0f}, {row.get('cached_documents', '?')}" if "cache_mib" in row else "?"
-        print(f"| {row['requests']} | {row['VmRSS']:.0f} | {row['VmRSS'] - base:.0f} | {cached} | {row['VmHWM']:.0f} "
-              f"| {row['cpu_seconds']:.0f} |")
+        print(f"| {row['requests']} | {row['VmRSS']:.0f} | {row['VmRSS'] - rows[0]['VmRSS']:.0f} | "
+              f"{row['VmRSS'] - base:.0f} | {cached} | {row['VmHWM']:.0f} | {row['cpu_seconds']:.0f} |")
 
 
 if __name__ == "__main__":
