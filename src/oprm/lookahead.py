@@ -202,13 +202,22 @@ class LookaheadSearch:
             if not pending:
                 return
             take = pending[:size] if self.defer else pending
-            missing = [r.index for r in take if r.index not in self.kept]
-            if missing:  # not kept (chunk parallelism, or a state that did not fit): prefilled again
-                self.kept.update(self.run.prefill_again(missing))
             if len(take) == 1 and self.reuse and self.defer:
+                if take[0].index not in self.kept:
+                    self.kept.update(self.run.prefill_again([take[0].index]))
                 self.look_alone(take[0])
             else:
-                self.look_states(take, [self.kept[r.index] for r in take])
+                held = [r for r in take if r.index in self.kept]
+                self.look_states(held, [self.kept[r.index] for r in held])
+                # not kept (chunk parallelism, or a state that did not fit): prefilled again, at most the kept
+                # states' capacity at a time, and dropped once looked at (a winner among them is prefilled again
+                # for its answer), so a round over thousands of chunks holds no more states than the prefill did
+                missing = [r for r in take if r.index not in self.kept]
+                part = self.capacity or len(missing) or 1
+                for i in range(0, len(missing), part):
+                    again = self.run.prefill_again([r.index for r in missing[i:i + part]])
+                    self.look_states(missing[i:i + part], [again[r.index] for r in missing[i:i + part]])
+                    del again
             size *= 2
 
     def states(self) -> dict[int, tuple]:
