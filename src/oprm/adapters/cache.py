@@ -34,9 +34,15 @@ class CacheAdapter(StateAdapter):
             self.prefix_share_fraction = 0.5
 
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
-        kwargs = {"input_ids": input_ids, self.cache_arg: state, "use_cache": True}
-        if self.takes_position_ids:  # explicit positions: Bamba and MiniMax ignore the cache offset otherwise
-            kwargs["position_ids"] = self.position_ids(input_ids.shape[0], input_ids.shape[1], start)
+        positions = self.position_ids(input_ids.shape[0], input_ids.shape[1], start) if self.takes_position_ids else None
+        return self.forward(input_ids, state, positions, num_logits)
+
+    def forward(self, input_ids, state, position_ids=None, num_logits=1, **extra):
+        """The model's forward on ``input_ids`` continuing ``state`` (``extra``: e.g. an attention mask):
+        (the last ``num_logits`` logits, the new cache)."""
+        kwargs = {"input_ids": input_ids, self.cache_arg: state, "use_cache": True, **extra}
+        if position_ids is not None:  # explicit positions: Bamba and MiniMax ignore the cache offset otherwise
+            kwargs["position_ids"] = position_ids
         if self.takes_logits_to_keep:
             kwargs["logits_to_keep"] = num_logits
         scan = stateful_mamba_scan(self.model) if self.stateful_scan else contextlib.nullcontext()

@@ -17,14 +17,11 @@ top-2 margin at the first divergent token.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from ..adapters.base import state_from_leaves, state_leaves
 from ..adapters.cache import CacheAdapter
-from ..adapters.mamba_scan import stateful_mamba_scan
 
 try:  # transformers >= 5
     from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionLayer
@@ -118,7 +115,7 @@ class StepBatcher:
         device = items[0][0].device
         positions = torch.cat([torch.full((b, 1), p, dtype=torch.long, device=device)
                                for b, (_, _, p) in zip(rows, items)])
-        kwargs = {"input_ids": torch.cat([token for token, _, _ in items])}
+        extra = {}
         pads = [0] * len(items)
         if kind == "attention":
             lengths = [_length(s) for s in states]
@@ -131,22 +128,12 @@ class StepBatcher:
                 for b, p in zip(rows, pads):
                     mask[r:r + b, :p] = 0
                     r += b
-                kwargs["attention_mask"] = mask
+                extra["attention_mask"] = mask
         counters = [[layer.cumulative_length_linear.clone() for layer in s.layers] if kind == "recurrent" else None
                     for s in states]
-        kwargs[adapter.cache_arg] = _cat(states, rows)
-        kwargs["use_cache"] = True
-        if adapter.takes_position_ids:
-            kwargs["position_ids"] = positions
-        if adapter.takes_logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        scan = stateful_mamba_scan(adapter.model) if adapter.stateful_scan else contextlib.nullcontext()
-        with scan:
-            result = adapter.model(**kwargs)
-        cache = getattr(result, "cache", None)
-        if cache is None:
-            cache = result.past_key_values
-        logits = adapter.last_logits(result.logits, 1)[:, -1]
+        logits, cache = adapter.forward(torch.cat([token for token, _, _ in items]), _cat(states, rows),
+                                        positions if adapter.takes_position_ids else None, 1, **extra)
+        logits = logits[:, -1]
         out, r = [], 0
         for b, pad, counter in zip(rows, pads, counters):
             state = adapter.select(cache, list(range(r, r + b)))
