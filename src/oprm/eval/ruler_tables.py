@@ -5,11 +5,11 @@ report writers must not import."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from oprm.eval.ruler_report import ruler_markdown_by_length, write_ruler_summaries
 from oprm.eval.scoring import ruler_by_length
+from oprm.eval.storage import read_jsonl_lenient
 from oprm.tasks.ruler import RULER_QA_TASKS, RULER_TASKS
 
 __all__ = ["results_from_predictions", "main"]
@@ -22,18 +22,6 @@ def _sample_index(rec: dict) -> int:
         return int(parts[-2])
     except (IndexError, ValueError):
         return -1
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only, read-only (a file another run is appending to may end in a torn line)."""
-    out = []
-    for line in path.read_text(encoding="utf-8").split("\n"):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 def results_from_predictions(roots, configs=None, lengths=None, max_samples: int | None = None,
@@ -51,7 +39,7 @@ def results_from_predictions(roots, configs=None, lengths=None, max_samples: int
             cname = path.parent.parent.name
             if configs and cname not in configs:
                 continue
-            for r in _read_jsonl(path):
+            for r in read_jsonl_lenient(path):  # read-only; a torn last line is skipped
                 task, st = r.get("task"), r.get("setting") or {}
                 if task not in names or (keep_len and str(st.get("target_length")) not in keep_len):
                     continue
