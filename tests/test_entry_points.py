@@ -12,9 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -27,8 +24,8 @@ from oprm.eval.runner import run_sample
 from oprm.synthetic import ar as A
 from oprm.tasks import get_task
 
-from test_serve import request, subprocess_env
-from ports import free_port
+from servers import running_server
+from test_serve import request
 
 MODEL, CHUNK, NEW = "oprm-ar-mamba2", 16, 8
 
@@ -93,18 +90,7 @@ def test_cli_answers_like_the_api(sample, api, tmp_path, capsys):
 
 
 def test_server_answers_like_the_api(sample, api):
-    port = free_port()
-    cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", str(CHUNK),
-           "--max-new-tokens", str(NEW)]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        for _ in range(600):  # the server's start-up; a process that ended is reported below
-            try:
-                request(port, "GET", "/health")
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                time.sleep(0.2)
+    with running_server(["--model", MODEL, "--chunk-size", str(CHUNK), "--max-new-tokens", str(NEW)]) as (port, _):
         for selection in SELECTIONS:
             gold = {"gold_text": sample["gold"]} if selection == "oracle" else {}
             body = {"model": MODEL, "messages": [{"role": "user", "content": sample["input"]}],
@@ -113,9 +99,6 @@ def test_server_answers_like_the_api(sample, api):
             assert status == 200, reply
             text = reply["choices"][0]["message"]["content"]
             assert (reply["oprm"]["chosen"], cut(text)) == api[selection], selection
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
 
 
 def test_lm_eval_model_answers_like_the_api(engine, sample, api):

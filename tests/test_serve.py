@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -23,23 +21,15 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-import oprm  # noqa: E402
 from oprm import OPRM  # noqa: E402
 from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode  # noqa: E402
-from ports import free_port  # noqa: E402
+from servers import running_server, subprocess_env  # noqa: E402
 
 MODEL = "oprm-ar-mamba2"
 CHUNK = 128
 MAX_NEW = 16
 MAX_QUEUE = 24
 MAX_BODY_MB = 1
-
-
-def subprocess_env() -> dict:
-    src = str(Path(oprm.__file__).resolve().parents[1])  # this checkout's oprm, whatever is installed
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def health(port: int) -> dict:
@@ -64,29 +54,10 @@ def request(port: int, method: str, path: str, body=None, headers: dict | None =
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", str(CHUNK),
-           "--max-new-tokens", str(MAX_NEW), "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB),
-           "--max-tokens-limit", "100000"]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while True:
-        try:
-            health(port)
-            break
-        except (ConnectionError, OSError):
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
-            time.sleep(0.3)
-    yield port
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    assert "Traceback" not in out, out  # no request may crash the server, whatever it sent
+    with running_server(["--model", MODEL, "--chunk-size", str(CHUNK), "--max-new-tokens", str(MAX_NEW),
+                         "--max-queue", str(MAX_QUEUE), "--max-body-mb", str(MAX_BODY_MB),
+                         "--max-tokens-limit", "100000"]) as (port, _):
+        yield port
 
 
 @pytest.fixture(scope="module")

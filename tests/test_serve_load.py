@@ -6,7 +6,6 @@ import asyncio
 import http.client
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,25 +16,12 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from oprm.synthetic.ar import make_ar_episode  # noqa: E402
-from ports import free_port  # noqa: E402
-from test_serve import MODEL, health, subprocess_env  # noqa: E402
+from servers import start_server  # noqa: E402
+from test_serve import MODEL, health  # noqa: E402
 
 
-def start_server(*extra: str):
-    port = free_port()
-    cmd = [sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", str(port), "--chunk-size", "128",
-           "--max-tokens-limit", "100000", *extra]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            health(port)
-            return proc, port
-        except (ConnectionError, OSError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
-            time.sleep(0.3)
+def start_model_server(*extra: str):
+    return start_server(["--model", MODEL, "--chunk-size", "128", "--max-tokens-limit", "100000", *extra])
 
 
 def open_stream(port: int, max_tokens: int):
@@ -61,7 +47,7 @@ def read_events(response) -> list[str]:
 def test_sigterm_finishes_running_requests_then_exits_0():
     """SIGTERM while two answers stream: both finish whole (every token, then [DONE]), the listening socket closes
     (a new client is refused), and the process exits 0."""
-    proc, port = start_server("--max-running", "2")
+    proc, port = start_model_server("--max-running", "2")
     try:
         streams = [open_stream(port, 300) for _ in range(2)]
         proc.send_signal(signal.SIGTERM)
@@ -84,7 +70,7 @@ def test_sigterm_finishes_running_requests_then_exits_0():
 def test_sigterm_is_bounded_by_the_shutdown_timeout():
     """An answer that would stream 100000 tokens does not hold a stopping server past --shutdown-timeout: the
     process exits 0 soon after, the stream cut."""
-    proc, port = start_server("--shutdown-timeout", "1")
+    proc, port = start_model_server("--shutdown-timeout", "1")
     try:
         conn, response = open_stream(port, 100_000)
         proc.send_signal(signal.SIGTERM)

@@ -8,14 +8,12 @@ same process, every answer a 4xx error object, the server alive, its memory flat
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,21 +27,13 @@ import oprm  # noqa: E402
 from oprm.models import resolve_model  # noqa: E402
 from oprm.serve.protocol import server_only_options  # noqa: E402
 from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode  # noqa: E402
-from ports import free_port  # noqa: E402
+from servers import running_server, subprocess_env  # noqa: E402
 
 MODEL = "oprm-ar-mamba2"
 KEYS = ("key-one", "key-two")
 CHAT = "/v1/chat/completions"
 TOKENS_LIMIT = 64
 FUZZ_REQUESTS = 1000
-
-
-def subprocess_env() -> dict:
-    src = str(Path(oprm.__file__).resolve().parents[1])
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    env.pop("OPRM_API_KEY", None)
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 class Client:
@@ -82,34 +72,9 @@ class Client:
 MODEL_PATH = resolve_model(MODEL)[0]  # the shipped model's folder: served by its absolute path, seen as MODEL
 
 
-@contextlib.contextmanager
 def serve(args: list[str], env: dict):
     """A real `oprm serve` process on a free port: (port, process); its output must hold no traceback."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "oprm", "serve", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = Client(port)
-    deadline = time.time() + 120
-    try:
-        while True:
-            try:
-                if client.send("GET", "/health", key=None)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"oprm serve did not start:\n{proc.stdout.read()}")
-            time.sleep(0.3)
-        yield port, proc
-    finally:
-        proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    assert "Traceback" not in out, out
+    return running_server(args, env)
 
 
 @pytest.fixture(scope="module")
