@@ -9,9 +9,8 @@ import pytest
 
 from oprm.config import OPRMConfig
 from oprm.errors import OPRMUsageError
-from oprm.eval import (RunConfig, add_eval_arguments, add_score_arguments, bm25_context, build_configs, evaluate,
+from oprm.eval import (add_eval_arguments, add_score_arguments, bm25_context, build_configs, evaluate,
                        run_eval, run_score, score_dir)
-from oprm.tasks import get_task
 
 FIX = Path(__file__).parent / "fixtures" / "longbench"
 

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,8 @@ from oprm.eval.scoring import ruler_by_length
 from oprm.metrics.synthetic import string_match_all, string_match_part
 from oprm.models import resolve_model
 from oprm.prompts import build_prompt
-from oprm.tasks import expand_tasks, get_task, load_task_samples
-from oprm.tasks.ruler import RULER_TASKS, ruler_counter, ruler_samples
+from oprm.tasks import expand_tasks, get_task
+from oprm.tasks.ruler import RULER_TASKS, ruler_samples
 from oprm.tasks.ruler_gen import RULER_DEPTHS, ruler_table, wonder_words
 from oprm.tasks.ruler_words import fwe_sample, zeta
 

@@ -8,7 +8,8 @@ from tiny_tokenizer import tiny_tokenizer
 
 from oprm import OPRM, OPRMUsageError
 from oprm.adapters import StateAdapter
-from oprm.selection import CandidatePool, first_token_stats
+from oprm.records import first_token_stats
+from oprm.selection import CandidatePool
 
 TOK = tiny_tokenizer()
 V = len(TOK)

@@ -25,7 +25,7 @@ from .prefill import Prefiller, RunStats
 from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result
 from .run import CHUNKING_OPTIONS, ChunkRun, cache_folder, chunking_of, chunking_used, reusable
-from .selection import chunk_records
+from .records import chunk_records
 
 __all__ = ["OPRM", "OPRMResult", "Answer", "default_max_batch_tokens"]
 

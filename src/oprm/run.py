@@ -18,7 +18,8 @@ from .lookahead import LookaheadSearch
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
-from .selection import SelectionPolicy, chunk_records, query_logprobs, require, selection_needs
+from .records import chunk_records, query_logprobs
+from .selection import SelectionPolicy, require, selection_needs
 
 CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
 

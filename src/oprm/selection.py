@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .config import SELECTIONS
 from .errors import OPRMUsageError
-from .records import ChunkRecord, chunk_records, first_token_stats, query_logprobs  # noqa: F401 (their home was here)
+from .records import ChunkRecord
 from .support import support
 
 
