@@ -359,22 +359,16 @@ def run_scenario(name: str, args) -> dict:
             extra += ["--document-cache-bytes", "0"]
         server = Server(model, args.chunk_size, running, extra, args.threads)
         try:
-            if name == "chat":
-                bodies = chat_bodies(model, args.requests, args.max_tokens)
-                post(server.port, chat_bodies(model, 1, 4)[0])  # warm-up
+            if name in ("chat", "documents"):  # the same requests one after another, then concurrently
+                if name == "chat":
+                    bodies, warm_up = chat_bodies(model, args.requests, args.max_tokens), chat_bodies(model, 1, 4)[0]
+                else:
+                    bodies, warm_up = document_bodies(model, args.requests), document_bodies(model, 1, seed=99)[0]
+                post(server.port, warm_up)
                 seq = phase(server, bodies, 1)
                 conc = phase(server, bodies, args.concurrency)
-                out[mode] = {"sequential": seq, "concurrent": conc, "answers": compare(server, bodies,
-                                                                                         seq["results"],
-                                                                                         conc["results"])}
-            elif name == "documents":
-                bodies = document_bodies(model, args.requests)
-                post(server.port, document_bodies(model, 1, seed=99)[0])
-                seq = phase(server, bodies, 1)
-                conc = phase(server, bodies, args.concurrency)
-                out[mode] = {"sequential": seq, "concurrent": conc, "answers": compare(server, bodies,
-                                                                                         seq["results"],
-                                                                                         conc["results"])}
+                out[mode] = {"sequential": seq, "concurrent": conc,
+                             "answers": compare(server, bodies, seq["results"], conc["results"])}
             elif name == "shared":
                 bodies, docs = shared_bodies(model, args.shared_requests)
                 post(server.port, document_bodies(model, 1, seed=99)[0])
