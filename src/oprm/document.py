@@ -226,6 +226,21 @@ class DocumentCache:
         self.misses += 1
         return None, "miss"
 
+    def states_by_content(self, prefix_ids: list[int], meta: dict, wanted: dict[tuple, list[int]]) -> dict:
+        """Chunk index -> state, for the chunks whose tokens (``wanted``: token content -> chunk indices) a document
+        in memory holds under the same P and ``meta`` (the model's path aside); most recently used documents first."""
+        with self.lock:
+            docs = [d for d in reversed(self.items.values()) if d.prefix_ids == prefix_ids and d.states
+                    and all(d.meta.get(k) == v for k, v in meta.items() if k != "model")]
+        wanted, states = dict(wanted), {}
+        for doc in docs:
+            for c in doc.chunks:
+                for i in wanted.pop(tuple(doc.context_ids[c.token_start:c.token_end]), ()):
+                    states[i] = doc.states[c.index]  # shared, never changed: batch_state copies
+            if not wanted:
+                break
+        return states
+
     def make_room(self, nbytes: int, max_bytes: int) -> bool:
         """Evict least recently used documents until ``nbytes`` more fit ``max_bytes``; False if they never can."""
         if nbytes > max_bytes:

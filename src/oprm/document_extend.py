@@ -40,20 +40,7 @@ def _extend_cached(engine, prompt, config, key: str, prefiller) -> tuple[Encoded
         return None, {}
     meta = engine.document_meta(config, chunking_used(prompt, config))
     chunks = ChunkRun.chunks_of(prompt, config)
-    with cache.lock:
-        candidates = list(reversed(cache.items.values()))  # the most recently used first
-    candidates = [doc for doc in candidates if doc.prefix_ids == prompt.prefix_ids and doc.states and all(
-        doc.meta.get(k) == v for k, v in meta.items() if k != "model")]
-    if not candidates:
-        return None, {}
-    wanted = chunk_tokens(prompt.context_ids, chunks)
-    states: dict[int, object] = {}
-    for doc in candidates:
-        for tokens, indices in chunk_tokens(doc.context_ids, doc.chunks).items():
-            for i in wanted.pop(tokens, ()):
-                states[i] = doc.states[indices[0]]  # shared, never changed: batch_state copies
-        if not wanted:
-            break
+    states = cache.states_by_content(prompt.prefix_ids, meta, chunk_tokens(prompt.context_ids, chunks))
     if not states:
         return None, {}
     per_state = state_nbytes(next(iter(states.values())))
