@@ -117,6 +117,20 @@ def test_snapped_chunks_are_few(seed):
             assert len(spans) <= math.ceil((n - L) / (L - max(gaps))) + 1
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_snapped_chunks_survive_appending(seed):
+    """Windows are placed from the start: appending units keeps every window of the shorter text but its last (the
+    final L tokens), so a grown document reuses its earlier chunks."""
+    rng = random.Random(seed)
+    n, L = rng.randint(60, 400), rng.randint(8, 40)
+    bounds = sorted({0} | {rng.randrange(n) for _ in range(n // 5)})
+    m = rng.choice([b for b in bounds if b > L] or [n])  # the shorter text ends where a unit starts
+    for snap in ("end", "start"):
+        short = snapped_spans(m, L, [b for b in bounds if b < m], snap)
+        grown = snapped_spans(n, L, bounds, snap)
+        assert set(short[:-1]) <= set(grown), (snap, short, grown)
+
+
 def test_short_context_is_one_chunk():
     text = "One. Two. Three."
     offsets = _tokenize(text)

@@ -47,14 +47,14 @@ def test_appending_encodes_only_the_new_chunks(model_type):
     assert other.document["cache"] == "miss"
 
 
-def test_extension_on_text_keeps_the_complete_chunks():
-    """On text (the shipped model and tokenizer, token chunking): appending ~1 % re-encodes at most the last old
-    chunk and the new ones. (Sentence chunking snaps windows from the document's end, so appending moves its
-    boundaries: docs/serving.md measures what it reuses.)"""
+@pytest.mark.parametrize("chunking", ["tokens", "sentences"])
+def test_extension_on_text_keeps_the_complete_chunks(chunking):
+    """On text (the shipped model and tokenizer): appending ~1 % re-encodes at most the last old chunk and the new
+    ones, with plain and with sentence-snapped windows (both are placed from the text's start)."""
     from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode
 
-    engine = OPRM.from_pretrained("oprm-ar-mamba2", chunk_size=64, chunking="tokens")
-    fresh = OPRM(engine.model, engine.tokenizer, chunk_size=64, chunking="tokens", prompt_format=engine.prompt_format,
+    engine = OPRM.from_pretrained("oprm-ar-mamba2", chunk_size=64, chunking=chunking)
+    fresh = OPRM(engine.model, engine.tokenizer, chunk_size=64, chunking=chunking, prompt_format=engine.prompt_format,
                  document_cache_bytes=0)
     ep = make_ar_episode(5, 120)
     more = make_ar_episode(6, 3).facts[0]

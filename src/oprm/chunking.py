@@ -8,9 +8,9 @@ Boundary-safe chunking (``chunking="sentences"`` or ``"lines"``) keeps that prop
 sentence (or line) of at most ``chunk_size`` tokens lies whole inside at least one chunk, so no fact is lost because
 a chunk edge cut it. Each chunk is an exact token window whose *end* (``snap="end"``, the default) or *start*
 (``snap="start"``) sits on a unit boundary; the partial sentence that an equal-length window cannot avoid then sits at
-the other end, and the next window starts over at the cut sentence. Windows are placed greedily, which gives the
-fewest windows that keep every short unit whole; the price is a few more chunks than ``ceil(N / L)``
-(:func:`extra_tokens`). A unit longer than the chunk is split at its line breaks (sentences mode), and a piece still
+the other end, and the next window keeps the cut sentence whole. Windows are placed greedily from the start, which
+gives the fewest windows that keep every short unit whole and keeps them when text is appended; the price is a few
+more chunks than ``ceil(N / L)`` (:func:`extra_tokens`). A unit longer than the chunk is split at its line breaks (sentences mode), and a piece still
 longer than the chunk is stepped through in plain token windows.
 
 Sentence segmentation (:func:`sentence_spans`) is a documented rule set, chosen over a library segmenter because it
@@ -180,13 +180,29 @@ def _start_snapped(num_tokens: int, chunk_size: int, bounds: list[int]) -> list[
     return spans
 
 
+def _end_snapped(num_tokens: int, chunk_size: int, bounds: list[int]) -> list[tuple[int, int]]:
+    """Greedy windows that end on a unit boundary, placed from the start: each next window keeps whole the first unit
+    its predecessor cut and ends on the last unit boundary it can reach. Only the first window (which starts at
+    token 0) and windows inside a unit longer than the chunk end elsewhere."""
+    spans, covered = [], 0  # every unit that starts before ``covered`` lies whole in some window
+    while covered + chunk_size < num_tokens:
+        e = bounds[bisect.bisect_right(bounds, covered + chunk_size) - 1]
+        if e <= covered:  # the unit at ``covered`` is longer than the window: a plain window through it
+            e = covered + chunk_size
+        spans.append((max(0, e - chunk_size), max(e, chunk_size)))
+        covered = e
+    spans.append((num_tokens - chunk_size, num_tokens))
+    return spans
+
+
 def snapped_spans(num_tokens: int, chunk_size: int, bounds: list[int], snap: str = DEFAULT_SNAP
                   ) -> list[tuple[int, int]]:
     """Token spans of boundary-safe chunks given the units' first tokens ``bounds`` (sorted, starting with 0).
 
-    ``snap="start"``: windows start on unit boundaries (the partial unit is at a window's end, next to the question);
-    ``snap="end"``: windows end on unit boundaries (the partial unit is at a window's start), computed as the mirror
-    image of start snapping. The first window starts at token 0 and the last ends at the last token either way.
+    ``snap="end"``: windows end on unit boundaries (the partial unit is at a window's start, a clean sentence end next
+    to the question); ``snap="start"``: windows start on unit boundaries (the partial unit is at a window's end).
+    Both place windows from the document's start, so appending text keeps every window but the last (the final
+    ``chunk_size`` tokens) and those the new text reaches: a grown document reuses its earlier chunks' states.
     """
     if snap not in SNAPS:
         raise OPRMUsageError(f"unknown snap {snap!r}; choose one of: {', '.join(SNAPS)}")
@@ -194,13 +210,7 @@ def snapped_spans(num_tokens: int, chunk_size: int, bounds: list[int], snap: str
     if num_tokens <= chunk_size:
         return [(0, num_tokens)]
     bounds = sorted({b for b in bounds if 0 <= b < num_tokens} | {0})
-    if snap == "start":
-        return _start_snapped(num_tokens, chunk_size, bounds)
-    # mirror: unit [a, b) becomes [N - b, N - a), so the mirrored units start at N - (each unit's end)
-    ends = bounds[1:] + [num_tokens]
-    mirrored = sorted(num_tokens - e for e in ends)
-    spans = _start_snapped(num_tokens, chunk_size, mirrored)
-    return sorted((num_tokens - e, num_tokens - s) for s, e in spans)
+    return (_start_snapped if snap == "start" else _end_snapped)(num_tokens, chunk_size, bounds)
 
 
 def unit_starts(text: str, chunking: str, offsets: list[tuple[int, int]], chunk_size: int) -> list[int]:

@@ -3,8 +3,8 @@ document. Only the chunks whose tokens no cached document has are encoded.
 
 The state after [P, C_i] depends on P and on C_i's tokens only (every row starts at position 0), so a chunk of a new
 context whose tokens are those of a chunk of a cached document with the same P (model, dtype, chunking) has that
-chunk's state. Appending to a text keeps the earlier chunks' contents with token chunking; sentence chunking snaps
-windows from the document's end, so appending can move its boundaries (docs/serving.md measures both).
+chunk's state. Every chunking places its windows from the text's start, so appending keeps the earlier chunks'
+contents: only the old last chunk (the final L tokens) and the new ones are encoded (docs/serving.md measures it).
 """
 
 from __future__ import annotations
