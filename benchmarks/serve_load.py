@@ -16,6 +16,11 @@ Scenarios (``--scenario``, repeatable):
   chunks re-encoded and the server's CPU seconds of each (batching on only);
 * ``fairness``: one long document (~80K characters) and then short questions 0.2 s later: do the short ones get
   their first token before the long one finishes?
+* ``replicas``: ``--replicas`` (2) servers sharing one fresh ``--cache-dir``, the ``shared`` requests (the first per
+  document, then the rest shuffled) routed by the client, the load balancer, ``sticky`` (the SHA-256 of the document
+  text mod R) and ``round-robin``, fresh servers and folder each: per request where its document came from as the
+  answering replica says (its memory, the shared folder, or encoded), the hit rate after the first request per
+  document, TTFT p50 per source, and the replicas' CPU seconds (batching on only).
 
 Per phase it prints requests/s, output tokens/s, TTFT and inter-token latency (ITL) p50/p99, and the server's CPU
 seconds (user+system of its process: on a shared machine the fairer cost); per scenario whether every concurrent
@@ -24,6 +29,7 @@ logprob margin of the answer served alone (float noise is a margin of a rounding
 
     python benchmarks/serve_load.py --model smollm2 --scenario chat --requests 8 --max-tokens 64
     python benchmarks/serve_load.py --model oprm-ar-mamba2 --scenario documents --scenario shared --scenario fairness
+    python benchmarks/serve_load.py --model oprm-ar-mamba2 --scenario replicas --replicas 2
 
 Writes one JSON object with every number to ``--output`` (default: stdout only).
 """
@@ -31,6 +37,7 @@ Writes one JSON object with every number to ``--output`` (default: stdout only).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -38,8 +45,10 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -132,13 +141,15 @@ def post(port: int, body: dict, timeout: float = 3600) -> dict:
         data = r.read()
         conn.close()
         return {"status": r.status, "error": data.decode()[:200]}
-    pieces, times, usage = [], [], None
+    pieces, times, usage, document = [], [], None, {}
     for line in iter(r.readline, b""):
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
         event = json.loads(line[6:])
         if event.get("usage"):
             usage = event["usage"]
+        if event.get("oprm"):  # oprm.explain: the last event says where the document's states came from
+            document = event["oprm"].get("document") or {}
         for choice in event.get("choices", []):
             text = choice.get("delta", {}).get("content")
             if text:
@@ -148,7 +159,8 @@ def post(port: int, body: dict, timeout: float = 3600) -> dict:
     conn.close()
     return {"status": 200, "text": "".join(pieces), "ttft": (times[0] - t0) if times else end - t0,
             "itl": [b - a for a, b in zip(times, times[1:])], "latency": end - t0,
-            "tokens": usage["completion_tokens"] if usage else len(pieces), "start": t0, "end": end}
+            "tokens": usage["completion_tokens"] if usage else len(pieces), "start": t0, "end": end,
+            "cache": document.get("cache")}
 
 
 OPTIONS: dict = {}  # --selection: per-request engine options of the document scenarios
@@ -281,6 +293,75 @@ def soak(server: Server, model: str, n: int, concurrency: int) -> dict:
             if after_warmup else None, "health": health}
 
 
+def replica_routes(bodies: list[dict], n: int) -> dict[str, list[int]]:
+    """The load balancer's two policies: the replica of each request."""
+    def digest(body):
+        return int(hashlib.sha256(body["oprm"]["context"].encode()).hexdigest(), 16)
+
+    return {"sticky": [digest(b) % n for b in bodies], "round-robin": [i % n for i in range(len(bodies))]}
+
+
+def replicas(args) -> dict:
+    """The ``shared`` requests on ``args.replicas`` servers sharing a cache folder, per routing policy (fresh servers
+    and folder each). The first request per document comes first, then the rest shuffled: in ``shared``'s order
+    (round robin over the documents) a round-robin balancer with as many replicas as documents, or a divisor of
+    them, would send every document to one replica, as sticky does."""
+    bodies, docs = shared_bodies(args.model, args.shared_requests, args.replica_documents)
+    for body in bodies:
+        body["oprm"]["explain"] = True  # the answer's oprm details say where its document's states came from
+    k = len(set(docs))
+    rest = list(range(k, len(bodies)))
+    random.Random(7).shuffle(rest)
+    order = list(range(k)) + rest
+    bodies, docs = [bodies[i] for i in order], [docs[i] for i in order]
+    warm_ups = document_bodies(args.model, args.replicas, seed=99)  # one each: a miss, so each warms its encoding
+    out = {}
+    for policy, route in replica_routes(bodies, args.replicas).items():
+        with tempfile.TemporaryDirectory(prefix="oprm-replicas-") as folder:
+            servers = start_replicas(args, [*args.server_arg, "--cache-dir", folder])
+            try:
+                for server, warm_up in zip(servers, warm_ups):
+                    post(server.port, warm_up)
+                p = phase(servers, bodies, args.replica_concurrency, route=route)
+            finally:
+                for server in servers:
+                    server.stop()
+        out[policy] = {**p, **replica_outcomes(p["results"], docs, route, args.replicas)}
+    texts = [[r.get("text") for r in out[policy]["results"]] for policy in out]
+    out["answers"] = {"identical": sum(a == b for a, b in zip(*texts)), "of": len(bodies)}  # whatever the source
+    return out
+
+
+def start_replicas(args, extra: list[str]) -> list[Server]:
+    """``args.replicas`` servers, started side by side (each loads the model); if one fails, the others stop."""
+    with ThreadPoolExecutor(args.replicas) as pool:
+        futures = [pool.submit(Server, args.model, args.chunk_size, args.max_running, extra, args.threads)
+                   for _ in range(args.replicas)]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        for f in futures:
+            if f.exception() is None:
+                f.result().stop()
+        raise failed[0]
+    return [f.result() for f in futures]
+
+
+def replica_outcomes(results: list[dict], docs: list[int], route: list[int], n: int) -> dict:
+    """Where each answer's document came from (``hit``: the replica's memory, ``disk``: the shared folder, ``miss``:
+    encoded), after the first request per document, and the TTFT p50 of each."""
+    seen, later = set(), []
+    for r, d in zip(results, docs):
+        if d in seen:
+            later.append(r["cache"])
+        seen.add(d)
+    counts = Counter(later)
+    return {"requests_per_replica": [route.count(i) for i in range(n)],
+            "after_first": {c: counts.get(c, 0) for c in ("hit", "disk", "miss")},
+            "hit_rate_after_first": round((counts["hit"] + counts["disk"]) / len(later), 3) if later else None,
+            "ttft_p50_by_source": {c: _r(pct([r["ttft"] for r in results if r["cache"] == c], 0.5))
+                                   for c in ("hit", "disk", "miss")}}
+
+
 # --- measuring ----------------------------------------------------------------------------------------------------
 def pct(values: list[float], q: float) -> float | None:
     if not values:
@@ -289,26 +370,37 @@ def pct(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def phase(server: Server, bodies: list[dict], concurrency: int, stagger: list[float] | None = None) -> dict:
-    cpu0, m0 = server.cpu_seconds(), server.metrics()
+def phase(server: Server | list[Server], bodies: list[dict], concurrency: int, stagger: list[float] | None = None,
+          route: list[int] | None = None) -> dict:
+    """``bodies`` at ``concurrency``; with several servers (replicas) request i goes to ``server[route[i]]`` and the
+    CPU seconds and cache counters are their sums."""
+    servers = server if isinstance(server, list) else [server]
+    route = route or [0] * len(bodies)
+    cpu0, m0 = [s.cpu_seconds() for s in servers], [s.metrics() for s in servers]
     t0 = time.perf_counter()
 
     def one(i):
         if stagger:
             time.sleep(max(0.0, t0 + stagger[i] - time.perf_counter()))
-        return post(server.port, bodies[i])
+        return post(servers[route[i]].port, bodies[i])
 
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, range(len(bodies))))
     wall = time.perf_counter() - t0
-    cpu, m1 = server.cpu_seconds() - cpu0, server.metrics()
+    cpus = [s.cpu_seconds() - c for s, c in zip(servers, cpu0)]
+    m1 = [s.metrics() for s in servers]
+    cpu = sum(cpus)
     ok = [r for r in results if r["status"] == 200]
     tokens = sum(r["tokens"] for r in ok)
     itl = [x for r in ok for x in r["itl"]]
-    hits = m1.get("oprm_document_cache_hits_total", 0) - m0.get("oprm_document_cache_hits_total", 0)
-    misses = m1.get("oprm_document_cache_misses_total", 0) - m0.get("oprm_document_cache_misses_total", 0)
+
+    def counted(name):
+        return sum(b.get(name, 0) - a.get(name, 0) for a, b in zip(m0, m1))
+
+    hits, misses = counted("oprm_document_cache_hits_total"), counted("oprm_document_cache_misses_total")
     return {"concurrency": concurrency, "requests": len(bodies), "ok": len(ok), "wall_s": round(wall, 3),
             "server_cpu_s": round(cpu, 2), "requests_per_s": round(len(ok) / wall, 3),
+            **({"replica_cpu_s": [round(c, 2) for c in cpus]} if len(servers) > 1 else {}),
             "output_tokens": tokens, "output_tok_per_s": round(tokens / wall, 2),
             "output_tok_per_cpu_s": round(tokens / cpu, 2) if cpu else None,
             "ttft_p50": _r(pct([r["ttft"] for r in ok], 0.5)), "ttft_p99": _r(pct([r["ttft"] for r in ok], 0.99)),
@@ -350,6 +442,8 @@ def compare(server: Server, bodies, first: list[dict], second: list[dict]) -> di
 
 
 def run_scenario(name: str, args) -> dict:
+    if name == "replicas":  # servers of its own, per policy
+        return {"on": replicas(args)}
     model = args.model
     modes = {"on": args.max_running, "off": 1}
     out = {}
@@ -447,6 +541,20 @@ def table(report: dict) -> str:
                 lines.append(f"| {name} | {mode} | {label} x{p['concurrency']} | {p['requests_per_s']} | "
                              f"{p['output_tok_per_s']} | {p['output_tok_per_cpu_s']} | {p['ttft_p50']} | "
                              f"{p['ttft_p99']} | {p['itl_p50']} | {p['itl_p99']} | {hits} | {eq} |")
+    policies = report["scenarios"].get("replicas", {}).get("on", {})
+    if policies:
+        lines += ["", "| replicas: routing | requests per replica | after the first per document: memory hits / "
+                  "folder hits / misses | hit rate | TTFT p50 memory hit / folder hit / miss | replicas' CPU s |",
+                  "|---|---|---|---|---|---|"]
+        for policy, p in policies.items():
+            if policy == "answers":
+                continue
+            n, ttft = p["after_first"], p["ttft_p50_by_source"]
+            lines.append(f"| {policy} | {' / '.join(map(str, p['requests_per_replica']))} | {n['hit']} / "
+                         f"{n['disk']} / {n['miss']} | {p['hit_rate_after_first']:.0%} | {ttft['hit']} / "
+                         f"{ttft['disk']} / {ttft['miss']} | {' + '.join(map(str, p['replica_cpu_s']))} |")
+        lines.append(f"\nanswers identical under both policies: {policies['answers']['identical']}/"
+                     f"{policies['answers']['of']}")
     return "\n".join(lines)
 
 
@@ -454,7 +562,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--chunk-size", type=int, default=128)
-    ap.add_argument("--scenario", action="append", choices=("chat", "documents", "shared", "fairness", "append", "soak"))
+    ap.add_argument("--scenario", action="append",
+                    choices=("chat", "documents", "shared", "fairness", "append", "soak", "replicas"))
+    ap.add_argument("--replicas", type=int, default=2, help="servers of the replicas scenario")
+    ap.add_argument("--replica-documents", type=int, default=4, help="documents of the replicas scenario's "
+                    "--shared-requests")
+    ap.add_argument("--replica-concurrency", type=int, default=1, help="clients of the replicas scenario (1: one "
+                    "request after another, so each TTFT is its own work)")
     ap.add_argument("--soak-requests", type=int, default=1000)
     ap.add_argument("--soak-concurrency", type=int, default=16)
     ap.add_argument("--append-facts", type=int, default=2000, help="facts of the append scenario's document "
@@ -480,7 +594,8 @@ def main() -> None:
             for p in phases.values():
                 if isinstance(p, dict) and "results" in p:
                     p["per_request"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                                         if k in ("status", "ttft", "latency", "tokens")} for r in p.pop("results")]
+                                         if k in ("status", "ttft", "latency", "tokens", "cache")}
+                                        for r in p.pop("results")]
     print(table(report))
     for name, modes in report["scenarios"].items():
         for mode, phases in modes.items():

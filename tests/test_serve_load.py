@@ -127,3 +127,25 @@ def test_soak_malformed_and_dropped_clients():
     # a dropped request was cancelled, or had already finished (an all-IDK answer needs no decoding)
     assert h["cancelled"] + h["completed"] == kinds["drop"] + kinds["good"], (json.dumps(h), kinds)
     assert server.proc.returncode == 0
+
+
+def test_replicas_share_a_cache_folder():
+    """benchmarks/serve_load.py's replicas scenario, tiny: 2 servers sharing a --cache-dir, 2 documents x 3
+    questions, one request after another. Sticky routing (by the document's hash) answers every request after a
+    document's first from the replica's memory; round robin sends some to the replica that did not encode the
+    document, which finds it in the shared folder instead of encoding it again; each answer is the same either way."""
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serve_load
+
+    args = argparse.Namespace(model=MODEL, shared_requests=6, replica_documents=2, replicas=2, server_arg=[],
+                              chunk_size=128, max_running=8, threads=1, replica_concurrency=1)
+    report = serve_load.replicas(args)
+    sticky, robin = report["sticky"], report["round-robin"]
+    for policy in (sticky, robin):
+        assert [r["cache"] for r in policy["results"][:2]] == ["miss", "miss"], policy["results"]
+        assert policy["hit_rate_after_first"] == 1.0
+    assert sticky["after_first"] == {"hit": 4, "disk": 0, "miss": 0}
+    assert robin["after_first"]["disk"] >= 1 and robin["requests_per_replica"] == [3, 3]
+    assert report["answers"] == {"identical": 6, "of": 6}
