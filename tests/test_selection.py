@@ -382,3 +382,40 @@ def test_without_an_idk_word_a_lookahead_stops_at_its_first_text():
     assert not row.done and row.text == ""  # whitespace alone would not pass: go on
     row.add(seven, -0.2, end)
     assert row.done and row.text == "7" and row.ids == [space, seven]
+
+
+def test_support_on_an_encoded_document_runs_s_only_where_the_choice_can_be(monkeypatch):
+    """On an encoded document S runs alone, tier by tier of support bound: the tiers below the support found never
+    run, and the choice, the answer and every record that ran are those of S on every chunk."""
+    import random
+
+    from oprm.run import ChunkRun
+    from oprm.synthetic.ar import AR_TEMPLATE, make_ar_episode
+
+    engine = OPRM.from_pretrained("oprm-ar-mamba2", dtype="float32", chunk_size=16, idk="Error",
+                                  document_cache_bytes=0)
+    episode = make_ar_episode(random.Random("tiers"), 84)
+    document = engine.encode(episode.context, template=AR_TEMPLATE)
+    questions = [(episode.question, episode.answer_prefix)] + [
+        (f"What is the {attr} of {the}{key}?", f"The {attr} of {the}{key} is ")
+        for key, attr, _ in episode.records[:3] for the in ["" if key[:1].isupper() else "the "]]
+    tiered = ChunkRun.tiers
+    skipped = 0
+    for query, answer_prefix in questions:
+        results = {}
+        for lazy in (False, True):
+            monkeypatch.setattr(ChunkRun, "tiers", tiered if lazy else lambda self, chunks, search: [chunks])
+            results[lazy] = engine.generate(document=document, query=query, template=AR_TEMPLATE,
+                                            answer_prefix=answer_prefix, max_new_tokens=8)
+        lazy, full = results[True], results[False]
+        assert lazy.chosen == full.chosen and lazy.token_ids == full.token_ids
+        assert [c.index for c in lazy.chunks] == [c.index for c in full.chunks]
+        for a, b in zip(lazy.chunks, full.chunks):
+            if a.entropy is None:  # not run: no chunk it could beat
+                assert a.support_bound < max(c.support or 0.0 for c in full.chunks)
+            else:
+                assert (a.is_idk, a.lookahead, a.support) == (b.is_idk, b.lookahead, b.support)
+                assert a.entropy == pytest.approx(b.entropy, abs=1e-5)  # other batch sizes: float rounding
+        skipped += sum(c.entropy is None for c in lazy.chunks)
+        assert lazy.tokens_processed < full.tokens_processed or not lazy.chosen
+    assert skipped > len(questions) * 40  # most of the ~170 chunks never run S

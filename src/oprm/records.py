@@ -18,9 +18,11 @@ class ChunkRecord:
     token_end: int
     char_start: int | None
     char_end: int | None
-    entropy: float  # nats, of the first-answer-token distribution
-    argmax: int
-    max_prob: float
+    # the first answer token's statistics; None where S never ran on the chunk (on an encoded document the support
+    # search skips chunks whose support bound is below the support found: ``not_run``)
+    entropy: float | None  # nats, of the first-answer-token distribution
+    argmax: int | None
+    max_prob: float | None
     is_idk: bool
     top_tokens: list[tuple[int, str | None, float]] = field(default_factory=list)  # (id, text, probability), best first
     query_logprob: float | None = None  # sum of log p(query tokens | P, C_i)
@@ -46,6 +48,12 @@ def query_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over positions of log p(target_t) given logits [B, T, V] that predict targets [T]."""
     logp = F.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, targets.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1).sum(-1)
+
+
+def not_run(chunk, support_bound: float | None) -> ChunkRecord:
+    """The record of a chunk whose prompt never ran: no chunk the choice could take had so low a support bound."""
+    return ChunkRecord(chunk.index, chunk.token_start, chunk.token_end, chunk.char_start, chunk.char_end, None, None,
+                       None, False, support_bound=support_bound)
 
 
 def chunk_records(chunks, first_logits: torch.Tensor, idk_ids: set[int], tokenizer=None, top_k: int = 5,

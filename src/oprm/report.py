@@ -20,7 +20,8 @@ def explain(result, context: str | None = None, opening_words: int = 30) -> str:
     rows = []
     for c in result.chunks:
         top = ", ".join(f"{_tok(t)} {p:.2f}" for _, t, p in c.top_tokens[:3])
-        row = [c.index, f"{c.token_start}-{c.token_end}", f"{c.entropy:.3f}", "yes" if c.is_idk else "", top]
+        entropy = "not run" if c.entropy is None else f"{c.entropy:.3f}"  # support bound below the support found
+        row = [c.index, f"{c.token_start}-{c.token_end}", entropy, "yes" if c.is_idk else "", top]
         if lookahead:
             row += [_tok(c.lookahead) if c.lookahead is not None else "", "" if c.support is None else
                     f"{c.support:.2f}"]
@@ -28,6 +29,8 @@ def explain(result, context: str | None = None, opening_words: int = 30) -> str:
     headers = ["chunk", "tokens", "entropy (nats)", "IDK", "top first tokens"]
     headers += ["look-ahead answer", "support"] if lookahead else []
     extra = f"  extra tokens: {result.extra_tokens}" if result.extra_tokens else ""
+    skipped = sum(c.entropy is None for c in result.chunks)
+    extra += f"  not run: {skipped} (support bound below the support found)" if skipped else ""
     out = [f"mode: {result.mode}  chunks: {len(result.chunks)}  chunk size: {result.chunk_size}  "
            f"chunking: {result.chunking}{extra}  selection: {result.selection}",
            markdown_table(headers + ["score", "chosen"], rows)]

@@ -18,7 +18,7 @@ from .lookahead import LookaheadSearch
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
-from .records import chunk_records, query_logprobs
+from .records import chunk_records, not_run, query_logprobs
 from .selection import SelectionPolicy, require, selection_needs
 
 CHUNKING_OPTIONS = ("chunk_size", "overlap", "chunking")
@@ -102,12 +102,18 @@ class ChunkRun:
 
         records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        # a miss's rows are split ([P, C_i] then S) only while the document still keeps their states
-        for batch in self.batches(mine, num_logits, self.keep.wants if self.keep is not None else False):
-            answers += self.observe(batch, policy, records, idk_ids, query_ids, search)
-            for index, state in (batch.kept or {}).items():
-                self.keep.add(index, state)
-            del batch  # before the next micro-batch runs: one batch of activations and states at a time
+        tiers = self.tiers(mine, search)
+        for n, tier in enumerate(tiers):
+            if n and not policy.may_need(records, search.bounds.get(tier[0].index, 0.0)):
+                break  # S never runs on the chunks left: none can be chosen or move the choice
+            # a miss's rows are split ([P, C_i] then S) only while the document still keeps their states
+            for batch in self.batches(tier, num_logits, self.keep.wants if self.keep is not None else False):
+                answers += self.observe(batch, policy, records, idk_ids, query_ids, search)
+                for index, state in (batch.kept or {}).items():
+                    self.keep.add(index, state)
+                del batch  # before the next micro-batch runs: one batch of activations and states at a time
+            if len(tiers) > 1:
+                search.complete(records)
 
         candidates, fallbacks = policy.keys()
         if parallel:
@@ -127,11 +133,26 @@ class ChunkRun:
         if not winners:  # every chunk said IDK: the answer is the IDK word
             answers = [Answer(None, config.idk, self.tokenizer(config.idk, add_special_tokens=False)["input_ids"])]
         answers.sort(key=lambda a: -1 if a.chunk is None else a.chunk)
+        ran = {r.index for r in records}
+        records = sorted(records + [not_run(c, search.bounds.get(c.index)) for c in mine if c.index not in ran],
+                         key=lambda r: r.index)
         result = make_result("oprm", p, self.prefiller.stats, self.decoder.logits, answers, winners, records,
                              selection=config.selection, idk_fallback_used=fallback_used or not winners,
                              chunk_size=config.chunk_size, chunking=self.chunking,
                              extra_tokens=extra_tokens(self.chunks, len(p.context_ids)))
         return result
+
+    def tiers(self, chunks, search: LookaheadSearch | None) -> list[list]:
+        """The chunks in the order S runs on them: all at once; or, on an encoded document (where S runs alone) with
+        the bounded ``support`` search, in tiers of equal support bound, highest first, so that the tiers below the
+        support found are never run: the choice is the one S on every chunk would give (``SelectionPolicy.pending``),
+        at the price of S on the few chunks that can hold the answer."""
+        if self.document is None or search is None or not search.defer or not search.bounds:
+            return [chunks]
+        tiers: dict[float, list] = {}
+        for c in chunks:
+            tiers.setdefault(search.bounds.get(c.index, 0.0), []).append(c)
+        return [tiers[b] for b in sorted(tiers, reverse=True)]
 
     def holds(self, index: int) -> bool:
         """Whether this process prefills chunk ``index`` (every chunk, or this rank's round-robin share)."""

@@ -362,12 +362,15 @@ class SelectionPolicy:
                 if passed >= self.k:
                     return []
             return unseen
-        supports = sorted(((r.support or 0.0) for r in candidates
+        return [r for r in unseen if self.may_need(candidates, r.support_bound or 0.0)]
+
+    def may_need(self, records: list[ChunkRecord], bound: float) -> bool:
+        """``"bounded"`` search: whether a chunk whose support bound is ``bound`` can still be chosen or be a
+        contender, given the look-aheads in ``records``: until k chunks pass, any can; then only those whose bound
+        reaches s_k, the k-th best support found (which only grows as more chunks are looked at)."""
+        supports = sorted(((r.support or 0.0) for r in records
                            if r.lookahead_ids is not None and self.selector.passes(r, self.idk)), reverse=True)
-        if len(supports) < self.k:
-            return unseen
-        kth = supports[self.k - 1]
-        return [r for r in unseen if (r.support_bound or 0.0) >= kth]
+        return len(supports) < self.k or bound >= supports[self.k - 1]
 
     def ranked(self, records: list[ChunkRecord]) -> list[ChunkRecord]:
         """The look-ahead records that pass, best first: by ``rank``, or (``"first_token"``) in search order."""
