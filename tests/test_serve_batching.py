@@ -154,3 +154,48 @@ def test_batched_decode_equals_generate_on_the_chosen_chunk():
         chunk = ask["context_ids"][8 * j:8 * (j + 1)]
         tokens, _ = reference_generate(model, ask["prefix_ids"] + chunk + ask["suffix_ids"], 6)
         assert result.token_ids == tokens
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mamba2"])
+@torch.no_grad()
+def test_prefills_of_different_requests_share_a_forward(model_type):
+    """Prefill micro-batches of different requests waiting at once share a forward where their rows have one length
+    and start (with or without a start state: P shared), and only then: each gets its own logits and a state that
+    continues as the one it would get alone."""
+    engine = OPRM(tiny_model(model_type), chunk_size=8, idk=None)
+    real = engine.adapter
+    p9, p9b, p5, c6, c6b = prompts(3, lengths=(9, 9, 5, 6, 6))
+    _, state_p = real.prefill(torch.tensor([[1, 5]]))
+    _, state_q = real.prefill(torch.tensor([[1, 7]]))
+    calls = [(torch.tensor([p9, p9b]), None, 0, 1), (torch.tensor([p9b]), None, 0, 1),  # one length: packed
+             (torch.tensor([p5]), None, 0, 2),  # another length: alone
+             (torch.tensor([c6]), real.select(state_p, [0]), 2, 1),  # after a P of two tokens: packed
+             (torch.tensor([c6b, c6]), real.select(state_q, [0, 0]), 2, 1)]
+    alone = [real.prefill(ids, None if s is None else real.select(s, list(range(ids.shape[0]))), start, n)
+             for ids, s, start, n in calls]
+    scheduler = Scheduler(real)
+    results = [None] * len(calls)
+
+    def run(i):
+        scheduler.enter(i)
+        try:
+            results[i] = SchedulingAdapter(real, scheduler).prefill(*calls[i])
+        finally:
+            scheduler.leave()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    while len(scheduler.pending) < len(calls):  # every call waits before the scheduler takes any
+        threading.Event().wait(0.01)
+    scheduler.start()
+    for t in threads:
+        t.join(60)
+    scheduler.stop()
+    assert scheduler.packed == 2
+    for (ids, _, start, _), (logits_a, state_a), (logits_b, state_b) in zip(calls, alone, results):
+        torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+        token = torch.full((ids.shape[0], 1), 4)
+        step_a, _ = real.step(token, state_a, start + ids.shape[1])
+        step_b, _ = real.step(token, state_b, start + ids.shape[1])
+        torch.testing.assert_close(step_b, step_a, rtol=1e-5, atol=1e-5)

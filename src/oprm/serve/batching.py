@@ -1,4 +1,4 @@
-"""Decode steps of several requests in one forward.
+"""Decode steps, and prefill micro-batches, of several requests in one forward.
 
 Each request's engine call decodes its own state one token at a time (``adapter.step``); the scheduler gathers the
 steps that wait at the same moment and runs them as one batch: the states are stacked row-wise, run once, and split
@@ -9,6 +9,10 @@ layers hold keys/values of each request's own length: rows are left-padded to th
 (an attention mask of zeros), positions are given per row, and the padding is cut off again after the step. Other
 state layouts (sliding windows, hybrids mixing both, RWKV/xLSTM runtimes) are not stacked: their steps run one by one,
 still interleaved with the other requests' work.
+
+Prefill micro-batches of different requests (``pack_prefills``) share a forward where their rows have the same length
+and start position and their start states stack as they are (none, or one of the layouts above at the same
+length): the rows are concatenated and split back, with no padding, under the engine's token budget per forward.
 
 Batching changes the shapes of the matrix products, so the logits can differ from a batch-1 step in the last bits
 (the float noise of the prefill's micro-batches too); ``tests/test_serve_batching.py`` shows the answers equal, or the
@@ -146,3 +150,28 @@ class StepBatcher:
             out.append((logits[r:r + b], state))
             r += b
         return out
+
+
+def packable(a: tuple, b: tuple) -> bool:
+    """Whether two prefill calls ``(input_ids, state, start, num_logits)`` can share a forward unpadded: rows of the
+    same length from the same start position, and start states that stack as they are."""
+    (ids_a, state_a, *rest_a), (ids_b, state_b, *rest_b) = a, b
+    if ids_a.shape[1] != ids_b.shape[1] or rest_a != rest_b or (state_a is None) != (state_b is None):
+        return False
+    return state_a is None or (layout(state_a) is not None and layout(state_a) == layout(state_b)
+                               and (layout(state_a) == "recurrent" or _length(state_a) == _length(state_b)))
+
+
+def pack_prefills(adapter, items: list[tuple]) -> list[tuple]:
+    """Prefill calls ``(input_ids, state, start, num_logits)`` (all ``packable`` with the first) as one forward:
+    [(logits, state)] per call, in order, each state its own copy of its rows."""
+    rows = [ids.shape[0] for ids, *_ in items]
+    states = [state for _, state, *_ in items]
+    _, _, start, num_logits = items[0]
+    state = None if states[0] is None else _cat(states, rows)
+    logits, state = adapter.prefill(torch.cat([ids for ids, *_ in items]), state, start, num_logits)
+    out, r = [], 0
+    for b in rows:
+        out.append((logits[r:r + b], adapter.select(state, list(range(r, r + b)))))
+        r += b
+    return out

@@ -11,6 +11,9 @@ the only one that runs the model. Each scheduling round the scheduler
 * then runs one prefill micro-batch (at most ``max_batch_tokens`` tokens): a request's first micro-batch before any
   request's later ones (a short question does not queue behind the rest of a long document), else the oldest
   request's; while requests decode, prefill gets at most half the time (their steps wait for each micro-batch).
+  Other requests' waiting micro-batches that fit the same budget and stack with it unpadded (rows of the same
+  length from the same position: the chunks [P, C_i] of documents under one template, the same P, suffixes of
+  equal length) share its forward (``batching.pack_prefills``).
 
 So the work per round is bounded (one micro-batch + one decode step per running request) and no request waits for
 another to finish. Before a round the scheduler waits a moment (``gather_s``) for the requests that stepped in the
@@ -24,7 +27,7 @@ import time
 
 import torch
 
-from .batching import StepBatcher
+from .batching import StepBatcher, pack_prefills, packable
 
 
 class Op:
@@ -52,6 +55,8 @@ class Scheduler:
         self.arrival: dict = {}  # owner -> its order of arrival
         self.served: dict = {}  # owner -> tokens of prefill run for it
         self.quantum = quantum  # prefill tokens a request gets before it queues behind newer requests
+        self.max_batch_tokens = quantum  # tokens of one prefill forward, packed micro-batches included
+        self.packed = 0  # prefill forwards that served more than one request
         self.prefill_s = self.step_s = 0.0  # time in prefill and in decode steps since nobody decoded
         self.arrivals = 0
         self.stopping = False
@@ -105,12 +110,12 @@ class Scheduler:
             self.cond.notify_all()
         self.thread.join(10)
 
-    def _take(self) -> tuple[list[Op], Op | None]:
+    def _take(self) -> tuple[list[Op], list[Op]]:
         with self.cond:
             while not self.pending and not self.stopping:
                 self.cond.wait()
             if self.stopping and not self.pending:
-                return [], None
+                return [], []
             # a moment for decoding requests between two steps (streaming a piece): their steps join this round's
             # batch; requests in other work (tokenizing, selecting, waiting for a document) are not waited for
             deadline = time.monotonic() + self.gather_s
@@ -128,17 +133,24 @@ class Scheduler:
                 # document's later ones), then the oldest request
                 chosen = min(prefills, key=lambda op: (self.served.get(op.owner, 0) >= self.quantum,
                                                        self.arrival.get(op.owner, 0)))
+            packed = [chosen] if chosen is not None else []
+            tokens = chosen.args[0].numel() if chosen is not None else 0
+            for op in prefills:  # others' micro-batches that stack with it unpadded, within the budget
+                if op is not chosen and packed and packable(chosen.args, op.args) and \
+                        tokens + op.args[0].numel() <= self.max_batch_tokens:
+                    packed.append(op)
+                    tokens += op.args[0].numel()
             if not steps:  # nobody decodes: the time shares start again
                 self.prefill_s = self.step_s = 0.0
-            self.pending = [op for op in self.pending if op.kind != "step" and op is not chosen]
+            self.pending = [op for op in self.pending if op.kind != "step" and op not in packed]
             self.stepping = {op.owner for op in steps}
-            return steps, chosen
+            return steps, packed
 
     def _loop(self) -> None:
         with torch.no_grad():
             while True:
-                steps, prefill = self._take()
-                if not steps and prefill is None:
+                steps, prefills = self._take()
+                if not steps and not prefills:
                     if self.stopping:
                         return
                     continue
@@ -147,12 +159,12 @@ class Scheduler:
                     t = time.perf_counter()
                     self._run_steps(steps)
                     self.step_s += time.perf_counter() - t
-                if prefill is not None:
+                if prefills:
                     t = time.perf_counter()
-                    self._run(prefill)
+                    self._run_prefills(prefills)
                     self.prefill_s += time.perf_counter() - t
-                    owner = prefill.owner
-                    self.served[owner] = self.served.get(owner, 0) + prefill.args[0].numel()
+                    for op in prefills:
+                        self.served[op.owner] = self.served.get(op.owner, 0) + op.args[0].numel()
 
     def _run_steps(self, ops: list[Op]) -> None:
         t = time.perf_counter()
@@ -164,6 +176,23 @@ class Scheduler:
             return
         if self.observe:
             self.observe("step", sum(op.args[0].shape[0] for op in ops), time.perf_counter() - t)
+        for op, result in zip(ops, results):
+            op.result = result
+            op.done.set()
+
+    def _run_prefills(self, ops: list[Op]) -> None:
+        if len(ops) == 1:
+            return self._run(ops[0])
+        t = time.perf_counter()
+        try:
+            results = pack_prefills(self.adapter, [op.args for op in ops])
+        except BaseException:  # one failing request must not fail the others: run them one by one
+            for op in ops:
+                self._run(op)
+            return
+        self.packed += 1
+        if self.observe:
+            self.observe("prefill", sum(op.args[0].shape[0] for op in ops), time.perf_counter() - t)
         for op, result in zip(ops, results):
             op.result = result
             op.done.set()

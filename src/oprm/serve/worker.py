@@ -182,7 +182,11 @@ class EngineWorker:
         if self.max_running > 1:
             from .scheduler import Scheduler, SchedulingAdapter
 
-            self.scheduler = Scheduler(engine.adapter, observe=metrics.observe_forward if metrics else None)
+            from ..engine import default_max_batch_tokens
+
+            budget = engine.config.max_batch_tokens or default_max_batch_tokens(engine.adapter.device)
+            self.scheduler = Scheduler(engine.adapter, observe=metrics.observe_forward if metrics else None,
+                                       quantum=budget)
             engine.adapter = SchedulingAdapter(engine.adapter, self.scheduler)
         self.threads = [threading.Thread(target=self._loop, name=f"oprm-engine-{i}", daemon=True)
                         for i in range(self.max_running)]
