@@ -405,7 +405,8 @@ def phase(server: Server | list[Server], bodies: list[dict], concurrency: int, s
             "output_tok_per_cpu_s": round(tokens / cpu, 2) if cpu else None,
             "ttft_p50": _r(pct([r["ttft"] for r in ok], 0.5)), "ttft_p99": _r(pct([r["ttft"] for r in ok], 0.99)),
             "itl_p50": _r(pct(itl, 0.5)), "itl_p99": _r(pct(itl, 0.99)),
-            "cache_hits": hits, "cache_misses": misses,
+            "cache_hits": hits, "cache_misses": misses, "batched_steps": counted("oprm_batched_steps_total"),
+            "packed_prefills": counted("oprm_packed_prefills_total"),
             "cache_hit_rate": round(hits / (hits + misses), 3) if hits + misses else None,
             "results": results}
 
@@ -457,7 +458,8 @@ def run_scenario(name: str, args) -> dict:
                 if name == "chat":
                     bodies, warm_up = chat_bodies(model, args.requests, args.max_tokens), chat_bodies(model, 1, 4)[0]
                 else:
-                    bodies, warm_up = document_bodies(model, args.requests), document_bodies(model, 1, seed=99)[0]
+                    bodies = document_bodies(model, args.requests, args.document_facts)
+                    warm_up = document_bodies(model, 1, args.document_facts, seed=99)[0]
                 post(server.port, warm_up)
                 seq = phase(server, bodies, 1)
                 conc = phase(server, bodies, args.concurrency)
@@ -573,6 +575,8 @@ def main() -> None:
     ap.add_argument("--soak-concurrency", type=int, default=16)
     ap.add_argument("--append-facts", type=int, default=2000, help="facts of the append scenario's document "
                     "(2000: ~200K characters)")
+    ap.add_argument("--document-facts", type=int, default=200, help="facts of each documents-scenario document (200: "
+                    "~20K characters; small ones leave room to pack several requests' prefills in one forward)")
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--shared-requests", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
