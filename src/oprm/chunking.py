@@ -10,8 +10,8 @@ a chunk edge cut it. Each chunk is an exact token window whose *end* (``snap="en
 (``snap="start"``) sits on a unit boundary; the partial sentence that an equal-length window cannot avoid then sits at
 the other end, and the next window keeps the cut sentence whole. Windows are placed greedily from the start, which
 gives the fewest windows that keep every short unit whole and keeps them when text is appended; the price is a few
-more chunks than ``ceil(N / L)`` (:func:`extra_tokens`). A unit longer than the chunk is split at its line breaks (sentences mode), and a piece still
-longer than the chunk is stepped through in plain token windows.
+more chunks than ``ceil(N / L)`` (:func:`extra_tokens`). A unit longer than the chunk is split at its line breaks
+(sentences mode), and a piece still longer than the chunk is stepped through in plain token windows.
 
 Sentence segmentation (:func:`sentence_spans`) is a documented rule set, chosen over a library segmenter because it
 runs in milliseconds per megabyte (pysbd 0.3.4 takes tens of seconds; see benchmarks/selection_study.md) and
