@@ -419,3 +419,28 @@ def test_support_on_an_encoded_document_runs_s_only_where_the_choice_can_be(monk
         skipped += sum(c.entropy is None for c in lazy.chunks)
         assert lazy.tokens_processed < full.tokens_processed or not lazy.chosen
     assert skipped > len(questions) * 40  # most of the ~170 chunks never run S
+
+
+def test_a_cache_miss_runs_s_tier_by_tier_once_the_document_is_kept():
+    """A cache miss hands every chunk's state after [P, C_i] to the document cache and, while the cache keeps them
+    all, runs S tier by tier on them as a hit does: the choice and the answer are those of S on every chunk (the
+    cache off), the records that ran agree, and far fewer tokens run."""
+    import random
+
+    from oprm.synthetic.ar import make_ar_episode
+
+    cached = OPRM.from_pretrained("oprm-ar-mamba2", dtype="float32", chunk_size=16, idk="Error", max_batch_tokens=512)
+    plain = OPRM(cached.model, cached.tokenizer, chunk_size=16, idk="Error", max_batch_tokens=512,
+                 prompt_format=cached.prompt_format, document_cache_bytes=0)
+    for facts, seed in ((42, 1), (84, 2)):
+        kwargs = dict(make_ar_episode(random.Random(f"miss-{seed}"), facts).prompt_kwargs(), max_new_tokens=8)
+        miss, full = cached.generate(**kwargs), plain.generate(**kwargs)
+        assert miss.document["cache"] == "miss" and miss.document["kept"]
+        assert miss.chosen == full.chosen and miss.token_ids == full.token_ids
+        assert [c.index for c in miss.chunks] == [c.index for c in full.chunks]
+        ran = [(a, b) for a, b in zip(miss.chunks, full.chunks) if a.entropy is not None]
+        assert len(ran) < len(miss.chunks) / 2
+        for a, b in ran:
+            assert (a.is_idk, a.lookahead, a.support) == (b.is_idk, b.lookahead, b.support)
+            assert a.entropy == pytest.approx(b.entropy, abs=1e-5)
+        assert miss.tokens_processed < full.tokens_processed / 2

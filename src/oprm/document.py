@@ -319,6 +319,14 @@ class NewDocument:
                 self.stored = self.cache.store(self.key, self._document(*self.parts), self.max_bytes)
                 self.cache.settle(self.key)
 
+    def holds_all(self) -> bool:
+        """Whether every state handed in so far is kept in memory (the document fits the cache)."""
+        return self.states is not None and bool(self.seen) and len(self.states) == len(self.seen)
+
+    def document(self) -> EncodedDocument:
+        """The document as its states have come so far (``describe`` told what it is)."""
+        return self._document(*self.parts)
+
     def _document(self, meta, prefix_ids, context_ids, chunks, context_text) -> EncodedDocument:
         return EncodedDocument(meta, prefix_ids, context_ids, chunks, context_text, states=self.states or {})
 

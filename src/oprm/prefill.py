@@ -32,7 +32,6 @@ class MicroBatch:
     chunks: list[Chunk]
     logits: torch.Tensor  # [B, num_logits, V] float32: the last positions of each row (the last predicts the answer)
     state: object  # the batched model state after each row
-    kept: dict | None = None  # chunk index -> its batch-1 state after [P, C_i] (``keep_states``), else None
 
 
 class Prefiller:
@@ -88,23 +87,25 @@ class Prefiller:
             yield batch, rows, start_state, len(prefix) if shared else 0
 
     def chunk_prompts(self, prefix: list[int], context: list[int], suffix: list[int], chunks: list[Chunk],
-                      num_logits: int, shared_prefix: bool,
-                      keep_states: bool | Callable[[int], bool] = False) -> Iterator[MicroBatch]:
-        """Micro-batches of the rows [P, C_i, S] in one forward each; with ``keep_states`` (True, or a test of a
-        chunk's index asked as its micro-batch comes), the wanted rows' states after [P, C_i] come back in the
-        batch's ``kept`` and S runs on top in a second forward (what an encoded document holds: the automatic
-        document cache is filled this way while answering). A micro-batch with no row wanted runs as without."""
-        wanted = keep_states if callable(keep_states) else (lambda index: keep_states)
+                      num_logits: int, shared_prefix: bool, keep=None, defer: bool = False) -> Iterator[MicroBatch]:
+        """Micro-batches of the rows [P, C_i, S] in one forward each. With ``keep`` (a ``document.NewDocument``: the
+        document cache filled while answering), the rows whose states it wants are split: their states after
+        [P, C_i] are handed to it, then S runs on top in a second forward; with ``defer``, while it keeps every state
+        so far, S does not run at all (the batch comes back without logits or state: the caller runs S later, only
+        where the choice can need it)."""
         for batch, rows, state, start in self.chunk_rows(prefix, context, chunks, len(suffix), shared_prefix):
-            kept = None
-            keep = [r for r, c in enumerate(batch) if wanted(c.index)]
-            if keep:
+            wanted = [r for r, c in enumerate(batch) if keep is not None and keep.wants(c.index)]
+            if wanted:
                 _, state = self.forward(rows, state, start)
-                kept = {batch[r].index: self.adapter.select(state, [r]) for r in keep}
+                for r in wanted:
+                    keep.add(batch[r].index, self.adapter.select(state, [r]))
+                if defer and len(wanted) == len(batch) and keep.holds_all():
+                    yield MicroBatch(batch, None, None)
+                    continue
                 logits, state = self.forward([suffix] * len(batch), state, start + len(rows[0]), num_logits)
             else:
                 logits, state = self.forward([row + suffix for row in rows], state, start, num_logits)
-            yield MicroBatch(batch, logits, state, kept)
+            yield MicroBatch(batch, logits, state)
             del logits, state  # before the next forward: one micro-batch of activations and states at a time
 
     def chunk_states(self, prefix: list[int], context: list[int], chunks: list[Chunk],

@@ -77,12 +77,13 @@ class ChunkRun:
         return make_chunks(len(prompt.context_ids), config.chunk_size, config.overlap, prompt.context_offsets,
                            chunking=chunking_used(prompt, config), text=prompt.context_text)
 
-    def batches(self, chunks, num_logits: int, keep_states=False):
-        """Micro-batches of every chunk's [P, C_i, S]: from scratch, or S on top of an encoded document."""
+    def batches(self, chunks, num_logits: int, keep=None, defer: bool = False):
+        """Micro-batches of every chunk's [P, C_i, S]: from scratch (handing states to ``keep``: ``chunk_prompts``),
+        or S on top of an encoded document."""
         p = self.prompt
         if self.document is None:
             return self.prefiller.chunk_prompts(p.prefix_ids, p.context_ids, p.suffix_ids, chunks, num_logits,
-                                                self.config.shared_prefix, keep_states=keep_states)
+                                                self.config.shared_prefix, keep, defer)
         missing = sorted({c.index for c in chunks} - set(self.document.held))
         if missing:
             raise OPRMUsageError(f"the encoded document holds no state for chunk {missing[0]} (encoded by another "
@@ -102,18 +103,26 @@ class ChunkRun:
 
         records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        tiers = self.tiers(mine, search)
-        for n, tier in enumerate(tiers):
-            if n and not policy.may_need(records, search.bounds.get(tier[0].index, 0.0)):
-                break  # S never runs on the chunks left: none can be chosen or move the choice
-            # a miss's rows are split ([P, C_i] then S) only while the document still keeps their states
-            for batch in self.batches(tier, num_logits, self.keep.wants if self.keep is not None else False):
+        waiting = list(mine) if self.document is not None else []  # chunks whose S runs tier by tier
+        if self.document is None:
+            # a miss: states after [P, C_i] go to the document cache as they are made, and while it keeps them all,
+            # S waits to run tier by tier on them as on a hit (``tiers``)
+            for batch in self.batches(mine, num_logits, self.keep, defer=self.tiered(search)):
+                if batch.logits is None:
+                    waiting += batch.chunks
+                    continue
                 answers += self.observe(batch, policy, records, idk_ids, query_ids, search)
-                for index, state in (batch.kept or {}).items():
-                    self.keep.add(index, state)
                 del batch  # before the next micro-batch runs: one batch of activations and states at a time
-            if len(tiers) > 1:
-                search.complete(records)
+            if waiting and self.keep.holds_all():  # (else its states were dropped: S runs with [P, C_i] again)
+                self.document = self.keep.document()
+        for tier in self.tiers(waiting, search):
+            if records and self.tiered(search):
+                search.complete(records)  # the look-aheads the choice needs among the chunks run so far
+                if not policy.may_need(records, search.bounds.get(tier[0].index, 0.0)):
+                    break  # S never runs on the chunks left: none can be chosen or move the choice
+            for batch in self.batches(tier, num_logits):
+                answers += self.observe(batch, policy, records, idk_ids, query_ids, search)
+                del batch
 
         candidates, fallbacks = policy.keys()
         if parallel:
@@ -142,13 +151,18 @@ class ChunkRun:
                              extra_tokens=extra_tokens(self.chunks, len(p.context_ids)))
         return result
 
+    def tiered(self, search: LookaheadSearch | None) -> bool:
+        """Whether S runs tier by tier of support bound where it runs alone: the bounded ``support`` search on text,
+        in one process."""
+        return search is not None and search.defer and bool(search.bounds) and self.parallel is None
+
     def tiers(self, chunks, search: LookaheadSearch | None) -> list[list]:
-        """The chunks in the order S runs on them: all at once; or, on an encoded document (where S runs alone) with
-        the bounded ``support`` search, in tiers of equal support bound, highest first, so that the tiers below the
-        support found are never run: the choice is the one S on every chunk would give (``SelectionPolicy.pending``),
-        at the price of S on the few chunks that can hold the answer."""
-        if self.document is None or search is None or not search.defer or not search.bounds:
-            return [chunks]
+        """The chunks in the order S runs on them, on an encoded document (where S runs alone): all at once; or, with
+        ``tiered``, in tiers of equal support bound, highest first, so that the tiers below the support found are
+        never run: the choice is the one S on every chunk would give (``SelectionPolicy.pending``), at the price of S
+        on the few chunks that can hold the answer."""
+        if not chunks or not self.tiered(search):
+            return [chunks] if chunks else []
         tiers: dict[float, list] = {}
         for c in chunks:
             tiers.setdefault(search.bounds.get(c.index, 0.0), []).append(c)
