@@ -444,3 +444,29 @@ def test_a_cache_miss_runs_s_tier_by_tier_once_the_document_is_kept():
             assert (a.is_idk, a.lookahead, a.support) == (b.is_idk, b.lookahead, b.support)
             assert a.entropy == pytest.approx(b.entropy, abs=1e-5)
         assert miss.tokens_processed < full.tokens_processed / 2
+
+
+def test_a_miss_whose_states_stop_fitting_runs_the_waiting_chunks_again(monkeypatch):
+    """The cache drops a document's states midway (they turned out larger than foretold) after S was deferred on
+    some chunks: those chunks run [P, C_i, S] again, and the answer is still S on every chunk's."""
+    import random
+
+    from oprm.document import NewDocument
+    from oprm.synthetic.ar import make_ar_episode
+
+    cached = OPRM.from_pretrained("oprm-ar-mamba2", dtype="float32", chunk_size=16, idk="Error", max_batch_tokens=512)
+    plain = OPRM(cached.model, cached.tokenizer, chunk_size=16, idk="Error", max_batch_tokens=512,
+                 prompt_format=cached.prompt_format, document_cache_bytes=0)
+    add, calls = NewDocument.add, []
+
+    def add_then_drop(self, index, state):
+        add(self, index, state)
+        calls.append(index)
+        if len(calls) == 20:  # the third micro-batch: two have deferred their S by now
+            self.states = None
+
+    monkeypatch.setattr(NewDocument, "add", add_then_drop)
+    kwargs = dict(make_ar_episode(random.Random("drop"), 84).prompt_kwargs(), max_new_tokens=8)
+    miss, full = cached.generate(**kwargs), plain.generate(**kwargs)
+    assert len(calls) > 20 and not miss.document["kept"]
+    assert miss.chosen == full.chosen and miss.token_ids == full.token_ids

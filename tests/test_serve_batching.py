@@ -186,8 +186,11 @@ def test_prefills_of_different_requests_share_a_forward(model_type):
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
-    while len(scheduler.pending) < len(calls):  # every call waits before the scheduler takes any
+    for _ in range(6000):  # every call waits before the scheduler takes any (a dead thread fails, not hangs)
+        if len(scheduler.pending) == len(calls):
+            break
         threading.Event().wait(0.01)
+    assert len(scheduler.pending) == len(calls)
     scheduler.start()
     for t in threads:
         t.join(60)

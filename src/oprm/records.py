@@ -23,7 +23,7 @@ class ChunkRecord:
     entropy: float | None  # nats, of the first-answer-token distribution
     argmax: int | None
     max_prob: float | None
-    is_idk: bool
+    is_idk: bool | None
     top_tokens: list[tuple[int, str | None, float]] = field(default_factory=list)  # (id, text, probability), best first
     query_logprob: float | None = None  # sum of log p(query tokens | P, C_i)
     score: float | None = None  # the selection criterion's value (higher is better)
@@ -53,7 +53,7 @@ def query_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def not_run(chunk, support_bound: float | None) -> ChunkRecord:
     """The record of a chunk whose prompt never ran: no chunk the choice could take had so low a support bound."""
     return ChunkRecord(chunk.index, chunk.token_start, chunk.token_end, chunk.char_start, chunk.char_end, None, None,
-                       None, False, support_bound=support_bound)
+                       None, None, support_bound=support_bound)
 
 
 def chunk_records(chunks, first_logits: torch.Tensor, idk_ids: set[int], tokenizer=None, top_k: int = 5,

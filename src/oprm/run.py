@@ -118,7 +118,8 @@ class ChunkRun:
         for tier in self.tiers(waiting, search):
             if records and self.tiered(search):
                 search.complete(records)  # the look-aheads the choice needs among the chunks run so far
-                if not policy.may_need(records, search.bounds.get(tier[0].index, 0.0)):
+                kth = policy.kth_support(records)
+                if kth is not None and search.bounds.get(tier[0].index, 0.0) < kth:
                     break  # S never runs on the chunks left: none can be chosen or move the choice
             for batch in self.batches(tier, num_logits):
                 answers += self.observe(batch, policy, records, idk_ids, query_ids, search)

@@ -362,15 +362,16 @@ class SelectionPolicy:
                 if passed >= self.k:
                     return []
             return unseen
-        return [r for r in unseen if self.may_need(candidates, r.support_bound or 0.0)]
+        kth = self.kth_support(candidates)
+        return [r for r in unseen if kth is None or (r.support_bound or 0.0) >= kth]
 
-    def may_need(self, records: list[ChunkRecord], bound: float) -> bool:
-        """``"bounded"`` search: whether a chunk whose support bound is ``bound`` can still be chosen or be a
-        contender, given the look-aheads in ``records``: until k chunks pass, any can; then only those whose bound
-        reaches s_k, the k-th best support found (which only grows as more chunks are looked at)."""
+    def kth_support(self, records: list[ChunkRecord]) -> float | None:
+        """``"bounded"`` search: s_k, the k-th best support among the look-aheads in ``records`` that pass (None
+        until k pass). A chunk whose support bound is below it can neither be chosen nor be a contender, and it only
+        grows as more chunks are looked at."""
         supports = sorted(((r.support or 0.0) for r in records
                            if r.lookahead_ids is not None and self.selector.passes(r, self.idk)), reverse=True)
-        return len(supports) < self.k or bound >= supports[self.k - 1]
+        return supports[self.k - 1] if len(supports) >= self.k else None
 
     def ranked(self, records: list[ChunkRecord]) -> list[ChunkRecord]:
         """The look-ahead records that pass, best first: by ``rank``, or (``"first_token"``) in search order."""

@@ -137,7 +137,7 @@ def run_sample(engine: EvalEngine, task: Task, sample: dict, cfg: RunConfig, bud
         "chunk_size": None if cfg.mode == "vanilla" else cfg.chunk_size or engine.config.chunk_size,
         "selection": res.selection or kw.get("selection"), "idk": idk_prompt, "max_new_tokens": budget,
         "chosen": list(res.chosen), "num_chunks": len(res.chunks),
-        "entropies": [_finite(float(c.entropy)) for c in res.chunks if c.entropy is not None],
+        "entropies": [None if c.entropy is None else _finite(float(c.entropy)) for c in res.chunks],
         "idk_chunks": [int(c.index) for c in res.chunks if c.is_idk],
         "idk_fallback": bool(res.idk_fallback_used),
     })

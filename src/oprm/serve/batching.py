@@ -159,7 +159,14 @@ def packable(a: tuple, b: tuple) -> bool:
     if ids_a.shape[1] != ids_b.shape[1] or rest_a != rest_b or (state_a is None) != (state_b is None):
         return False
     return state_a is None or (layout(state_a) is not None and layout(state_a) == layout(state_b)
-                               and (layout(state_a) == "recurrent" or _length(state_a) == _length(state_b)))
+                               and _length(state_a) == _length(state_b))
+
+
+def prefill_size(call: tuple) -> int:
+    """What a prefill call weighs against the token budget, as the engine sizes its micro-batches: each row's tokens
+    and the positions its start state holds (S on an encoded document: few tokens, a whole state per row)."""
+    ids, state, start, _ = call
+    return ids.shape[0] * (ids.shape[1] + (start if state is not None else 0))
 
 
 def pack_prefills(adapter, items: list[tuple]) -> list[tuple]:

@@ -34,7 +34,7 @@ def usage(result) -> dict:
 def oprm_details(result, plan: Plan) -> dict:
     """The OPRM view of an answer: chosen chunk spans, per-chunk entropy and IDK flag, counts and timings."""
     chunks = [{"index": c.index, "token_start": c.token_start, "token_end": c.token_end, "char_start": c.char_start,
-               "char_end": c.char_end, "entropy": _finite(c.entropy), "is_idk": bool(c.is_idk),
+               "char_end": c.char_end, "entropy": _finite(c.entropy), "is_idk": None if c.is_idk is None else bool(c.is_idk),
                "score": _finite(c.score), "top_tokens": [[t, s, _finite(p)] for t, s, p in c.top_tokens]}
               for c in result.chunks]
     details = {"mode": result.mode, "document_from": plan.document_from, "chosen": list(result.chosen),

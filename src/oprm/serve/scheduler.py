@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from .batching import StepBatcher, pack_prefills, packable
+from .batching import StepBatcher, pack_prefills, packable, prefill_size
 
 
 class Op:
@@ -42,7 +42,8 @@ class Op:
 
 
 class Scheduler:
-    def __init__(self, adapter, gather_s: float = 0.005, observe=None, quantum: int = 8192):
+    def __init__(self, adapter, gather_s: float = 0.005, observe=None, quantum: int = 8192,
+                 max_batch_tokens: int | None = None):
         self.adapter = adapter
         self.batcher = StepBatcher(adapter)
         self.gather_s = gather_s
@@ -55,7 +56,7 @@ class Scheduler:
         self.arrival: dict = {}  # owner -> its order of arrival
         self.served: dict = {}  # owner -> tokens of prefill run for it
         self.quantum = quantum  # prefill tokens a request gets before it queues behind newer requests
-        self.max_batch_tokens = quantum  # tokens of one prefill forward, packed micro-batches included
+        self.max_batch_tokens = max_batch_tokens or quantum  # one prefill forward, packed micro-batches included
         self.packed = 0  # prefill forwards that served more than one request
         self.prefill_s = self.step_s = 0.0  # time in prefill and in decode steps since nobody decoded
         self.arrivals = 0
@@ -134,12 +135,14 @@ class Scheduler:
                 chosen = min(prefills, key=lambda op: (self.served.get(op.owner, 0) >= self.quantum,
                                                        self.arrival.get(op.owner, 0)))
             packed = [chosen] if chosen is not None else []
-            tokens = chosen.args[0].numel() if chosen is not None else 0
+            size = prefill_size(chosen.args) if chosen is not None else 0
             for op in prefills:  # others' micro-batches that stack with it unpadded, within the budget
                 if op is not chosen and packed and packable(chosen.args, op.args) and \
-                        tokens + op.args[0].numel() <= self.max_batch_tokens:
+                        size + prefill_size(op.args) <= self.max_batch_tokens:
                     packed.append(op)
-                    tokens += op.args[0].numel()
+                    size += prefill_size(op.args)
+            for op in packed:  # counted as taken, under the lock (its thread may leave as soon as it is done)
+                self.served[op.owner] = self.served.get(op.owner, 0) + op.args[0].numel()
             if not steps:  # nobody decodes: the time shares start again
                 self.prefill_s = self.step_s = 0.0
             self.pending = [op for op in self.pending if op.kind != "step" and op not in packed]
@@ -163,8 +166,6 @@ class Scheduler:
                     t = time.perf_counter()
                     self._run_prefills(prefills)
                     self.prefill_s += time.perf_counter() - t
-                    for op in prefills:
-                        self.served[op.owner] = self.served.get(op.owner, 0) + op.args[0].numel()
 
     def _run_steps(self, ops: list[Op]) -> None:
         t = time.perf_counter()

@@ -186,7 +186,7 @@ class EngineWorker:
 
             budget = engine.config.max_batch_tokens or default_max_batch_tokens(engine.adapter.device)
             self.scheduler = Scheduler(engine.adapter, observe=metrics.observe_forward if metrics else None,
-                                       quantum=budget)
+                                       max_batch_tokens=budget)
             engine.adapter = SchedulingAdapter(engine.adapter, self.scheduler)
         self.threads = [threading.Thread(target=self._loop, name=f"oprm-engine-{i}", daemon=True)
                         for i in range(self.max_running)]
