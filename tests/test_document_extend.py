@@ -85,3 +85,39 @@ def test_a_request_waits_for_the_document_another_is_encoding():
     assert cache.misses == 2 and not cache.inflight
     # the same thread asking again (its earlier encoding ended without settling) does not wait for itself
     assert cache.get("j", None, wait=30) == (None, "miss") and cache.get("j", None, wait=30) == (None, "miss")
+
+
+def test_replicas_on_one_cache_folder_encode_a_document_once(tmp_path):
+    """Two engines on one --cache-dir stand for two replicas (two caches, two locks): while one encodes a document,
+    the other's request for it waits for its file and reads it instead of encoding it too; the answers agree."""
+    model = tiny_model("mamba2")
+    engines = [OPRM(model, chunk_size=8, idk=None, cache_dir=str(tmp_path)) for _ in range(2)]
+    kwargs = dict(prefix_ids=[1, 5], context_ids=list(range(3, 60)), suffix_ids=[4, 7], max_new_tokens=3)
+    results = [None, None]
+    slow, encode = engines[0].adapter, engines[0].adapter.prefill
+
+    def slow_prefill(*args, **kw):  # the first replica's encoding takes a while
+        threading.Event().wait(0.05)
+        return encode(*args, **kw)
+
+    slow.prefill = slow_prefill
+    first = threading.Thread(target=lambda: results.__setitem__(0, engines[0].generate(**kwargs)))
+    first.start()
+    for _ in range(2000):  # until the first replica holds the document's claim
+        if engines[0].documents.claims:
+            break
+        threading.Event().wait(0.005)
+    results[1] = engines[1].generate(**kwargs)
+    first.join(60)
+    assert results[0].document["cache"] == "miss" and results[1].document["cache"] == "disk"
+    assert results[1].token_ids == results[0].token_ids and results[1].chosen == results[0].chosen
+    assert not engines[0].documents.claims and not engines[1].documents.claims
+
+
+def test_a_replica_that_gives_up_waiting_encodes_the_document_itself(tmp_path):
+    a, b = DocumentCache(), DocumentCache()
+    assert a.get("k", str(tmp_path)) == (None, "miss") and "k" in a.claims
+    assert b.get("k", str(tmp_path), wait=0.2) == (None, "miss")  # a is slow and wrote nothing: b encodes it too
+    a.settle("k")
+    b.settle("k")
+    assert not a.claims and not b.claims

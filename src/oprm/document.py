@@ -2,8 +2,8 @@
 
 In OPRM the question sits in the suffix S, after the chunk, so the state of a recurrent model after [P, C_i] does not
 depend on the question. ``OPRM.encode`` keeps that state for every chunk; ``OPRM.generate(document=doc, query=...)``
-then runs only S on top of each state (b·|S| tokens instead of N), selects and decodes as usual. Attention layers
-keep their keys/values of [P, C_i] as the state.
+then runs only S on top of each state (b·|S| tokens at most instead of N), selects and decodes as usual (attention
+layers: their keys/values of [P, C_i] are the state).
 
     doc = engine.encode(long_text)            # or engine.encode(context_ids=..., prefix_ids=...)
     doc.save("report.oprm")                   # safetensors: the state tensors + a JSON header
@@ -29,7 +29,7 @@ import torch
 
 from .adapters.base import state_leaves, state_from_leaves
 from .chunking import Chunk
-from .document_file import DocumentWriter, read_header, read_state_tensor
+from .document_file import DocumentWriter, FolderClaim, read_header, read_state_tensor
 from .errors import OPRMUsageError
 
 
@@ -177,7 +177,7 @@ def document_key(fingerprint: dict, chunking: dict, prefix_ids: list[int], conte
     return h.hexdigest()[:32]
 
 
-INFLIGHT_WAIT_S = 600.0  # longest wait for a document another request is encoding
+INFLIGHT_WAIT_S = 600.0  # longest wait for a document another request (or replica) is encoding
 
 
 class DocumentCache:
@@ -192,12 +192,13 @@ class DocumentCache:
         self.extensions = 0  # misses served by extending a cached document (only its new chunks encoded)
         self.lock = threading.RLock()
         self.inflight: dict[str, tuple] = {}  # key being encoded after a miss -> (event set when done, thread)
+        self.claims: dict[str, FolderClaim] = {}  # key being encoded into the cache folder -> its lock
 
     def get(self, key: str, folder: str | None, wait: float = INFLIGHT_WAIT_S) -> tuple[EncodedDocument | None, str]:
-        """(document, "hit" | "disk") or (None, "miss"). A miss marks the key as being encoded: a request for the same
-        document meanwhile (another client, at once) waits for it (at most ``wait`` seconds) instead of encoding it
-        too; ``settle(key)`` (``NewDocument.finish``/``abort``) ends the wait."""
-        me = threading.current_thread()
+        """(document, "hit" | "disk") or (None, "miss"). A miss marks the key as being encoded: a request for it
+        meanwhile, here or in a replica on the same ``folder`` (``FolderClaim``), waits for it (at most ``wait`` s)
+        instead of encoding it too, until ``settle(key)`` (``NewDocument.finish``/``abort``)."""
+        me, claim = threading.current_thread(), None
         with self.lock:
             event, owner = self.inflight.get(key, (None, None))
         if event is not None and owner is not me and owner.is_alive():
@@ -206,12 +207,22 @@ class DocumentCache:
             document, status = self._get(key, folder)
             if document is None:  # this caller encodes it (an earlier attempt of its own ended without settling)
                 self.inflight[key] = self.inflight.get(key, (threading.Event(), me))[:1] + (me,)
-            return document, status
+                if folder and key not in self.claims:
+                    claim = self.claims[key] = FolderClaim(folder, key)
+        if claim is not None and not claim.take(wait) and os.path.isfile(os.path.join(folder, key + ".oprm")):
+            self.settle(key)  # a replica encoded it meanwhile
+            with self.lock:
+                self.misses -= 1
+                return self._get(key, folder)
+        return document, status
 
     def settle(self, key: str) -> None:
         """The document of ``key`` is encoded (kept or not), or its encoding failed: whoever waits for it goes on."""
         with self.lock:
             event, _ = self.inflight.pop(key, (None, None))
+            claim = self.claims.pop(key, None)
+        if claim is not None:
+            claim.release()
         if event is not None:
             event.set()
 
@@ -308,11 +319,8 @@ class NewDocument:
             self.states[index], self.nbytes = state, self.nbytes + size
             self.untrimmed += size
             if self.untrimmed >= TRIM_EVERY_BYTES:
-                # kept states are small tensors made between a micro-batch's large activations: once those are
-                # freed, their room is holes between kept states, too small for the next micro-batch, so resident
-                # memory grew by ~40 % of the states kept (a 400 KB document: 1,255 MiB of states, +520 MiB, peak
-                # 2,575 MiB) until the trim at the end of the request. Handing the holes back as they form: peak
-                # 2,190 MiB, at ~25 ms of CPU per trim (~1 % of the prefill that made those 64 MiB)
+                # kept states sit between a micro-batch's freed activations, whose holes grew resident memory by
+                # ~40 % of the states kept (docs/documents.md); handing them back as they form costs ~1 % of CPU
                 release_freed_memory()
                 self.untrimmed = 0
             if self.parts is not None and len(self.states) == self.num_states and self.writer is None:

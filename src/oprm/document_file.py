@@ -10,11 +10,14 @@ whole document (the automatic cache spills a new document to its folder this way
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import struct
+import time
 import uuid
 from pathlib import Path
 
@@ -60,6 +63,38 @@ def writable_path(path: str | os.PathLike) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise OPRMUsageError(f"cannot write the document {path}: {parent} is not a writable folder")
     return path
+
+
+class FolderClaim:
+    """The right to encode one document into a cache folder shared by several processes (replicas on one
+    ``--cache-dir``): an exclusive lock on ``<key>.lock`` (flock: dropped when the holder closes it or dies). A process
+    that cannot take it waits for the holder's document file instead of encoding the same document too."""
+
+    def __init__(self, folder: str, key: str):
+        self.path = os.path.join(folder, key + ".lock")
+        self.fd, self.held = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644), False
+
+    def take(self, wait: float) -> bool:
+        """Hold the lock: at once (True), or after waiting for its holder (False), at most ``wait`` seconds."""
+        deadline, waited = time.monotonic() + wait, False
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.held = True
+                return not waited
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False  # the holder is slow: encode it here too rather than wait on
+                waited = True
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        """Drop the lock and its file (a process that opened the file just before still gets this lock, and one that
+        comes after makes a new file: at worst a document is encoded twice, never wrongly)."""
+        if self.held:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self.fd)
 
 
 class DocumentWriter:

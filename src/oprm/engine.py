@@ -190,21 +190,23 @@ class OPRM:
                 info.update(extended)
         if document is not None and not document.held:
             document = None  # the architecture cannot continue a state exactly: recomputed from the tokens
-        run = ChunkRun(prompt, config, self.adapter, self.tokenizer, prefiller, decoder, idk_ids=self.idk_ids,
-                       model_eos=eos_ids(getattr(self.model, "generation_config", None)),
-                       parallel=self.chunk_parallel, document=document, state_template=self.state_template)
         keep = None
-        if key is not None and document is None:  # a cache miss: the new document's states, within the budget
-            mine = self.chunk_parallel.share(run.chunks) if self.chunk_parallel else run.chunks
-            keep = run.keep = NewDocument(self.documents, key, config.document_cache_bytes, cache_folder(config),
-                                          len(mine))
-            keep.describe(self.document_meta(config, run.chunking), prompt.prefix_ids, prompt.context_ids, run.chunks,
-                          prompt.context_text)  # kept (and waiting requests go on) once its states are made
         try:
+            run = ChunkRun(prompt, config, self.adapter, self.tokenizer, prefiller, decoder, idk_ids=self.idk_ids,
+                           model_eos=eos_ids(getattr(self.model, "generation_config", None)),
+                           parallel=self.chunk_parallel, document=document, state_template=self.state_template)
+            if key is not None and document is None:  # a cache miss: the new document's states, within the budget
+                mine = self.chunk_parallel.share(run.chunks) if self.chunk_parallel else run.chunks
+                keep = run.keep = NewDocument(self.documents, key, config.document_cache_bytes, cache_folder(config),
+                                              len(mine))
+                keep.describe(self.document_meta(config, run.chunking), prompt.prefix_ids, prompt.context_ids,
+                              run.chunks, prompt.context_text)  # kept (and waiting requests go on) once made
             result = run.run(gold_chunk, gold_text)
         except BaseException:
             if keep is not None:
                 keep.abort()
+            elif key is not None and document is None:  # who waits for this document (here or a replica) goes on
+                self.documents.settle(key)
             raise
         if keep is not None:
             info["kept"] = keep.finish(self.document_meta(config, run.chunking), prompt.prefix_ids,
