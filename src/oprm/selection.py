@@ -366,9 +366,8 @@ class SelectionPolicy:
         return [r for r in unseen if kth is None or (r.support_bound or 0.0) >= kth]
 
     def kth_support(self, records: list[ChunkRecord]) -> float | None:
-        """``"bounded"`` search: s_k, the k-th best support among the look-aheads in ``records`` that pass (None
-        until k pass). A chunk whose support bound is below it can neither be chosen nor be a contender, and it only
-        grows as more chunks are looked at."""
+        """``"bounded"`` search: s_k, the k-th best support of the passing look-aheads in ``records`` (None until k
+        pass). A chunk whose bound is below it can neither be chosen nor be a contender; it only grows."""
         supports = sorted(((r.support or 0.0) for r in records
                            if r.lookahead_ids is not None and self.selector.passes(r, self.idk)), reverse=True)
         return supports[self.k - 1] if len(supports) >= self.k else None
