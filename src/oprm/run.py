@@ -153,9 +153,9 @@ class ChunkRun:
         return result
 
     def tiered(self, search: LookaheadSearch | None) -> bool:
-        """Whether S runs tier by tier of support bound where it runs alone: the bounded ``support`` search on text,
-        in one process."""
-        return search is not None and search.defer and bool(search.bounds) and self.parallel is None
+        """Whether S runs tier by tier of support bound where it runs alone: the bounded ``support`` search on text
+        (``search.defer`` already rules out chunk parallelism)."""
+        return search is not None and search.defer and bool(search.bounds)
 
     def tiers(self, chunks, search: LookaheadSearch | None) -> list[list]:
         """The chunks in the order S runs on them, on an encoded document (where S runs alone): all at once; or, with
