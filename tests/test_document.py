@@ -113,12 +113,13 @@ def test_automatic_cache_skips_the_prefill(chat_engine):
 
 
 def test_cache_folder_is_shared_between_engines(chat_engine, tmp_path):
+    folder = tmp_path / "fresh" / "cache"  # made by the first document
     other = OPRM(chat_engine.model, chat_engine.tokenizer, chunk_size=16)
-    kwargs = dict(context=TEXT, query="What is the code?", max_new_tokens=4, cache_dir=str(tmp_path))
+    kwargs = dict(context=TEXT, query="What is the code?", max_new_tokens=4, cache_dir=str(folder))
     first = OPRM(chat_engine.model, chat_engine.tokenizer, chunk_size=16).generate(**kwargs)
     second = other.generate(**kwargs)
     assert first.document["cache"] == "miss" and second.document["cache"] == "disk"
-    assert first.token_ids == second.token_ids and len(list(tmp_path.glob("*.oprm"))) == 1
+    assert first.token_ids == second.token_ids and len(list(folder.glob("*.oprm"))) == 1
 
 
 def test_text_document_and_its_errors(chat_engine, tmp_path):

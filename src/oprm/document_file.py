@@ -72,6 +72,7 @@ class FolderClaim:
 
     def __init__(self, folder: str, key: str):
         self.path = os.path.join(folder, key + ".lock")
+        os.makedirs(folder, exist_ok=True)  # a fresh --cache-dir is made by its first document, as its writer would
         self.fd, self.held = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644), False
 
     def take(self, wait: float) -> bool:
