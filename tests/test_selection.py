@@ -373,6 +373,63 @@ def test_states_that_do_not_fit_are_run_again_on_an_encoded_document(monkeypatch
     assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5
 
 
+def test_kept_states_reuse_their_slots_and_choose_like_the_full_search(monkeypatch):
+    """Two states kept and one row per micro-batch: the look-ahead's kept states go through the slab's two slots
+    again and again (evicted ones looked at as they go), and the choice and answer are those of a look-ahead on every
+    chunk, and of model.generate."""
+    from tiny_models import reference_generate, tiny_model
+
+    from oprm import lookahead
+    from oprm.selection import SelectionPolicy
+
+    model = tiny_model("mamba2", vocab_size=V)
+    text = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
+            "The silver otter keeps 7731 in a box near the old harbour. ") * 4
+    query = "What is the code of the amber falcon?"
+    engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=0, idk=None,
+                  max_batch_tokens=40)
+    puts, put = [], lookahead.StateSlab.put
+    monkeypatch.setattr(lookahead.StateSlab, "put", lambda self, s: puts.append(len(self.free)) or put(self, s))
+    monkeypatch.setattr(lookahead, "LOOKAHEAD_STATE_BYTES", 1)
+    monkeypatch.setattr(SelectionPolicy, "LOOKAHEAD_KEPT", 2)
+    results = {}
+    for prune in (False, True):
+        monkeypatch.setattr(lookahead, "PRUNE", prune)
+        results[prune] = engine.generate(context=text, query=query, max_new_tokens=5, output_logits=True)
+    pruned, full = results[True], results[False]
+    assert len(pruned.chunks) > 4 and len(puts) > 3 and min(puts) >= 1  # 3 slots: never full, each reused
+    assert pruned.chosen == full.chosen and pruned.token_ids == full.token_ids
+    prompt = engine.build_prompt(text, query)
+    c = pruned.chunks[pruned.chosen[0]]
+    tokens, logits = reference_generate(model, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
+                                        + prompt.suffix_ids, 5)
+    assert pruned.token_ids == tokens
+    assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5
+
+
+def test_state_slab_copies_into_reused_slots():
+    from oprm.lookahead import StateSlab
+
+    template = ({"h": torch.zeros(1, 3), "n": 7}, torch.zeros(5))
+    slab = StateSlab(template, 2)
+    a = ({"h": torch.ones(1, 3), "n": 7}, torch.arange(5.0))
+    kept_a = slab.put(a)
+    assert torch.equal(kept_a[0]["h"], a[0]["h"]) and kept_a[0]["n"] == 7 and torch.equal(kept_a[1], a[1])
+    a[0]["h"].add_(1)  # shares no storage with what it copied
+    assert torch.equal(kept_a[0]["h"], torch.ones(1, 3))
+    kept_b = slab.put(({"h": torch.full((1, 3), 2.0), "n": 7}, torch.zeros(5)))
+    assert not slab.free and kept_b[0]["h"].data_ptr() != kept_a[0]["h"].data_ptr()
+    full = slab.put(({"h": torch.full((1, 3), 3.0), "n": 7}, torch.zeros(5)))  # no slot left: a plain copy
+    odd = slab.put(({"h": torch.zeros(2, 3), "n": 7}, torch.zeros(5)))  # another shape: a plain copy
+    assert torch.equal(full[0]["h"], torch.full((1, 3), 3.0)) and odd[0]["h"].shape == (2, 3)
+    slab.release(full)  # not in a slot: nothing to free
+    assert not slab.free
+    slab.release(kept_a)
+    kept_c = slab.put(({"h": torch.full((1, 3), 4.0), "n": 7}, torch.zeros(5)))
+    assert kept_c[0]["h"].data_ptr() == kept_a[0]["h"].data_ptr() and torch.equal(kept_c[0]["h"],
+                                                                                   torch.full((1, 3), 4.0))
+
+
 def test_without_an_idk_word_a_lookahead_stops_at_its_first_text():
     from oprm.lookahead import AnswerEnd, Row
 
