@@ -337,21 +337,35 @@ def test_pruned_support_on_the_shipped_model_chooses_what_the_full_search_does(m
     assert looked[True] < looked[False]
 
 
+FALCON_TEXT = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
+               "The silver otter keeps 7731 in a box near the old harbour. ") * 4
+FALCON_QUERY = "What is the code of the amber falcon?"
+
+
+def assert_answer_is_generate(engine, result, text, query, new=5):
+    """``result``'s answer (5 tokens, with logits) equals model.generate on [P, C_j, S] of its chosen chunk alone."""
+    from tiny_models import reference_generate
+
+    prompt = engine.build_prompt(text, query)
+    c = result.chunks[result.chosen[0]]
+    tokens, logits = reference_generate(engine.model, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
+                                        + prompt.suffix_ids, new)
+    assert result.token_ids == tokens
+    assert max(float((a - b).abs().max()) for a, b in zip(result.logits, logits)) < 1e-5
+
+
 def test_states_that_do_not_fit_are_run_again_on_an_encoded_document(monkeypatch):
     """One state kept: on an encoded document the other chunks' S runs again when the search reaches them; the
     choice and answer are those of a look-ahead on every chunk, and the answer equals model.generate."""
-    from tiny_models import reference_generate, tiny_model
+    from tiny_models import tiny_model
 
     from oprm import lookahead
     from oprm.run import ChunkRun
     from oprm.selection import SelectionPolicy
 
     model = tiny_model("mamba2", vocab_size=V)
-    text = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
-            "The silver otter keeps 7731 in a box near the old harbour. ") * 4
-    query = "What is the code of the amber falcon?"
     engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=0, idk=None)
-    document = engine.encode(text)
+    document = engine.encode(FALCON_TEXT)
     again, prefill_again = [], ChunkRun.prefill_again
     monkeypatch.setattr(ChunkRun, "prefill_again", lambda self, indices: again.append(indices) or
                         prefill_again(self, indices))
@@ -361,31 +375,23 @@ def test_states_that_do_not_fit_are_run_again_on_an_encoded_document(monkeypatch
         monkeypatch.setattr(lookahead, "PRUNE", prune)
         monkeypatch.setattr(lookahead, "LOOKAHEAD_STATE_BYTES", 1)
         monkeypatch.setattr(SelectionPolicy, "LOOKAHEAD_KEPT", 1)
-        results[prune] = engine.generate(document=document, query=query, max_new_tokens=5, output_logits=True)
+        results[prune] = engine.generate(document=document, query=FALCON_QUERY, max_new_tokens=5, output_logits=True)
     pruned, full = results[True], results[False]
     assert len(pruned.chunks) > 4 and pruned.chunking == "sentences" and sum(map(len, again)) > 2
     assert pruned.chosen == full.chosen and pruned.token_ids == full.token_ids
-    prompt = engine.build_prompt(text, query)
-    c = pruned.chunks[pruned.chosen[0]]
-    tokens, logits = reference_generate(model, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
-                                        + prompt.suffix_ids, 5)
-    assert pruned.token_ids == tokens
-    assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5
+    assert_answer_is_generate(engine, pruned, FALCON_TEXT, FALCON_QUERY)
 
 
 def test_kept_states_reuse_their_slots_and_choose_like_the_full_search(monkeypatch):
     """Two states kept and one row per micro-batch: the look-ahead's kept states go through the slab's two slots
     again and again (evicted ones looked at as they go), and the choice and answer are those of a look-ahead on every
     chunk, and of model.generate."""
-    from tiny_models import reference_generate, tiny_model
+    from tiny_models import tiny_model
 
     from oprm import lookahead
     from oprm.selection import SelectionPolicy
 
     model = tiny_model("mamba2", vocab_size=V)
-    text = ("The code of the amber falcon is 4821. The weather was calm and the river ran slowly. "
-            "The silver otter keeps 7731 in a box near the old harbour. ") * 4
-    query = "What is the code of the amber falcon?"
     engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=0, idk=None,
                   max_batch_tokens=40)
     puts, put = [], lookahead.StateSlab.put
@@ -395,16 +401,11 @@ def test_kept_states_reuse_their_slots_and_choose_like_the_full_search(monkeypat
     results = {}
     for prune in (False, True):
         monkeypatch.setattr(lookahead, "PRUNE", prune)
-        results[prune] = engine.generate(context=text, query=query, max_new_tokens=5, output_logits=True)
+        results[prune] = engine.generate(context=FALCON_TEXT, query=FALCON_QUERY, max_new_tokens=5, output_logits=True)
     pruned, full = results[True], results[False]
     assert len(pruned.chunks) > 4 and len(puts) > 3 and min(puts) >= 1  # 3 slots: never full, each reused
     assert pruned.chosen == full.chosen and pruned.token_ids == full.token_ids
-    prompt = engine.build_prompt(text, query)
-    c = pruned.chunks[pruned.chosen[0]]
-    tokens, logits = reference_generate(model, prompt.prefix_ids + prompt.context_ids[c.token_start:c.token_end]
-                                        + prompt.suffix_ids, 5)
-    assert pruned.token_ids == tokens
-    assert max(float((a - b).abs().max()) for a, b in zip(pruned.logits, logits)) < 1e-5
+    assert_answer_is_generate(engine, pruned, FALCON_TEXT, FALCON_QUERY)
 
 
 def test_state_slab_copies_into_reused_slots():
