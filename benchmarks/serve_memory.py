@@ -99,8 +99,8 @@ def main() -> None:
     parser.add_argument("--budget-mib", type=int, default=256, help="--document-cache-bytes in MiB (default 256)")
     parser.add_argument("--model", default="oprm-ar-mamba2")
     parser.add_argument("--chunk-size", type=int, default=128)
-    parser.add_argument("--selection", default="entropy", help="the server's --selection (entropy: no look-ahead, "
-                                                               "so the run takes minutes)")
+    parser.add_argument("--selection", default="support", help="the server's --selection (default: the server's "
+                                                               "default, support)")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
