@@ -392,7 +392,8 @@ def test_kept_states_reuse_their_slots_and_choose_like_the_full_search(monkeypat
     from oprm.selection import SelectionPolicy
 
     model = tiny_model("mamba2", vocab_size=V)
-    engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=0, idk=None,
+    # a cache too small to keep the document: every chunk's prompt runs as its micro-batch goes by
+    engine = OPRM(model, TOK, chunk_size=24, lookahead_tokens=5, document_cache_bytes=1, idk=None,
                   max_batch_tokens=40)
     puts, put = [], lookahead.StateSlab.put
     monkeypatch.setattr(lookahead.StateSlab, "put", lambda self, s: puts.append(len(self.free)) or put(self, s))
@@ -479,12 +480,14 @@ def test_support_on_an_encoded_document_runs_s_only_where_the_choice_can_be(monk
     assert skipped > len(questions) * 40  # most of the ~170 chunks never run S
 
 
-def test_a_cache_miss_runs_s_tier_by_tier_once_the_document_is_kept():
+def test_a_miss_runs_tier_by_tier_s_once_the_document_is_kept_and_whole_prompts_without_a_cache(monkeypatch):
     """A cache miss hands every chunk's state after [P, C_i] to the document cache and, while the cache keeps them
-    all, runs S tier by tier on them as a hit does: the choice and the answer are those of S on every chunk (the
-    cache off), the records that ran agree, and far fewer tokens run."""
+    all, runs S tier by tier on them as a hit does; with the cache off, the whole prompts [P, C_i, S] run tier by
+    tier. Both choose and answer as a look-ahead on every chunk (the full search), the records that ran agree, far
+    fewer tokens run, and the fewest without a cache (nothing needs the other chunks' states)."""
     import random
 
+    from oprm import lookahead
     from oprm.synthetic.ar import make_ar_episode
 
     cached = OPRM.from_pretrained("oprm-ar-mamba2", dtype="float32", chunk_size=16, idk="Error", max_batch_tokens=512)
@@ -492,16 +495,20 @@ def test_a_cache_miss_runs_s_tier_by_tier_once_the_document_is_kept():
                  prompt_format=cached.prompt_format, document_cache_bytes=0)
     for facts, seed in ((42, 1), (84, 2)):
         kwargs = dict(make_ar_episode(random.Random(f"miss-{seed}"), facts).prompt_kwargs(), max_new_tokens=8)
-        miss, full = cached.generate(**kwargs), plain.generate(**kwargs)
-        assert miss.document["cache"] == "miss" and miss.document["kept"]
-        assert miss.chosen == full.chosen and miss.token_ids == full.token_ids
-        assert [c.index for c in miss.chunks] == [c.index for c in full.chunks]
-        ran = [(a, b) for a, b in zip(miss.chunks, full.chunks) if a.entropy is not None]
-        assert len(ran) < len(miss.chunks) / 2
-        for a, b in ran:
-            assert (a.is_idk, a.lookahead, a.support) == (b.is_idk, b.lookahead, b.support)
-            assert a.entropy == pytest.approx(b.entropy, abs=1e-5)
-        assert miss.tokens_processed < full.tokens_processed / 2
+        miss, tiered = cached.generate(**kwargs), plain.generate(**kwargs)
+        monkeypatch.setattr(lookahead, "PRUNE", False)
+        full = plain.generate(**kwargs)
+        monkeypatch.setattr(lookahead, "PRUNE", True)
+        assert miss.document["cache"] == "miss" and miss.document["kept"] and tiered.document is None
+        for run in (miss, tiered):
+            assert run.chosen == full.chosen and run.token_ids == full.token_ids
+            assert [c.index for c in run.chunks] == [c.index for c in full.chunks]
+            ran = [(a, b) for a, b in zip(run.chunks, full.chunks) if a.entropy is not None]
+            assert len(ran) < len(run.chunks) / 2
+            for a, b in ran:
+                assert (a.is_idk, a.lookahead, a.support) == (b.is_idk, b.lookahead, b.support)
+                assert a.entropy == pytest.approx(b.entropy, abs=1e-5)
+        assert tiered.tokens_processed < miss.tokens_processed < full.tokens_processed / 2
 
 
 def test_a_miss_whose_states_stop_fitting_runs_the_waiting_chunks_again(monkeypatch):
@@ -509,6 +516,7 @@ def test_a_miss_whose_states_stop_fitting_runs_the_waiting_chunks_again(monkeypa
     some chunks: those chunks run [P, C_i, S] again, and the answer is still S on every chunk's."""
     import random
 
+    from oprm import lookahead
     from oprm.document import NewDocument
     from oprm.synthetic.ar import make_ar_episode
 
@@ -525,6 +533,8 @@ def test_a_miss_whose_states_stop_fitting_runs_the_waiting_chunks_again(monkeypa
 
     monkeypatch.setattr(NewDocument, "add", add_then_drop)
     kwargs = dict(make_ar_episode(random.Random("drop"), 84).prompt_kwargs(), max_new_tokens=8)
-    miss, full = cached.generate(**kwargs), plain.generate(**kwargs)
+    miss = cached.generate(**kwargs)
+    monkeypatch.setattr(lookahead, "PRUNE", False)  # the full search: a look-ahead on every chunk
+    full = plain.generate(**kwargs)
     assert len(calls) > 20 and not miss.document["kept"]
     assert miss.chosen == full.chosen and miss.token_ids == full.token_ids

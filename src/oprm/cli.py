@@ -38,6 +38,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, default: str | None = Non
 
 # the --chunk-size default of ask, encode and serve
 MEASURED_CHUNK_SIZE = "the size measured best on the model (chunk_sizes.json in its folder), else 2000"
+# one question in a process that ends after it: no later question reads a memory cache, and without one the
+# chunks of the default `support` selection run tier by tier (docs/speed.md)
+ONE_SHOT_CACHE = "0 for one question without a cache folder, else 1 GiB"
 
 
 def engine_from_args(args, config=None, **extra):
@@ -94,7 +97,7 @@ def add_ask(sub) -> None:
     out.add_argument("--json", action="store_true", help="print the result as JSON (one line per question when "
                                                          "there are several)")
     out.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    add_config_arguments(p, later={"chunk_size": MEASURED_CHUNK_SIZE})
+    add_config_arguments(p, later={"chunk_size": MEASURED_CHUNK_SIZE, "document_cache_bytes": ONE_SHOT_CACHE})
     add_generation_arguments(p)
     p.set_defaults(func=run_ask)
 
@@ -143,6 +146,12 @@ def run_ask(args) -> int:
             raise OPRMUsageError("the context is empty")
     if not args.model:
         raise OPRMUsageError("--model is needed with --context")
+    if args.document_cache_bytes is None:
+        from .config import OPRMConfig
+        from .run import cache_folder
+
+        one_shot = len(questions) == 1 and not cache_folder(OPRMConfig(cache_dir=args.cache_dir))
+        args.document_cache_bytes = 0 if one_shot else OPRMConfig().document_cache_bytes
     parallel = None
     if args.chunk_parallel:  # torchrun --nproc_per_node N -m oprm ask ... --chunk-parallel
         from .parallel import ChunkParallel, init_from_env

@@ -54,7 +54,7 @@ class StateSlab:
         tensors, _ = state_leaves(template)
         self.buffers = [torch.empty((slots, *t.shape), dtype=t.dtype, device=t.device) for t in tensors]
         self.free = list(range(slots - 1, -1, -1))
-        self.slot_of: dict[int, int] = {}  # id of a kept state -> its slot
+        self.held: dict[int, tuple] = {}  # id of a kept state -> (its slot, the state)
 
     def put(self, state):
         """``state`` copied into a free slot (or, where it does not fit: no slot left, another shape, into fresh
@@ -67,12 +67,13 @@ class StateSlab:
         for t, b in zip(tensors, self.buffers):
             b[slot].copy_(t)
         kept = state_from_leaves(state, [b[slot] for b in self.buffers], values)
-        self.slot_of[id(kept)] = slot
+        self.held[id(kept)] = (slot, kept)  # held: its id stays its own until released
         return kept
 
     def release(self, state) -> None:
-        """``state``'s slot may be reused: nothing reads the state any more."""
-        slot = self.slot_of.pop(id(state), None)
+        """``state``'s slot may be reused: nothing reads the state any more (a state never released keeps its
+        slot: a look-ahead decoded alone goes on in the answer)."""
+        slot, _ = self.held.pop(id(state), (None, None))
         if slot is not None:
             self.free.append(slot)
 

@@ -41,6 +41,7 @@ class Prefiller:
         self.adapter, self.stats, self.max_batch_tokens = adapter, stats, max_batch_tokens
         self.model_name, self.should_stop = model_name, should_stop
         self.shared_prefix_tokens = 0  # tokens of P run once for all rows (chunk parallelism counts them once)
+        self._prefix: tuple[list[int], object] | None = None  # (P, its state) of this call
 
     def tensor(self, rows: list[list[int]]) -> torch.Tensor:
         return torch.tensor(rows, dtype=torch.long, device=self.adapter.device)
@@ -66,6 +67,12 @@ class Prefiller:
             logits, state = self.forward([ids[offset:offset + segment]], state, start=start + offset)
         return logits[:, -1], state
 
+    def prefix_state(self, prefix: list[int]):
+        """P's state, run once per call (chunks that run tier by tier share it)."""
+        if self._prefix is None or self._prefix[0] != prefix:
+            self._prefix = (list(prefix), self.forward([prefix])[1])
+        return self._prefix[1]
+
     def rows_per_batch(self, row_tokens: int) -> int:
         return max(1, self.max_batch_tokens // max(1, row_tokens))
 
@@ -76,7 +83,7 @@ class Prefiller:
         row_tokens = chunks[0].num_tokens + suffix_tokens
         shared = (shared_prefix and self.adapter.continuation_exact and len(prefix) > 0
                   and len(prefix) >= self.adapter.prefix_share_fraction * row_tokens)
-        prefix_state = self.forward([prefix])[1] if shared else None
+        prefix_state = self.prefix_state(prefix) if shared else None
         self.shared_prefix_tokens = len(prefix) if shared else 0
         row_prefix = [] if shared else prefix
         per_batch = self.rows_per_batch(len(row_prefix) + chunks[0].num_tokens + suffix_tokens)

@@ -103,8 +103,10 @@ class ChunkRun:
 
         records, answers = [], []
         mine = parallel.share(self.chunks) if parallel else self.chunks
-        waiting = list(mine) if self.document is not None else []  # chunks whose S runs tier by tier
-        if self.document is None:
+        # chunks run tier by tier: S on an encoded document; the whole prompt where nothing keeps the states
+        whole = self.document is None and self.keep is None and self.tiered(search)
+        waiting = list(mine) if self.document is not None or whole else []
+        if self.document is None and not whole:
             # a miss: states after [P, C_i] go to the document cache as they are made, and while it keeps them all,
             # S waits to run tier by tier on them as on a hit (``tiers``)
             for batch in self.batches(mine, num_logits, self.keep, defer=self.tiered(search)):
@@ -158,10 +160,10 @@ class ChunkRun:
         return search is not None and search.defer and bool(search.bounds)
 
     def tiers(self, chunks, search: LookaheadSearch | None) -> list[list]:
-        """The chunks in the order S runs on them, on an encoded document (where S runs alone): all at once; or, with
-        ``tiered``, in tiers of equal support bound, highest first, so that the tiers below the support found are
-        never run: the choice is the one S on every chunk would give (``SelectionPolicy.pending``), at the price of S
-        on the few chunks that can hold the answer."""
+        """The chunks in the order they run (S on an encoded document; [P, C_i, S] where no document cache keeps
+        the states): all at once; or, with ``tiered``, in tiers of equal support bound, highest first, so that the
+        tiers below the support found are never run: the choice is the one a run on every chunk would give
+        (``SelectionPolicy.pending``), at the price of the few chunks that can hold the answer."""
         if not chunks or not self.tiered(search):
             return [chunks] if chunks else []
         tiers: dict[float, list] = {}
