@@ -88,7 +88,8 @@ def main() -> None:
         base = ["ask", "--model", args.model, "--context", context, "--question", question, "--threads", args.threads]
         if args.chunk_size:
             base += ["--chunk-size", str(args.chunk_size)]
-        cells = {"memory cache (default)": [],
+        # the engine's default budget, given: `oprm ask` with one question and no cache folder keeps no memory cache
+        cells = {"memory cache (default)": ["--document-cache-bytes", str(2**30)],
                  "fresh --cache-dir": ["--cache-dir", os.path.join(tmp, "cache")],
                  "cache off": ["--document-cache-bytes", "0"]}
         if args.fit_budget_mib:

@@ -212,3 +212,17 @@ def test_speed_table_holds_every_figure():
               "decode": {"smollm2_bf16": dec}}
     table = markdown(report)
     assert "1.33x" in table and "1/1 correct" in table and "1.67x" in table and "1.1x" in table
+
+
+def test_ttft_on_text_runs_the_shipped_model_on_a_few_chunks():
+    """The TTFT pair on text: OPRM from scratch (defaults, no cache) runs a few of the chunks and answers; vanilla
+    runs every token. No timing is asserted."""
+    from oprm.bench.speed import markdown
+    from oprm.bench.ttft import ttft_on_text
+
+    t = ttft_on_text("oprm-ar-mamba2", 1500, seed=3, repeats=1)
+    assert t["context_tokens"] >= 1500 and t["chunks"] > 20
+    oprm, vanilla = t["runs"]["oprm"][0], t["runs"]["vanilla"][0]
+    assert 1 <= oprm["chunks_run"] < t["chunks"] / 4 and oprm["tokens_processed"] < vanilla["tokens_processed"] / 4
+    assert t["answer"] in t["oprm_answer"]
+    assert f"**{t['cpu_ratio']}x**" in markdown({"ttft": t})

@@ -18,6 +18,9 @@ machine quote the CPU figures and the ratios, which pair runs made in the same p
 * **fp32 vs bf16**: SmolLM2's plain forward in both.
 * **decode**: one sequence, greedy, eos off: tokens/s of ``model.generate`` and of the engine's decode loop
   (``mode="vanilla"``), each as (time of 1 + n tokens - time of 1 token) / n. Target: >= 1x.
+* **ttft**: time to the first answer token of OPRM from scratch (the defaults, no document cache, as one ``oprm
+  ask`` question) against vanilla on text: the shipped model on an associative-recall document of ``--ttft-tokens``
+  tokens, one question about one of its facts. Target: <= 0.6x.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from .ttft import ttft_line, ttft_on_text
 
 SMOLLM2 = "smollm2"
 SHIPPED = "oprm-ar-mamba2"
@@ -230,6 +235,11 @@ def run(args) -> dict:
         startup(SMOLLM2, args.threads)  # the first one may convert the GGUF file: not counted
         report["startup"] = startup(SMOLLM2, args.threads)
 
+    if "ttft" in parts:
+        log("time to first token on text ...")
+        report["ttft"] = ttft_on_text(SHIPPED, args.ttft_tokens, args.seed, args.repeats)
+    if not parts & {"e2e", "prefill", "decode"}:
+        return report
     bf16, tokenizer = load_model(SMOLLM2, dtype="bfloat16")
     fp32, _ = load_model(SMOLLM2, dtype="float32") if parts & {"prefill", "decode"} else (None, None)
     document = make_document(tokenizer, args.tokens, args.seed, tempfile.mkdtemp(prefix="oprm-speed-"))
@@ -295,6 +305,8 @@ def markdown(report: dict) -> str:
         lines += _startup_lines(report)
     if "prefill" in report:
         lines += _prefill_lines(report)
+    if "ttft" in report:
+        lines.append(ttft_line(report["ttft"]))
     for name, d in report.get("decode", {}).items():
         lines.append(f"| decode {name}: generate / OPRM tok/s (CPU) | {d['generate_cpu_tok_s']} / "
                      f"{d['oprm_cpu_tok_s']} = {d['oprm_over_generate_cpu']}x (wall {d['oprm_over_generate_wall']}x)"
@@ -348,14 +360,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="interleaved repeats of each in-process pair")
     p.add_argument("--e2e-repeats", type=int, default=2, help="end-to-end runs (each paired with a floor run)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, here and in the child processes (1)")
+    p.add_argument("--ttft-tokens", type=int, default=32768, help="document tokens of the TTFT pair (32768)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--parts", default="startup,e2e,prefill,decode", help="what to measure (default: all of "
-                                                                          "startup,e2e,prefill,decode)")
+    p.add_argument("--parts", default="startup,e2e,prefill,decode,ttft", help="what to measure (default: all of "
+                                                                               "startup,e2e,prefill,decode,ttft)")
     p.add_argument("--quick", action="store_true", help="4K-token document, 4K prefill tokens, one repeat")
     p.add_argument("--output-path", default=None, help="folder for speed.json, speed.md and the document")
     args = p.parse_args(argv)
     if args.quick:
-        args.tokens, args.prefill_tokens, args.mamba_tokens = 4096, 4000, 4096
+        args.tokens, args.prefill_tokens, args.mamba_tokens, args.ttft_tokens = 4096, 4000, 4096, 4096
         args.repeats, args.e2e_repeats, args.decode_repeats, args.new_tokens = 1, 1, 1, 16
     report = run(args)
     table = markdown(report)
