@@ -128,6 +128,21 @@ def test_several_questions_share_one_encoding(model_dir, context_file, tmp_path,
     one_line_error(capsys, ask(model_dir, context_file, "--question", " "), "question is empty")
 
 
+def test_one_question_keeps_no_memory_cache_unless_asked(model_dir, context_file, tmp_path, capsys, monkeypatch):
+    """One question in a one-shot process: no memory cache (nothing would read it), so `support` may skip chunks;
+    with a cache folder or an explicit budget the document is kept."""
+    monkeypatch.delenv("OPRM_CACHE_DIR", raising=False)
+    results = {}
+    for name, extra in (("one", ()), ("budget", ("--document-cache-bytes", "1000000")),
+                        ("folder", ("--cache-dir", str(tmp_path / "cache")))):
+        assert main(ask(model_dir, context_file, "--json", *extra)) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert results["one"]["document"] is None
+    assert results["budget"]["document"]["cache"] == results["folder"]["document"]["cache"] == "miss"
+    assert list((tmp_path / "cache").glob("*.oprm"))
+    assert results["one"]["token_ids"] == results["budget"]["token_ids"] == results["folder"]["token_ids"]
+
+
 def test_chunk_size_defaults_to_the_models_measured_best(model_dir, context_file, tmp_path, capsys):
     """ask (and OPRM.from_pretrained) chunk at chunk_sizes.json's best when the user gives no chunk size."""
     import shutil
