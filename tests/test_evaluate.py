@@ -391,7 +391,7 @@ def test_eval_flags_are_the_config_fields():
     assert config.chunk_size == OPRMConfig.paper().chunk_size  # grid fields stay for the runner
     assert config.seed == 42  # eval's --seed seeds the engine too
     defaults = eval_config(_eval_args(["--model", "m"]))
-    assert defaults == OPRMConfig.paper(seed=42)
+    assert defaults == OPRMConfig.paper(seed=42, document_cache_bytes=0)  # every sample a new context: no cache
     every = set(OPRMConfig.names()) - set(OWN_FLAGS)  # each other field has its generated flag
     assert every <= set(vars(args))
 

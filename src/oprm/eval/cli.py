@@ -5,7 +5,7 @@ engine option ``oprm ask`` does; ``--chunk-size`` and ``--selection`` take comma
 config fields have eval's own, richer flags instead: ``--modes`` (mode; plus bm25 and oracle), ``--chunk-size`` (also
 truncate's ``max_input_tokens``), ``--no-idk``/``--idk-ablation`` (idk: the task prompts name the word "Error"),
 ``--chat auto|on|off|longbench`` (chat) and ``--seed`` (seed: the synthetic data and the engine alike). The default
-configuration is the paper's (``OPRMConfig.paper()``).
+configuration is the paper's (``OPRMConfig.paper()``), with no memory cache of documents (``EVAL_BASE``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ __all__ = ["add_eval_arguments", "add_score_arguments", "add_parser", "run_eval"
 
 GRID = ("chunk_size", "selection")
 OWN_FLAGS = ("mode", "max_input_tokens", "idk", "chat", "seed")  # config fields with eval's own flags (see above)
+# every sample is a new context, so a memory cache would only hold past ones; without it `support` runs only the
+# chunks that can win (RULER NIAH on SmolLM2 at 8K: 2.6-3.3 s a sample instead of 8.9-10.6, the same predictions)
+EVAL_BASE = OPRMConfig.paper(document_cache_bytes=0)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -53,7 +56,7 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
                         "niah_single_1, ruler_vt, ...)")
     p.add_argument("--modes", default="oprm,vanilla", help=f"comma list of {', '.join(MODES)} (default oprm,vanilla); "
                                                            "--chunk-size is also the budget of truncate and bm25")
-    add_config_arguments(p, exclude=OWN_FLAGS, grid=GRID, defaults=OPRMConfig.paper().to_dict())
+    add_config_arguments(p, exclude=OWN_FLAGS, grid=GRID, defaults=EVAL_BASE.to_dict())
     idk = p.add_mutually_exclusive_group()
     idk.add_argument("--no-idk", action="store_true", help="OPRM without the IDK prompt and filter")
     idk.add_argument("--idk-ablation", action="store_true", help="run OPRM both with and without IDK")
@@ -95,7 +98,7 @@ def add_eval_arguments(p: argparse.ArgumentParser, with_model: bool = True) -> N
 
 def eval_config(args) -> OPRMConfig:
     """The engine configuration the flags describe (grid fields keep the paper's values; the runner sets them)."""
-    return config_from_args(args, base=OPRMConfig.paper(), grid=GRID)
+    return config_from_args(args, base=EVAL_BASE, grid=GRID)
 
 
 def _synthetic_options(args) -> dict:
