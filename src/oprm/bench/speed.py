@@ -29,23 +29,17 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 
+from .timing import median as _median
+from .timing import timed
 from .ttft import ttft_line, ttft_on_text
 
 SMOLLM2 = "smollm2"
 SHIPPED = "oprm-ar-mamba2"
 MICRO_BATCH_TOKENS = 8192  # the engine's CPU default (engine.default_max_batch_tokens)
-
-
-def timed(fn, *args, **kwargs):
-    """(CPU seconds, wall seconds, result) of one call."""
-    c, w = time.process_time(), time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.process_time() - c, time.perf_counter() - w, out
 
 
 def plain_forward(model, ids: list[int], row_tokens: int, batch_tokens: int = MICRO_BATCH_TOKENS) -> int:
@@ -70,8 +64,6 @@ def oprm_prefill(engine, prefix, context, suffix, chunk_size: int):
                            document_cache_bytes=0)
 
 
-def _median(values):
-    return statistics.median(values) if values else None
 
 
 def compare_prefill(model, engine, prefix, context, suffix, chunk_size: int, repeats: int,

@@ -13,7 +13,7 @@ def ttft_on_text(model: str, tokens: int, seed: int, repeats: int) -> dict:
     from oprm.engine import OPRM
     from oprm.synthetic.ar import make_ar_episode
 
-    from .speed import _median, timed
+    from .timing import median, timed
 
     engine = OPRM.from_pretrained(model, document_cache_bytes=0)
     rng, parts, n = random.Random(seed), [], 0
@@ -31,15 +31,15 @@ def ttft_on_text(model: str, tokens: int, seed: int, repeats: int) -> dict:
                 chunks, runs[mode][-1]["chunks_run"] = len(out.chunks), sum(c.entropy is not None for c in out.chunks)
     return {"model": model, "context_tokens": len(engine.tokenizer(kwargs["context"])["input_ids"]), "chunks": chunks,
             "answer": asked.answer, "oprm_answer": engine.generate(**dict(kwargs, max_new_tokens=8)).text, "runs": runs,
-            "cpu_ratio": round(_median([r["cpu"] for r in runs["oprm"]]) / _median([r["cpu"] for r in runs["vanilla"]]),
+            "cpu_ratio": round(median([r["cpu"] for r in runs["oprm"]]) / median([r["cpu"] for r in runs["vanilla"]]),
                                3)}
 
 
 def ttft_line(t: dict) -> str:
     """The Markdown table row of ``python -m oprm.bench.speed``."""
-    from .speed import _median
+    from .timing import median
 
-    cpu = {m: _median([r["cpu"] for r in runs]) for m, runs in t["runs"].items()}
+    cpu = {m: median([r["cpu"] for r in runs]) for m, runs in t["runs"].items()}
     return (f"| time to first token on text, {t['model']}, {t['context_tokens']:,} tokens ({t['chunks']:,} chunks, "
             f"OPRM ran {t['runs']['oprm'][0]['chunks_run']}): vanilla / OPRM from scratch (CPU s) | "
             f"{cpu['vanilla']:.3f} / {cpu['oprm']:.3f} = **{t['cpu_ratio']}x** (answer {t['answer']}, OPRM "

@@ -108,7 +108,7 @@ def api_keys(flags: list[str] | None) -> list[str]:
 def run_serve(args) -> int:
     from ..cli import engine_from_args
     from ..config import generation_from_args
-    from ..document import limit_malloc_arenas
+    from ..heap import limit_malloc_arenas
 
     _require_stack()
     if not 0 <= args.port <= 65535:
