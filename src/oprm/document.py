@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .adapters.base import state_leaves, state_from_leaves
+from .adapters.base import state_from_leaves, state_nbytes
 from .chunking import Chunk
 from .document_file import DocumentWriter, FolderClaim, read_header, read_state_tensor
 from .errors import OPRMUsageError
@@ -364,7 +364,3 @@ class NewDocument:
 
 
 TRIM_EVERY_BYTES = 64 << 20
-
-
-def state_nbytes(state) -> int:
-    return sum(t.numel() * t.element_size() for t in state_leaves(state)[0])

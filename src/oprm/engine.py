@@ -19,9 +19,9 @@ from .chunking import make_chunks
 from .config import OPRMConfig, split_options
 from .decoding import Answer, AnswerDecoder, eos_ids, make_generation_config
 from .document import DocumentCache, EncodedDocument, NewDocument, document_key, fingerprint
-from .heap import release_freed_memory
 from .document_extend import extend_cached
 from .errors import OPRMUsageError
+from .heap import release_freed_memory
 from .prefill import Prefiller, RunStats
 from .prompts import PromptFormat, PromptParts, build_prompt, default_qa_template, idk_token_ids, prompt_frame
 from .result import OPRMResult, make_result

@@ -30,16 +30,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters.base import state_from_leaves, state_leaves
+from .adapters.base import state_from_leaves, state_leaves, state_nbytes
 from .decoding import decode, eos_ids
 from .selection import SelectionPolicy, search_order
 
 PRUNE = True  # False: look ahead on every chunk as its micro-batch goes by (the full search, for comparisons)
 LOOKAHEAD_STATE_BYTES = 64 << 20  # kept states of chunks not yet looked at (recurrent models: every chunk's)
-
-
-def state_nbytes(state) -> int:
-    return sum(t.numel() * t.element_size() for t in state_leaves(state)[0])
 
 
 class StateSlab:

@@ -96,6 +96,11 @@ def state_leaves(state) -> tuple[list[torch.Tensor], list]:
     return tensors, scalars
 
 
+def state_nbytes(state) -> int:
+    """Bytes of a state's tensors."""
+    return sum(t.numel() * t.element_size() for t in state_leaves(state)[0])
+
+
 def state_from_leaves(template, tensors: list[torch.Tensor], scalars: list):
     """A state shaped like ``template`` holding ``tensors`` and ``scalars`` (as ``state_leaves`` lists them)."""
     tensor_iter, scalar_iter = iter(tensors), iter(scalars)

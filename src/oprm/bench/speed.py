@@ -33,8 +33,7 @@ import subprocess
 import sys
 import time
 
-from .timing import median as _median
-from .timing import timed
+from .timing import median, timed
 from .ttft import ttft_line, ttft_on_text
 
 SMOLLM2 = "smollm2"
@@ -64,8 +63,6 @@ def oprm_prefill(engine, prefix, context, suffix, chunk_size: int):
                            document_cache_bytes=0)
 
 
-
-
 def compare_prefill(model, engine, prefix, context, suffix, chunk_size: int, repeats: int,
                     kinds=("context", "prompts", "oprm")) -> dict:
     """Tokens of context per second, interleaved (the order turns each repeat): ``context``, a plain forward of the
@@ -87,8 +84,8 @@ def compare_prefill(model, engine, prefix, context, suffix, chunk_size: int, rep
     out = {"context_tokens": n, "chunk_size": chunk_size, "prefix_tokens": len(prefix), "suffix_tokens": len(suffix),
            "repeats": repeats}
     for kind, values in runs.items():
-        out[f"{kind}_cpu_tok_s"] = round(n / _median([c for c, _ in values]), 1)
-        out[f"{kind}_wall_tok_s"] = round(n / _median([w for _, w in values]), 1)
+        out[f"{kind}_cpu_tok_s"] = round(n / median([c for c, _ in values]), 1)
+        out[f"{kind}_wall_tok_s"] = round(n / median([w for _, w in values]), 1)
     for base in ("context", "prompts"):
         if "oprm" in runs and base in runs:
             for clock in ("cpu", "wall"):
@@ -126,8 +123,8 @@ def compare_decode(model, engine, prompt: list[int], new_tokens: int, repeats: i
         model.generation_config.eos_token_id = eos
     out = {"prompt_tokens": len(prompt), "new_tokens": new_tokens, "repeats": repeats, "same_tokens": same}
     for name, values in runs.items():
-        out[f"{name}_cpu_tok_s"] = round(1 / _median([c for c, _ in values]), 1)
-        out[f"{name}_wall_tok_s"] = round(1 / _median([w for _, w in values]), 1)
+        out[f"{name}_cpu_tok_s"] = round(1 / median([c for c, _ in values]), 1)
+        out[f"{name}_wall_tok_s"] = round(1 / median([w for _, w in values]), 1)
     out["oprm_over_generate_cpu"] = round(out["oprm_cpu_tok_s"] / out["generate_cpu_tok_s"], 3)
     out["oprm_over_generate_wall"] = round(out["oprm_wall_tok_s"] / out["generate_wall_tok_s"], 3)
     return out
@@ -285,8 +282,8 @@ def end_to_end_vs_floor(bf16, context_ids, document, args) -> dict:
     return {
         "runs": e2e, "floor_runs": floor, "floor": f"plain bf16 forward of the {len(context_ids)} context tokens in "
                                                   f"{args.chunk_size}-token rows",
-        "cpu_ratio": round(_median([e["cpu"] for e in e2e]) / _median([f["cpu"] for f in floor]), 2),
-        "wall_ratio": round(_median([e["wall"] for e in e2e]) / _median([f["wall"] for f in floor]), 2)}
+        "cpu_ratio": round(median([e["cpu"] for e in e2e]) / median([f["cpu"] for f in floor]), 2),
+        "wall_ratio": round(median([e["wall"] for e in e2e]) / median([f["wall"] for f in floor]), 2)}
 
 
 def markdown(report: dict) -> str:
@@ -310,10 +307,10 @@ def _e2e_lines(report: dict) -> list[str]:
     e = report["end_to_end"]
     lines, runs = [], e["runs"]
     lines.append(f"| `oprm ask --model smollm2`, {report['document']['tokens']:,}-token document, end to end "
-                 f"(CPU s / wall s) | {_median([r['cpu'] for r in runs]):.1f} / {_median([r['wall'] for r in runs]):.1f}"
+                 f"(CPU s / wall s) | {median([r['cpu'] for r in runs]):.1f} / {median([r['wall'] for r in runs]):.1f}"
                  f" ({sum(r['correct'] for r in runs)}/{len(runs)} correct) | |")
-    lines.append(f"| floor: {e['floor']} (CPU s / wall s) | {_median([f['cpu'] for f in e['floor_runs']]):.1f} / "
-                 f"{_median([f['wall'] for f in e['floor_runs']]):.1f} | |")
+    lines.append(f"| floor: {e['floor']} (CPU s / wall s) | {median([f['cpu'] for f in e['floor_runs']]):.1f} / "
+                 f"{median([f['wall'] for f in e['floor_runs']]):.1f} | |")
     lines.append(f"| end to end / floor (CPU, wall) | {e['cpu_ratio']}x, {e['wall_ratio']}x | <= 1.5x |")
     return lines
 

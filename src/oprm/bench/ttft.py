@@ -4,6 +4,8 @@ default ``support`` selection only the chunks whose support bound can beat the s
 
 from __future__ import annotations
 
+from .timing import median, timed
+
 
 def ttft_on_text(model: str, tokens: int, seed: int, repeats: int) -> dict:
     """OPRM from scratch against vanilla, the shipped model on an AR document of about ``tokens`` tokens: one new
@@ -12,8 +14,6 @@ def ttft_on_text(model: str, tokens: int, seed: int, repeats: int) -> dict:
 
     from oprm.engine import OPRM
     from oprm.synthetic.ar import make_ar_episode
-
-    from .timing import median, timed
 
     engine = OPRM.from_pretrained(model, document_cache_bytes=0)
     rng, parts, n = random.Random(seed), [], 0
@@ -37,8 +37,6 @@ def ttft_on_text(model: str, tokens: int, seed: int, repeats: int) -> dict:
 
 def ttft_line(t: dict) -> str:
     """The Markdown table row of ``python -m oprm.bench.speed``."""
-    from .timing import median
-
     cpu = {m: median([r["cpu"] for r in runs]) for m, runs in t["runs"].items()}
     return (f"| time to first token on text, {t['model']}, {t['context_tokens']:,} tokens ({t['chunks']:,} chunks, "
             f"OPRM ran {t['runs']['oprm'][0]['chunks_run']}): vanilla / OPRM from scratch (CPU s) | "
