@@ -234,6 +234,17 @@ def test_taken_port_is_one_line_before_any_url(server):
     assert len(lines) == 1 and str(port) in lines[0] and "http://" not in lines[0], lines
 
 
+def test_unusable_cache_dir_is_one_line_before_any_url(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    run = subprocess.run([sys.executable, "-m", "oprm", "serve", "--model", MODEL, "--port", "0",
+                          "--cache-dir", str(blocker / "docs")], env=subprocess_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0
+    lines = (run.stdout + run.stderr).strip().splitlines()
+    assert len(lines) == 1 and "--cache-dir" in lines[0] and "http://" not in lines[0], lines
+
+
 # --- fuzzing ------------------------------------------------------------------------------------------------------
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:

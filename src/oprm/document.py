@@ -213,7 +213,8 @@ class DocumentCache:
                         claim = self.claims[key] = FolderClaim(folder, key)
                     except OSError as e:  # who waits for this key goes on; the caller gets one clear line
                         self.settle(key)
-                        raise OPRMUsageError(f"cannot use the cache folder {folder}: {e.strerror or e}") from None
+                        # no path in the message: a server's client must not learn where its files are
+                        raise OPRMUsageError(f"cannot use the cache folder: {e.strerror or type(e).__name__}") from None
         if claim is not None and not claim.take(wait) and os.path.isfile(os.path.join(folder, key + ".oprm")):
             self.settle(key)  # a replica encoded it meanwhile
             with self.lock:

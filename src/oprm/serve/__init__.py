@@ -129,6 +129,11 @@ def run_serve(args) -> int:
     if generation.get("max_new_tokens", 0) > limits.max_tokens:
         raise OPRMUsageError(f"--max-new-tokens {generation['max_new_tokens']} is above --max-tokens-limit "
                              f"{limits.max_tokens}")
+    if args.cache_dir:  # an unusable folder fails here, in one line, not in every request
+        try:
+            os.makedirs(os.path.expanduser(args.cache_dir), exist_ok=True)
+        except OSError as e:
+            raise OPRMUsageError(f"--cache-dir {args.cache_dir}: {e.strerror or e}") from None
     keys = api_keys(args.api_key)
     hosts = [h.strip() for item in args.allowed_hosts or () for h in item.split(",") if h.strip()]
     sock = _bind(args.host, args.port)  # before the model loads: a taken port fails at once, before any URL
