@@ -10,6 +10,7 @@ import pytest
 
 from oprm import cli
 from oprm.errors import OPRMUsageError
+from oprm.eval.report import make_plots
 from oprm.eval.ruler_report import average_ci
 from oprm.eval.ruler_tables import main as ruler_report_main, results_from_predictions
 from oprm.eval.scoring import ruler_by_length
@@ -305,6 +306,15 @@ def test_tables_from_prediction_files_of_split_runs(tmp_path, capsys):
     assert f"{mean:.2f} ± {half:.2f} (2 tasks, n=1-3)" in md
     rows = list(csv.reader(open(out / "vanilla" / "ruler" / "4096" / "summary.csv")))
     assert rows[1:] == [["Tasks", "niah_single_1", "ruler_cwe"], ["Score", "66.67", "50.0"], ["Nulls", "0/3", "1/1"]]
+    # column names for publishing; summary.csv stays under the config's folder; the plot of the averages
+    assert ruler_report_main([str(a), "--configs", "vanilla", "--labels", "plain model", "--output", str(out),
+                              "--plot", "--window", "8192"]) == 0
+    assert "| task | plain model |" in capsys.readouterr().out
+    assert (out / "vanilla" / "ruler" / "4096" / "summary.csv").is_file() and not (out / "plain model").exists()
+    assert (out / "ruler_by_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ruler_report_main([str(a), "--configs", "vanilla,truncate_cs2000", "--labels", "plain"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--labels needs one name per --configs entry" in err
 
 
 def test_eval_end_to_end_on_the_shipped_model(tmp_path, capsys):
@@ -325,6 +335,8 @@ def test_eval_end_to_end_on_the_shipped_model(tmp_path, capsys):
     res = json.loads((root / "results.json").read_text())
     assert res["configs"]["vanilla"]["tasks"]["ruler_fwe"]["ruler"]["1024"]["n"] == 2
     assert "ruler.md" in {p.name for p in root.iterdir()}
+    made = make_plots(res, tmp_path / "plots")  # RULER's plot, and no empty NIAH plot for RULER's niah_* tasks
+    assert {p.name for p in made} == {"ruler_by_length.png"}
     # resume: a second run finds every sample done and writes no new line
     before = (root / "vanilla" / "pred" / "ruler_fwe.jsonl").read_text()
     assert cli.main(args) == 0

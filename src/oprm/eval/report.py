@@ -11,7 +11,7 @@ from oprm.metrics.longbench import BUCKETS
 from oprm.metrics.longbench_v2 import V2_COLUMNS
 from oprm.report import markdown_table
 
-from .ruler_report import ruler_markdown
+from .ruler_report import plot_ruler_averages, ruler_markdown
 
 __all__ = ["results_markdown", "score_table", "make_plots", "fmt", "nanmean"]
 
@@ -91,7 +91,8 @@ def score_table(scores: dict[str, dict]) -> str:
 
 
 def make_plots(results: dict, out_dir: Path) -> list[Path]:
-    """PNG plots (matplotlib, Agg): score by length bucket per config; AR accuracy vs facts; NIAH/passkey vs length."""
+    """PNG plots (matplotlib, Agg): score by length bucket per config; AR accuracy vs facts; NIAH/passkey vs length;
+    the RULER average vs length."""
     try:
         import matplotlib  # noqa: PLC0415
 
@@ -122,7 +123,8 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_title("Score by length bucket")
         save(fig, ax, "score_by_length.png")
     for group, fname, xlabel in ((["ar"], "ar_accuracy_vs_facts.png", "number of facts"),
-                                 ([n for n in tasks_meta if n.startswith("niah_") or n in ("passkey", "secret_number")],
+                                 ([n for n, m in tasks_meta.items() if m.get("suite") != "ruler"
+                                  and (n.startswith("niah_") or n in ("passkey", "secret_number"))],
                                   "synthetic_by_length.png", "target context length")):
         group = [n for n in group if n in tasks_meta]
         if not group:
@@ -144,4 +146,5 @@ def make_plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylim(-2, 102)
         ax.set_title("Associative recall" if group == ["ar"] else "Needle / pass-key retrieval")
         save(fig, ax, fname)
-    return written
+    ruler = plot_ruler_averages(results, out_dir / "ruler_by_length.png")
+    return written + ([ruler] if ruler else [])

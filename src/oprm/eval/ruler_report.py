@@ -9,7 +9,8 @@ from pathlib import Path
 
 from oprm.report import markdown_table
 
-__all__ = ["ruler_rows", "ruler_markdown", "write_ruler_summaries", "average_ci", "ruler_markdown_by_length"]
+__all__ = ["ruler_rows", "ruler_markdown", "write_ruler_summaries", "average_ci", "ruler_markdown_by_length",
+           "ruler_averages", "plot_ruler_averages"]
 
 
 def _fmt(v) -> str:
@@ -109,19 +110,60 @@ def ruler_markdown_by_length(results: dict) -> str:
         rows.append(["samples per task"] + [", ".join(sorted({str(v.get("n")) for v in rows_by[c][length].values()},
                                                              key=int)) for c in cols])
         out += [f"### {length} tokens", "", markdown_table(["task"] + cols, rows), ""]
-    configs = list(rows_by)
     rows = []
-    for c in configs:
-        cells = []
-        for length in lengths:
-            per = rows_by[c].get(length)
-            if not per:
-                cells.append("–")
-                continue
-            m, h = average_ci(per)
-            ns = sorted({int(v.get("n") or 0) for v in per.values()})
-            n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-            cells.append(f"{_fmt(m)} ± {_fmt(h)} ({len(per)} tasks, n={n})")
-        rows.append([c] + cells)
+    for c, cells in ruler_averages(results).items():
+        by_len = {length: (m, h, n) for length, m, h, n in cells}
+        rows.append([c] + [f"{_fmt(by_len[x][0])} ± {_fmt(by_len[x][1])} ({len(rows_by[c][x])} tasks, n={by_len[x][2]})"
+                           if x in by_len else "–" for x in lengths])
     out += ["### Averages", "", markdown_table(["config"] + lengths, rows), ""]
     return "\n".join(out)
+
+
+def ruler_averages(results: dict) -> dict[str, list[tuple[str, float, float, str]]]:
+    """config -> [(length, average, 95 % half-width, samples per task as "n" or "lo-hi")], lengths ascending."""
+    out = {}
+    for c, by_len in ruler_rows(results).items():
+        cells = []
+        for length in sorted(by_len, key=float):
+            m, h = average_ci(by_len[length])
+            ns = sorted({int(v.get("n") or 0) for v in by_len[length].values()})
+            cells.append((length, m, h, str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"))
+        out[c] = cells
+    return out
+
+
+def plot_ruler_averages(results: dict, path: Path, window: int | None = None, title: str | None = None) -> Path | None:
+    """``path`` (PNG): each config's RULER average against the target length, with its 95 % interval as error bars
+    and, given ``window``, the model's trained context as a dashed line. None where matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        return None
+    averages = ruler_averages(results)
+    if not averages:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (c, cells) in enumerate(averages.items()):
+        xs = [float(x) * (1 + 0.03 * (i - (len(averages) - 1) / 2)) for x, *_ in cells]  # bars side by side
+        ax.errorbar(xs, [m for _, m, _, _ in cells], yerr=[h for _, _, h, _ in cells], marker="o", capsize=3, label=c)
+    lengths = sorted({float(x) for cells in averages.values() for x, *_ in cells})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [f"{x / 1024:g}K" if x >= 1024 else f"{x:g}" for x in lengths])
+    ax.minorticks_off()
+    if window:
+        ax.axvline(window, color="grey", linestyle="--", linewidth=1)
+        ax.text(window, 1, " trained window", color="grey", fontsize=7, va="bottom")
+    ax.set_xlabel("target length (tokens)")
+    ax.set_ylabel(f"RULER average of {len(results.get('tasks', {}))} tasks (95 % interval)")
+    ax.set_ylim(-3, 100)
+    ax.set_title(title or f"RULER: {results.get('model', '')}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

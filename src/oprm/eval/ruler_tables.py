@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oprm.eval.ruler_report import ruler_markdown_by_length, write_ruler_summaries
+import sys
+
+from oprm.eval.ruler_report import plot_ruler_averages, ruler_markdown_by_length, write_ruler_summaries
 from oprm.eval.scoring import ruler_by_length
 from oprm.eval.storage import read_jsonl_lenient
 from oprm.tasks.ruler import RULER_QA_TASKS, RULER_TASKS
@@ -49,7 +51,7 @@ def results_from_predictions(roots, configs=None, lengths=None, max_samples: int
                 haystack.setdefault(task, st.get("haystack") or "")
     order = list(configs) if configs else sorted(recs)
     present = [t for t in names if any(t in recs.get(c, {}) for c in order)]
-    return {"model": ", ".join(str(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)),
+    return {"model": ", ".join(sorted({Path(r).name for r in ([roots] if isinstance(roots, (str, Path)) else roots)})),
             "tasks": {t: {"suite": "ruler", "haystack": haystack.get(t, "")} for t in present},
             "configs": {c: {"tasks": {t: {"ruler": ruler_by_length(list(recs[c][t].values()))}
                                       for t in present if t in recs.get(c, {})}} for c in order if c in recs}}
@@ -65,15 +67,30 @@ def main(argv=None) -> int:
     p.add_argument("--lengths", default=None, help="comma list of target lengths (default: all)")
     p.add_argument("--tasks", default=None, help="comma list of RULER task names (default: all found)")
     p.add_argument("--max-samples", type=int, default=None, help="only the first N samples of a task and length")
+    p.add_argument("--labels", default=None, help="comma list of column names for the tables and plot, one per "
+                   "--configs entry (summary.csv keeps the config names)")
     p.add_argument("--output", default=None, help="write <config>/ruler/<length>/summary.csv and ruler.md here")
+    p.add_argument("--plot", action="store_true", help="also write ruler_by_length.png in --output")
+    p.add_argument("--window", type=int, default=None, help="the model's trained context, drawn as a line on the plot")
     a = p.parse_args(argv)
     split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None)
-    res = results_from_predictions(a.roots, split(a.configs), split(a.lengths), a.max_samples, split(a.tasks))
-    md = ruler_markdown_by_length(res)
+    configs, labels = split(a.configs), split(a.labels)
+    if labels and len(labels) != len(configs or []):
+        print("oprm: --labels needs one name per --configs entry", file=sys.stderr)
+        return 2
+    if a.plot and not a.output:
+        print("oprm: --plot writes into --output; give --output DIR", file=sys.stderr)
+        return 2
+    res = results_from_predictions(a.roots, configs, split(a.lengths), a.max_samples, split(a.tasks))
+    shown = {**res, "configs": {dict(zip(configs, labels)).get(c, c) if labels else c: v
+                                for c, v in res["configs"].items()}}
+    md = ruler_markdown_by_length(shown)
     print(md)
     if a.output:
         write_ruler_summaries(res, Path(a.output))
         (Path(a.output) / "ruler.md").write_text("# RULER\n\n" + md, encoding="utf-8")
+        if a.plot:
+            plot_ruler_averages(shown, Path(a.output) / "ruler_by_length.png", window=a.window)
     return 0
 
 
