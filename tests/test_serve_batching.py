@@ -14,8 +14,11 @@ from oprm.serve.scheduler import Scheduler, SchedulingAdapter
 from tiny_models import VOCAB, reference_generate, tiny_model
 
 # layout -> model types; "None" ones are not stacked (their steps run one by one)
-STACKED = {"llama": "attention", "gemma": "attention", "mamba2": "recurrent", "mamba": "recurrent"}
-ALONE = ("bamba",)  # a hybrid: attention and SSM layers in one cache
+HYBRIDS = ("bamba", "jamba", "granitemoehybrid", "lfm2", "qwen3_next", "qwen3_5_text", "nemotron_h", "zamba", "zamba2",
+           "falcon_h1")
+STACKED = {"llama": "attention", "gemma": "attention", "mamba2": "recurrent", "mamba": "recurrent",
+           **dict.fromkeys(HYBRIDS, "hybrid")}
+ALONE = ("gemma3_text",)  # sliding-window layers
 STEPS = 6
 
 
@@ -72,9 +75,44 @@ def test_batched_steps_equal_steps_alone(model_type):
         assert c[3] == tokens
     assert pair[3] == [alone[0][0], alone[0][0]]
     assert batcher.batched_steps == (STEPS if model_type in STACKED else 0)
+    assert batcher.reused_steps == (STEPS - 1 if model_type in STACKED else 0)  # the batch continued in place
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba2"])
+@pytest.mark.parametrize("model_type", ["llama", "mamba2", "jamba"])
+@torch.no_grad()
+def test_a_state_stepped_elsewhere_is_stacked_anew(model_type):
+    """A request whose state stepped on its own between two batched rounds (in place) is not continued from the
+    batch: the round stacks anew and every request still gets its own tokens."""
+    adapter = OPRM(tiny_model(model_type), chunk_size=8, idk=None).adapter
+    texts = prompts(2)
+    alone = [greedy_alone(adapter, p) for p in texts]
+    batcher = StepBatcher(adapter)
+    current = []
+    for p in texts:
+        logits, state = adapter.prefill(torch.tensor([p]))
+        current.append([logits[:, -1], state, len(p)])
+    tokens = [[] for _ in texts]
+
+    def step(i, c):
+        token = int(c[0].argmax(-1))
+        tokens[i].append(token)
+        return torch.tensor([[token]]), c[1], c[2]
+
+    for k in range(STEPS):
+        if k == 2:  # the first request takes one step on its own (its state changes in place), then all batched
+            c = current[0]
+            same = c[1]
+            c[0], c[1] = adapter.step(*step(0, c))
+            c[2] += 1
+            assert c[1] is same  # the batch sees the same object, one token longer
+        results = batcher.run([step(i, c) for i, c in enumerate(current)])
+        for c, (logits, state) in zip(current, results):
+            c[0], c[1], c[2] = logits, state, c[2] + 1
+    assert tokens[0][:STEPS] == alone[0][0] and all(t == a for t, (a, _) in zip(tokens[1:], alone[1:]))
+    assert (batcher.reused_steps, batcher.batched_steps) == (STEPS - 2, STEPS)  # round 2 stacked anew
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mamba2", "zamba2", "jamba"])
 def test_requests_side_by_side_equal_requests_alone(model_type):
     """Six OPRM requests (different documents, questions and lengths; two with look-ahead selection) run at once in
     threads through the scheduler: each answer, chosen chunk and entropy equals the request run alone, and the
@@ -156,7 +194,7 @@ def test_batched_decode_equals_generate_on_the_chosen_chunk():
         assert result.token_ids == tokens
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba2"])
+@pytest.mark.parametrize("model_type", ["llama", "mamba2", "zamba2", "jamba"])
 @torch.no_grad()
 def test_prefills_of_different_requests_share_a_forward(model_type):
     """Prefill micro-batches of different requests waiting at once share a forward where their rows have one length

@@ -4,11 +4,12 @@ Each request's engine call decodes its own state one token at a time (``adapter.
 steps that wait at the same moment and runs them as one batch: the states are stacked row-wise, run once, and split
 back. A decode step reads every weight for one token per row, so B rows cost little more than one.
 
-States stack as they are where every layer is recurrent (Mamba2's conv and SSM states have no length). Attention
-layers hold keys/values of each request's own length: rows are left-padded to the longest and the padding is masked
-(an attention mask of zeros), positions are given per row, and the padding is cut off again after the step. Other
-state layouts (sliding windows, hybrids mixing both, RWKV/xLSTM runtimes) are not stacked: their steps run one by one,
-still interleaved with the other requests' work.
+Recurrent layers stack as they are (Mamba2's conv and SSM states have no length). Attention layers hold keys/values
+of each request's own length: they are left-padded to the longest and the padding is masked (an attention mask of
+zeros), positions are given per row, and the padding is cut off again after the step. Hybrids (Jamba, Bamba, Zamba2,
+FalconH1, ...: recurrent and attention layers in one cache, or both in one layer) do both, layer by layer; each
+request keeps its own token count. Other layouts (sliding windows, RWKV/xLSTM/RecurrentGemma runtimes) are not
+stacked: their steps run one by one, still interleaved with the other requests' work.
 
 Prefill micro-batches of different requests (``pack_prefills``) share a forward where their rows have the same length
 and start position and their start states stack as they are (none, or one of the layouts above at the same
@@ -22,75 +23,92 @@ top-2 margin at the first divergent token.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..adapters.base import state_from_leaves, state_leaves
 from ..adapters.cache import CacheAdapter
 
 try:  # transformers >= 5
-    from transformers.cache_utils import DynamicCache, DynamicLayer, LinearAttentionLayer
+    from transformers.cache_utils import (DummyLayer, DynamicCache, DynamicLayer, LinearAttentionAndFullAttentionLayer,
+                                          LinearAttentionLayer)
+    KV_LAYERS = (DynamicLayer, LinearAttentionAndFullAttentionLayer)  # keys/values of the request's length
+    LINEAR_LAYERS = (LinearAttentionLayer, LinearAttentionAndFullAttentionLayer)  # states without length
+    STACKED_LAYERS = {*KV_LAYERS, *LINEAR_LAYERS, DummyLayer}  # exact types: a sliding window is not stacked
 except ImportError:  # pragma: no cover - older transformers: nothing is stacked
-    DynamicCache = DynamicLayer = LinearAttentionLayer = None
+    DynamicCache = None
 
 
 def layout(state) -> str | None:
-    """'recurrent' (every layer a linear-attention/SSM layer), 'attention' (every layer plain keys/values) or None
-    (not stacked across requests)."""
+    """'recurrent' (every layer an SSM / linear-attention layer), 'attention' (every layer plain keys/values),
+    'hybrid' (both) or None (not stacked across requests)."""
     if DynamicCache is None or type(state) is not DynamicCache:
         return None
     kinds = {type(layer) for layer in state.layers}
-    if kinds == {LinearAttentionLayer}:
-        return "recurrent"
-    if kinds == {DynamicLayer}:
-        return "attention"
-    return None
+    if not kinds <= STACKED_LAYERS:
+        return None
+    kv, linear = any(k in KV_LAYERS for k in kinds), any(k in LINEAR_LAYERS for k in kinds)
+    return "hybrid" if kv and linear else "attention" if kv else "recurrent" if linear else None
 
 
 def _length(state) -> int:
-    return state.layers[0].get_seq_length()
-
-
-def _rows(state) -> int:
-    leaf = state_leaves(state)[0]
-    return next(t.shape[0] for t in leaf if t.dim())
-
-
-def _pad_left(state, pad: int):
-    """A copy of an attention state whose keys/values are left-padded with ``pad`` zero positions."""
-    if pad == 0:
-        return state
-    out = DynamicCache.__new__(DynamicCache)
-    out.__dict__.update(state.__dict__)
-    out.layers = []
+    """Tokens the state holds: its keys/values' length, or a recurrent cache's token count."""
     for layer in state.layers:
-        new = DynamicLayer.__new__(DynamicLayer)
-        new.__dict__.update(layer.__dict__)
-        new.keys = F.pad(layer.keys, (0, 0, pad, 0))
-        new.values = F.pad(layer.values, (0, 0, pad, 0))
-        out.layers.append(new)
-    return out
+        if type(layer) in KV_LAYERS:
+            return layer.keys.shape[-2]
+    return int(next(layer for layer in state.layers if type(layer) in LINEAR_LAYERS).cumulative_length_linear)
 
 
-def _cat(states: list, rows: list[int]):
-    """One state whose rows are those of ``states`` in order (each holding ``rows[i]`` rows)."""
+def _cat(states: list, rows: list[int], pads: list[int] | None = None):
+    """One state whose rows are those of ``states`` in order (each holding ``rows[i]`` rows); with ``pads``, each
+    state's keys/values are left-padded with that many zero positions in the same copy."""
     leaves = [state_leaves(s) for s in states]
+    kv = {id(t) for layer in states[0].layers if type(layer) in KV_LAYERS for t in (layer.keys, layer.values)}
     tensors = []
     for parts in zip(*(t for t, _ in leaves)):
-        if all(p.dim() and p.shape[0] == r for p, r in zip(parts, rows)):
+        if pads and any(pads) and id(parts[0]) in kv:  # [b, heads, length, dim] each, right-aligned
+            first = parts[0]
+            out = first.new_zeros((sum(rows), *first.shape[1:-2], first.shape[-2] + pads[0], first.shape[-1]))
+            r = 0
+            for part, b, pad in zip(parts, rows, pads):
+                out[r:r + b, ..., pad:, :] = part
+                r += b
+            tensors.append(out)
+        elif all(p.dim() and p.shape[0] == r for p, r in zip(parts, rows)):
             tensors.append(torch.cat(parts))
         else:  # a counter (same for every row) or a shared value
             tensors.append(parts[0].clone())
     return state_from_leaves(states[0], tensors, leaves[0][1])
 
 
+def _split(state, rows: list[int]) -> list:
+    """The states of ``rows[i]`` consecutive rows each, as views of ``state``'s tensors (no copy: a decode step's
+    state lives until the next step, which copies it into the next batch or continues it alone)."""
+    tensors, scalars = state_leaves(state)
+    total, out, r = sum(rows), [], 0
+    for b in rows:
+        out.append(state_from_leaves(state, [t.narrow(0, r, b) if t.dim() and t.shape[0] == total else t.clone()
+                                             for t in tensors], scalars))
+        r += b
+    return out
+
+
 class StepBatcher:
-    """Runs a list of decode steps ``(token [b, 1], state, position)`` as few forwards as it can."""
+    """Runs a list of decode steps ``(token [b, 1], state, position)`` as few forwards as it can.
+
+    The states handed back are views of the batch's state. When the next round brings the same states back, none
+    stepped elsewhere in between, the batch continues in place: no copy in or out (``reused_steps``); any other
+    round stacks its states anew."""
 
     def __init__(self, adapter):
         self.adapter = adapter
         self.enabled = isinstance(adapter, CacheAdapter)
         self.batched_steps = 0  # forwards that served more than one request
+        self.reused_steps = 0  # of which: continued the previous batch in place
         self.rows_stepped = 0
+        self._batch = None  # (states handed out, their lengths, the batch's state they are views of)
+
+    def release(self) -> None:
+        """Forget the last batch (a request left): its memory goes with the requests' own states."""
+        self._batch = None
 
     def run(self, items: list[tuple]) -> list[tuple]:
         """[(logits [b, V] float32, new state)] per item, in order."""
@@ -113,42 +131,49 @@ class StepBatcher:
         return out
 
     def _stacked(self, kind: str, items: list[tuple]) -> list[tuple]:
-        adapter = self.adapter
+        last, self._batch = self._batch, None
+        lengths = [_length(state) for _, state, _ in items]
+        where = {id(state): i for i, (_, state, _) in enumerate(items)}
+        if last is not None and len(last[0]) == len(items) and all(
+                id(s) in where and lengths[where[id(s)]] == n for s, n in zip(last[0], last[1])):
+            order = [where[id(s)] for s in last[0]]  # the last batch's row order
+            batched = last[2]
+            self.reused_steps += 1
+        else:
+            order, batched = list(range(len(items))), None
+        items, lengths = [items[i] for i in order], [lengths[i] for i in order]
         rows = [token.shape[0] for token, _, _ in items]
-        states = [state for _, state, _ in items]
         device = items[0][0].device
         positions = torch.cat([torch.full((b, 1), p, dtype=torch.long, device=device)
                                for b, (_, _, p) in zip(rows, items)])
+        longest = max(lengths)
+        pads = [longest - n for n in lengths] if kind != "recurrent" else [0] * len(items)
         extra = {}
-        pads = [0] * len(items)
-        if kind == "attention":
-            lengths = [_length(s) for s in states]
-            longest = max(lengths)
-            pads = [longest - n for n in lengths]
-            states = [_pad_left(s, p) for s, p in zip(states, pads)]
-            if any(pads):
-                mask = torch.ones(sum(rows), longest + 1, dtype=torch.long, device=device)
-                r = 0
-                for b, p in zip(rows, pads):
-                    mask[r:r + b, :p] = 0
-                    r += b
-                extra["attention_mask"] = mask
-        counters = [[layer.cumulative_length_linear.clone() for layer in s.layers] if kind == "recurrent" else None
-                    for s in states]
-        logits, cache = adapter.forward(torch.cat([token for token, _, _ in items]), _cat(states, rows),
-                                        positions if adapter.takes_position_ids else None, 1, **extra)
-        logits = logits[:, -1]
-        out, r = [], 0
-        for b, pad, counter in zip(rows, pads, counters):
-            state = adapter.select(cache, list(range(r, r + b)))
-            for k, layer in enumerate(state.layers):
-                if pad:
-                    layer.keys = layer.keys[:, :, pad:].contiguous()
-                    layer.values = layer.values[:, :, pad:].contiguous()
-                if counter is not None:  # each request's own token count, not the first row's
-                    layer.cumulative_length_linear = counter[k] + 1
-            out.append((logits[r:r + b], state))
+        if any(pads):
+            mask = torch.ones(sum(rows), longest + 1, dtype=torch.long, device=device)
+            r = 0
+            for b, p in zip(rows, pads):
+                mask[r:r + b, :p] = 0
+                r += b
+            extra["attention_mask"] = mask
+        if batched is None:
+            batched = _cat([state for _, state, _ in items], rows, pads)
+        for layer in batched.layers:  # the batch's geometry: every row as long as the longest
+            if type(layer) in LINEAR_LAYERS:
+                layer.cumulative_length_linear = torch.tensor(longest)
+        logits, cache = self.adapter.forward(torch.cat([token for token, _, _ in items]), batched,
+                                             positions if self.adapter.takes_position_ids else None, 1, **extra)
+        logits, states, r = logits[:, -1], _split(cache, rows), 0
+        out: list = [None] * len(items)
+        for i, state, b, pad, n in zip(order, states, rows, pads, lengths):
+            for layer in state.layers:
+                if pad and type(layer) in KV_LAYERS:
+                    layer.keys, layer.values = layer.keys[:, :, pad:], layer.values[:, :, pad:]
+                if type(layer) in LINEAR_LAYERS:  # each request's own token count, not the batch's
+                    layer.cumulative_length_linear = torch.tensor(n + 1)
+            out[i] = (logits[r:r + b], state)
             r += b
+        self._batch = (states, [n + 1 for n in lengths], cache)
         return out
 
 

@@ -81,6 +81,7 @@ class Scheduler:
             self.stepping.discard(owner)
             self.arrival.pop(owner, None)
             self.served.pop(owner, None)
+            self.batcher.release()  # the batch changes: it stacks anew without the leaver's rows
             self.cond.notify_all()
 
     def owner(self):
