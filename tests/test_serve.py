@@ -421,3 +421,4 @@ def test_metrics_in_prometheus_format(server, client, engine):
     rows = samples[("oprm_forward_rows_sum", (("kind", "step"),))]
     assert h["batching"] and rows > steps
     assert samples[("oprm_batched_steps_total", ())] > 0  # some decode step served several requests in one forward
+    assert 0 <= samples[("oprm_reused_batch_steps_total", ())] <= samples[("oprm_batched_steps_total", ())]

@@ -34,6 +34,8 @@ class _Live:
         if scheduler is not None:
             yield CounterMetricFamily("oprm_batched_steps", "decode-step forwards that served several requests",
                                       value=scheduler.batcher.batched_steps)
+            yield CounterMetricFamily("oprm_reused_batch_steps", "of those, steps that continued the previous batch in "
+                                      "place (no copy of the requests' states)", value=scheduler.batcher.reused_steps)
             yield CounterMetricFamily("oprm_packed_prefills", "prefill forwards that served several requests",
                                       value=scheduler.packed)
         cache = getattr(self.engine, "documents", None)
