@@ -38,6 +38,15 @@ def greedy_alone(adapter, prompt):
     return tokens, seen
 
 
+def prefilled(adapter, texts) -> list[list]:
+    """Each prompt prefilled alone: [its last logits, state, position]."""
+    out = []
+    for p in texts:
+        logits, state = adapter.prefill(torch.tensor([p]))
+        out.append([logits[:, -1], state, len(p)])
+    return out
+
+
 @pytest.mark.parametrize("model_type", [*STACKED, *ALONE])
 @torch.no_grad()
 def test_batched_steps_equal_steps_alone(model_type):
@@ -48,10 +57,7 @@ def test_batched_steps_equal_steps_alone(model_type):
     texts = prompts(1)
     alone = [greedy_alone(adapter, p) for p in texts]
     batcher = StepBatcher(adapter)
-    current = []
-    for p in texts:
-        logits, state = adapter.prefill(torch.tensor([p]))
-        current.append([logits[:, -1], state, len(p), []])
+    current = [c + [[]] for c in prefilled(adapter, texts)]
     # a two-row request: the first prompt twice (rows of one request share a position)
     logits, state = adapter.prefill(torch.tensor([texts[0], texts[0]]))
     pair = [logits[:, -1], state, len(texts[0]), [[], []]]
@@ -87,10 +93,7 @@ def test_a_state_stepped_elsewhere_is_stacked_anew(model_type):
     texts = prompts(2)
     alone = [greedy_alone(adapter, p) for p in texts]
     batcher = StepBatcher(adapter)
-    current = []
-    for p in texts:
-        logits, state = adapter.prefill(torch.tensor([p]))
-        current.append([logits[:, -1], state, len(p)])
+    current = prefilled(adapter, texts)
     tokens = [[] for _ in texts]
 
     def step(i, c):
