@@ -10,7 +10,7 @@ import torch
 
 from oprm import OPRM
 from oprm.serve.batching import StepBatcher, layout
-from oprm.serve.scheduler import Scheduler, SchedulingAdapter
+from oprm.serve.scheduler import Op, Scheduler, SchedulingAdapter
 from tiny_models import VOCAB, reference_generate, tiny_model
 
 # layout -> model types; "None" ones are not stacked (their steps run one by one)
@@ -243,3 +243,43 @@ def test_prefills_of_different_requests_share_a_forward(model_type):
         step_a, _ = real.step(token, state_a, start + ids.shape[1])
         step_b, _ = real.step(token, state_b, start + ids.shape[1])
         torch.testing.assert_close(step_b, step_a, rtol=1e-5, atol=1e-5)
+
+
+class FailingForward:
+    """The adapter, whose ``fail_at``-th batched forward raises (a model error mid-step)."""
+
+    def __init__(self, adapter, fail_at: int):
+        self.adapter, self.fail_at, self.calls = adapter, fail_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("model failed")
+        return self.adapter.forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+@torch.no_grad()
+def test_a_failed_batch_continued_in_place_fails_its_requests(fail_at):
+    """A first batch that fails leaves the requests' own states untouched: the scheduler runs them one by one. A
+    batch continued in place that fails may have changed their states (views of it): each request gets the error
+    instead of being stepped again on a state it cannot trust."""
+    adapter = OPRM(tiny_model("jamba"), chunk_size=8, idk=None).adapter
+    current = prefilled(adapter, prompts(4))
+    scheduler = Scheduler(adapter)
+    scheduler.batcher = StepBatcher(FailingForward(adapter, fail_at))
+    scheduler.batcher.enabled = True
+    for _ in range(fail_at):
+        ops = [Op("step", (c[0].argmax(-1)[:, None], c[1], c[2]), owner=i) for i, c in enumerate(current)]
+        scheduler._run_steps(ops)
+        for c, op in zip(current, ops):
+            if op.error is None:
+                c[0], c[1] = op.result
+                c[2] += 1
+    if fail_at == 1:
+        assert all(op.error is None for op in ops)  # run one by one instead
+    else:
+        assert all(isinstance(op.error, RuntimeError) and str(op.error) == "model failed" for op in ops)

@@ -91,6 +91,11 @@ def _split(state, rows: list[int]) -> list:
     return out
 
 
+class BatchStateLost(RuntimeError):
+    """A batch continued in place failed mid-forward: its requests' states (views of it) may have changed, so none
+    can be stepped again on its own. ``__cause__`` is the model's error."""
+
+
 class StepBatcher:
     """Runs a list of decode steps ``(token [b, 1], state, position)`` as few forwards as it can.
 
@@ -137,10 +142,10 @@ class StepBatcher:
         if last is not None and len(last[0]) == len(items) and all(
                 id(s) in where and lengths[where[id(s)]] == n for s, n in zip(last[0], last[1])):
             order = [where[id(s)] for s in last[0]]  # the last batch's row order
-            batched = last[2]
+            batched, reused = last[2], True
             self.reused_steps += 1
         else:
-            order, batched = list(range(len(items))), None
+            order, batched, reused = list(range(len(items))), None, False
         items, lengths = [items[i] for i in order], [lengths[i] for i in order]
         rows = [token.shape[0] for token, _, _ in items]
         device = items[0][0].device
@@ -161,8 +166,13 @@ class StepBatcher:
         for layer in batched.layers:  # the batch's geometry: every row as long as the longest
             if type(layer) in LINEAR_LAYERS:
                 layer.cumulative_length_linear = torch.tensor(longest)
-        logits, cache = self.adapter.forward(torch.cat([token for token, _, _ in items]), batched,
-                                             positions if self.adapter.takes_position_ids else None, 1, **extra)
+        try:
+            logits, cache = self.adapter.forward(torch.cat([token for token, _, _ in items]), batched,
+                                                 positions if self.adapter.takes_position_ids else None, 1, **extra)
+        except Exception as e:
+            if reused:
+                raise BatchStateLost("a batched decode step failed") from e
+            raise
         logits, states, r = logits[:, -1], _split(cache, rows), 0
         out: list = [None] * len(items)
         for i, state, b, pad, n in zip(order, states, rows, pads, lengths):

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from .batching import StepBatcher, pack_prefills, packable, prefill_size
+from .batching import BatchStateLost, StepBatcher, pack_prefills, packable, prefill_size
 
 
 class Op:
@@ -172,6 +172,11 @@ class Scheduler:
         t = time.perf_counter()
         try:
             results = self.batcher.run([op.args for op in ops])
+        except BatchStateLost as e:  # the states changed in place: each request gets the model's error
+            for op in ops:
+                op.error = e.__cause__
+                op.done.set()
+            return
         except BaseException:  # one failing request must not fail the others: run them one by one
             for op in ops:
                 self._run(op)
