@@ -3,7 +3,8 @@
 
 A randomly initialised model of a realistic size per state layout (no hybrid checkpoint is available offline; a step's
 cost depends on the shapes, not the weights): ``llama`` (attention, SmolLM2-135M's shape), ``mamba2`` (recurrent),
-``zamba2`` / ``jamba`` / ``bamba`` (hybrids). ``--requests`` prompts of different lengths are prefilled alone, then
+``gemma3`` (Gemma-3-270M's shape: sliding-window and global attention layers), ``zamba2`` / ``jamba`` /
+``bamba`` (hybrids). ``--requests`` prompts of different lengths are prefilled alone, then
 each decodes ``--steps`` greedy tokens, every round's steps run by ``StepBatcher`` with batching on (``--mode
 batched``) or off (``--mode alone``). Both modes print the tokens' digest: equal digests, equal answers.
 
@@ -30,6 +31,9 @@ from oprm.serve.batching import StepBatcher  # noqa: E402
 ARCHS = {  # ~100M parameters each; the hybrids have attention in a few layers, as the real models
     "llama": ("LlamaConfig", dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                                   intermediate_size=1536)),
+    "gemma3": ("Gemma3TextConfig", dict(hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
+                                        num_key_value_heads=1, head_dim=256, intermediate_size=2048,
+                                        sliding_window=512, vocab_size=262144)),  # Gemma-3-270M's shape
     "mamba2": ("Mamba2Config", dict(hidden_size=768, num_hidden_layers=24, state_size=128, expand=2, head_dim=64,
                                     num_heads=24, n_groups=1, conv_kernel=4, chunk_size=256)),
     "zamba2": ("Zamba2Config", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -52,7 +56,7 @@ def build(arch: str):
     import transformers as tf  # noqa: PLC0415
 
     cls, kwargs = ARCHS[arch]
-    config = getattr(tf, cls)(vocab_size=32000, tie_word_embeddings=True, pad_token_id=0, **kwargs)
+    config = getattr(tf, cls)(**{"vocab_size": 32000, "tie_word_embeddings": True, "pad_token_id": 0, **kwargs})
     torch.manual_seed(0)
     return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 

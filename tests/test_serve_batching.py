@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from oprm import OPRM
-from oprm.serve.batching import StepBatcher, layout
+from oprm.adapters.base import state_leaves
+from oprm.serve.batching import StepBatcher, _counters, layout
 from oprm.serve.scheduler import Op, Scheduler, SchedulingAdapter
 from tiny_models import VOCAB, reference_generate, tiny_model
 
 # layout -> model types; "None" ones are not stacked (their steps run one by one)
 HYBRIDS = ("bamba", "jamba", "granitemoehybrid", "lfm2", "qwen3_next", "qwen3_5_text", "nemotron_h", "zamba", "zamba2",
            "falcon_h1")
-STACKED = {"llama": "attention", "gemma": "attention", "mamba2": "recurrent", "mamba": "recurrent",
-           **dict.fromkeys(HYBRIDS, "hybrid")}
-ALONE = ("gemma3_text",)  # sliding-window layers
+STACKED = {"llama": "attention", "gemma": "attention", "gemma3_text": "attention", "mamba2": "recurrent",
+           "mamba": "recurrent", **dict.fromkeys(HYBRIDS, "hybrid")}  # gemma3_text: sliding windows shorter than the prompts
+ALONE = ("rwkv",)  # a state of the RWKV model's own: stepped one by one
 STEPS = 6
 
 
@@ -35,7 +36,7 @@ def greedy_alone(adapter, prompt):
         tokens.append(token)
         seen.append(logits[0])
         logits, state = adapter.step(torch.tensor([[token]]), state, len(prompt) + k)
-    return tokens, seen
+    return tokens, seen, state
 
 
 def prefilled(adapter, texts) -> list[list]:
@@ -77,8 +78,11 @@ def test_batched_steps_equal_steps_alone(model_type):
         for c, (logits, state) in zip(current + [pair], results):
             assert logits.shape[0] == c[0].shape[0]
             c[0], c[1], c[2] = logits, state, c[2] + 1
-    for c, (tokens, _) in zip(current, alone):
+    for c, (tokens, _, state) in zip(current, alone):
         assert c[3] == tokens
+        if layout(state) is not None:  # each request's counters and keys/values, as if it had stepped alone
+            assert _counters(c[1]) == _counters(state)
+            assert [t.shape for t in state_leaves(c[1])[0]] == [t.shape for t in state_leaves(state)[0]]
     assert pair[3] == [alone[0][0], alone[0][0]]
     assert batcher.batched_steps == (STEPS if model_type in STACKED else 0)
     assert batcher.reused_steps == (STEPS - 1 if model_type in STACKED else 0)  # the batch continued in place
@@ -111,7 +115,7 @@ def test_a_state_stepped_elsewhere_is_stacked_anew(model_type):
         results = batcher.run([step(i, c) for i, c in enumerate(current)])
         for c, (logits, state) in zip(current, results):
             c[0], c[1], c[2] = logits, state, c[2] + 1
-    assert tokens[0][:STEPS] == alone[0][0] and all(t == a for t, (a, _) in zip(tokens[1:], alone[1:]))
+    assert tokens[0][:STEPS] == alone[0][0] and all(t == a for t, (a, _, _) in zip(tokens[1:], alone[1:]))
     assert (batcher.reused_steps, batcher.batched_steps) == (STEPS - 2, STEPS)  # round 2 stacked anew
 
 

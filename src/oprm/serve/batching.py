@@ -28,47 +28,66 @@ from ..adapters.base import state_from_leaves, state_leaves
 from ..adapters.cache import CacheAdapter
 
 try:  # transformers >= 5
-    from transformers.cache_utils import (DummyLayer, DynamicCache, DynamicLayer, LinearAttentionAndFullAttentionLayer,
-                                          LinearAttentionLayer)
-    KV_LAYERS = (DynamicLayer, LinearAttentionAndFullAttentionLayer)  # keys/values of the request's length
+    from transformers.cache_utils import (DummyLayer, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer,
+                                          LinearAttentionAndFullAttentionLayer, LinearAttentionLayer)
+    # exact types (a subclass may keep its state otherwise)
+    KV_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, LinearAttentionAndFullAttentionLayer)  # keys/values
     LINEAR_LAYERS = (LinearAttentionLayer, LinearAttentionAndFullAttentionLayer)  # states without length
-    STACKED_LAYERS = {*KV_LAYERS, *LINEAR_LAYERS, DummyLayer}  # exact types: a sliding window is not stacked
+    STACKED_LAYERS = {*KV_LAYERS, *LINEAR_LAYERS, DummyLayer}
 except ImportError:  # pragma: no cover - older transformers: nothing is stacked
     DynamicCache = None
 
 
 def layout(state) -> str | None:
-    """'recurrent' (every layer an SSM / linear-attention layer), 'attention' (every layer plain keys/values),
-    'hybrid' (both) or None (not stacked across requests)."""
+    """'recurrent' (every layer an SSM / linear-attention layer), 'attention' (every layer keys/values, in full or
+    in a sliding window), 'hybrid' (both) or None (not stacked across requests)."""
     if DynamicCache is None or type(state) is not DynamicCache:
         return None
     kinds = {type(layer) for layer in state.layers}
-    if not kinds <= STACKED_LAYERS:
+    if not kinds <= STACKED_LAYERS or any(getattr(layer, "record_past", False) for layer in state.layers):
         return None
     kv, linear = any(k in KV_LAYERS for k in kinds), any(k in LINEAR_LAYERS for k in kinds)
     return "hybrid" if kv and linear else "attention" if kv else "recurrent" if linear else None
 
 
+def _counters(state) -> list[int | None]:
+    """Each layer's own count of what it has seen (a sliding window's tokens, a recurrent layer's counter, whose unit
+    is the model's: not always tokens), None for a layer without one."""
+    return [layer.cumulative_length if type(layer) is DynamicSlidingWindowLayer
+            else int(layer.cumulative_length_linear) if type(layer) in LINEAR_LAYERS else None
+            for layer in state.layers]
+
+
+def _set_counters(state, counts: list[int | None]) -> None:
+    for layer, n in zip(state.layers, counts):
+        if type(layer) is DynamicSlidingWindowLayer:
+            layer.cumulative_length = n
+        elif type(layer) in LINEAR_LAYERS:
+            layer.cumulative_length_linear = torch.tensor(n)
+
+
 def _length(state) -> int:
-    """Tokens the state holds: its keys/values' length, or a recurrent cache's token count."""
+    """Tokens the state has seen: its full keys/values' length (else the largest counter: no keys to align)."""
     for layer in state.layers:
-        if type(layer) in KV_LAYERS:
+        if type(layer) in (DynamicLayer, LinearAttentionAndFullAttentionLayer):
             return layer.keys.shape[-2]
-    return int(next(layer for layer in state.layers if type(layer) in LINEAR_LAYERS).cumulative_length_linear)
+    return max(n for n in _counters(state) if n is not None)
 
 
-def _cat(states: list, rows: list[int], pads: list[int] | None = None):
-    """One state whose rows are those of ``states`` in order (each holding ``rows[i]`` rows); with ``pads``, each
-    state's keys/values are left-padded with that many zero positions in the same copy."""
+def _cat(states: list, rows: list[int]):
+    """One state whose rows are those of ``states`` in order (each holding ``rows[i]`` rows); keys/values shorter than
+    the longest of their layer are left-padded with zeros in the same copy."""
     leaves = [state_leaves(s) for s in states]
     kv = {id(t) for layer in states[0].layers if type(layer) in KV_LAYERS for t in (layer.keys, layer.values)}
     tensors = []
     for parts in zip(*(t for t, _ in leaves)):
-        if pads and any(pads) and id(parts[0]) in kv:  # [b, heads, length, dim] each, right-aligned
-            first = parts[0]
-            out = first.new_zeros((sum(rows), *first.shape[1:-2], first.shape[-2] + pads[0], first.shape[-1]))
+        longest = max(p.shape[-2] for p in parts) if id(parts[0]) in kv else None
+        if longest is not None and any(p.shape[-2] != longest for p in parts):  # [b, heads, length, dim] each
+            out = parts[0].new_empty((sum(rows), *parts[0].shape[1:-2], longest, parts[0].shape[-1]))
             r = 0
-            for part, b, pad in zip(parts, rows, pads):
+            for part, b in zip(parts, rows):
+                pad = longest - part.shape[-2]
+                out[r:r + b, ..., :pad, :] = 0
                 out[r:r + b, ..., pad:, :] = part
                 r += b
             tensors.append(out)
@@ -162,10 +181,10 @@ class StepBatcher:
                 r += b
             extra["attention_mask"] = mask
         if batched is None:
-            batched = _cat([state for _, state, _ in items], rows, pads)
-        for layer in batched.layers:  # the batch's geometry: every row as long as the longest
-            if type(layer) in LINEAR_LAYERS:
-                layer.cumulative_length_linear = torch.tensor(longest)
+            batched = _cat([state for _, state, _ in items], rows)
+        counts = [_counters(state) for _, state, _ in items]
+        # the batch's geometry: every row as far as the furthest (a sliding window's mask is sized by its count)
+        _set_counters(batched, [None if c[0] is None else max(c) for c in zip(*counts)])
         try:
             logits, cache = self.adapter.forward(torch.cat([token for token, _, _ in items]), batched,
                                                  positions if self.adapter.takes_position_ids else None, 1, **extra)
@@ -175,12 +194,12 @@ class StepBatcher:
             raise
         logits, states, r = logits[:, -1], _split(cache, rows), 0
         out: list = [None] * len(items)
-        for i, state, b, pad, n in zip(order, states, rows, pads, lengths):
-            for layer in state.layers:
-                if pad and type(layer) in KV_LAYERS:
-                    layer.keys, layer.values = layer.keys[:, :, pad:], layer.values[:, :, pad:]
-                if type(layer) in LINEAR_LAYERS:  # each request's own token count, not the batch's
-                    layer.cumulative_length_linear = torch.tensor(n + 1)
+        for i, state, b, n, own in zip(order, states, rows, lengths, counts):
+            for layer in state.layers:  # each request's own keys/values and counters, not the batch's
+                if type(layer) in KV_LAYERS:
+                    keep = min(n + 1, layer.sliding_window - 1) if type(layer) is DynamicSlidingWindowLayer else n + 1
+                    layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
+            _set_counters(state, [None if c is None else c + 1 for c in own])
             out[i] = (logits[r:r + b], state)
             r += b
         self._batch = (states, [n + 1 for n in lengths], cache)
