@@ -119,7 +119,7 @@ def test_a_state_stepped_elsewhere_is_stacked_anew(model_type):
     assert (batcher.reused_steps, batcher.batched_steps) == (STEPS - 2, STEPS)  # round 2 stacked anew
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba2", "zamba2", "jamba"])
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "mamba2", "zamba2", "jamba"])
 def test_requests_side_by_side_equal_requests_alone(model_type):
     """Six OPRM requests (different documents, questions and lengths; two with look-ahead selection) run at once in
     threads through the scheduler: each answer, chosen chunk and entropy equals the request run alone, and the
@@ -201,7 +201,7 @@ def test_batched_decode_equals_generate_on_the_chosen_chunk():
         assert result.token_ids == tokens
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mamba2", "zamba2", "jamba"])
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "mamba2", "zamba2", "jamba"])
 @torch.no_grad()
 def test_prefills_of_different_requests_share_a_forward(model_type):
     """Prefill micro-batches of different requests waiting at once share a forward where their rows have one length

@@ -7,8 +7,9 @@ back. A decode step reads every weight for one token per row, so B rows cost lit
 Recurrent layers stack as they are (Mamba2's conv and SSM states have no length). Attention layers hold keys/values
 of each request's own length: they are left-padded to the longest and the padding is masked (an attention mask of
 zeros), positions are given per row, and the padding is cut off again after the step. Hybrids (Jamba, Bamba, Zamba2,
-FalconH1, ...: recurrent and attention layers in one cache, or both in one layer) do both, layer by layer; each
-request keeps its own token count. Other layouts (sliding windows, RWKV/xLSTM/RecurrentGemma runtimes) are not
+FalconH1, ...: recurrent and attention layers in one cache, or both in one layer) do both, layer by layer. A
+sliding window (Gemma 3) holds at most its window: each layer is padded to its own longest, and its count of tokens
+sizes the mask. Every request keeps its own counters. Other layouts (the RWKV/xLSTM/RecurrentGemma runtimes) are not
 stacked: their steps run one by one, still interleaved with the other requests' work.
 
 Prefill micro-batches of different requests (``pack_prefills``) share a forward where their rows have the same length
