@@ -265,13 +265,14 @@ class FailingForward:
         return self.adapter.forward(*args, **kwargs)
 
 
-@pytest.mark.parametrize("fail_at", [1, 2])
+@pytest.mark.parametrize("model_type,fail_at", [("jamba", 1), ("jamba", 2), ("llama", 2)])
 @torch.no_grad()
-def test_a_failed_batch_continued_in_place_fails_its_requests(fail_at):
+def test_a_failed_batch_continued_in_place_fails_its_requests(model_type, fail_at):
     """A first batch that fails leaves the requests' own states untouched: the scheduler runs them one by one. A
-    batch continued in place that fails may have changed their states (views of it): each request gets the error
-    instead of being stepped again on a state it cannot trust."""
-    adapter = OPRM(tiny_model("jamba"), chunk_size=8, idk=None).adapter
+    batch continued in place that fails may have changed their recurrent states (views of it, written in place):
+    each request gets the error instead of being stepped again on a state it cannot trust. Keys/values are only ever
+    replaced, so an attention model's requests still run one by one."""
+    adapter = OPRM(tiny_model(model_type), chunk_size=8, idk=None).adapter
     current = prefilled(adapter, prompts(4))
     scheduler = Scheduler(adapter)
     scheduler.batcher = StepBatcher(FailingForward(adapter, fail_at))
@@ -283,7 +284,31 @@ def test_a_failed_batch_continued_in_place_fails_its_requests(fail_at):
             if op.error is None:
                 c[0], c[1] = op.result
                 c[2] += 1
-    if fail_at == 1:
+    if fail_at == 1 or model_type == "llama":
         assert all(op.error is None for op in ops)  # run one by one instead
     else:
         assert all(isinstance(op.error, RuntimeError) and str(op.error) == "model failed" for op in ops)
+
+
+def _storage_bytes(state) -> tuple[int, int]:
+    """(bytes of the storage a state's tensors keep alive, bytes of the tensors themselves)."""
+    tensors = [t for t in state_leaves(state)[0] if t.dim()]
+    return (sum(t.untyped_storage().nbytes() for t in tensors), sum(t.numel() * t.element_size() for t in tensors))
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "jamba", "llama"])
+@torch.no_grad()
+def test_a_view_stepped_alone_owns_its_memory(model_type):
+    """A request that goes on alone after a batched step (the others left) steps a copy of its view: from then on it
+    keeps only its own rows, not the batch's memory; the logits handed back are the request's own."""
+    adapter = OPRM(tiny_model(model_type), chunk_size=8, idk=None).adapter
+    current = prefilled(adapter, prompts(5))
+    batcher = StepBatcher(adapter)
+    results = batcher.run([(c[0].argmax(-1)[:, None], c[1], c[2]) for c in current])
+    logits, state = results[0]
+    kept, own = _storage_bytes(state)
+    assert kept > own  # a view of the batch
+    assert logits.untyped_storage().nbytes() == logits.numel() * logits.element_size()
+    _, alone_state = batcher.run([(logits.argmax(-1)[:, None], state, current[0][2] + 1)])[0]
+    kept, own = _storage_bytes(alone_state)
+    assert kept == own

@@ -23,6 +23,8 @@ top-2 margin at the first divergent token.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..adapters.base import state_from_leaves, state_leaves
@@ -121,7 +123,8 @@ class StepBatcher:
 
     The states handed back are views of the batch's state. When the next round brings the same states back, none
     stepped elsewhere in between, the batch continues in place: no copy in or out (``reused_steps``); any other
-    round stacks its states anew."""
+    round stacks its states anew. A view that steps alone is first copied, so that it does not keep the whole
+    batch's memory for the rest of its request (a view kept unstepped, e.g. a paused decode, keeps it until then)."""
 
     def __init__(self, adapter):
         self.adapter = adapter
@@ -130,6 +133,7 @@ class StepBatcher:
         self.reused_steps = 0  # of which: continued the previous batch in place
         self.rows_stepped = 0
         self._batch = None  # (states handed out, their lengths, the batch's state they are views of)
+        self._views = weakref.WeakSet()  # every state handed out as a view of a batch, while someone holds it
 
     def release(self) -> None:
         """Forget the last batch (a request left): its memory goes with the requests' own states."""
@@ -142,18 +146,24 @@ class StepBatcher:
         for i, (_, state, _) in enumerate(items):
             kind = layout(state) if self.enabled else None
             if kind is None:
-                out[i] = self.adapter.step(*items[i])
+                out[i] = self._alone(items[i])
             else:
                 groups.setdefault(kind, []).append(i)
         for kind, members in groups.items():
             if len(members) == 1:
-                out[members[0]] = self.adapter.step(*items[members[0]])
+                out[members[0]] = self._alone(items[members[0]])
                 continue
             for i, result in zip(members, self._stacked(kind, [items[i] for i in members])):
                 out[i] = result
             self.batched_steps += 1
         self.rows_stepped += sum(item[0].shape[0] for item in items)
         return out
+
+    def _alone(self, item: tuple) -> tuple:
+        token, state, position = item
+        if state in self._views:  # its own copy: a step in place would keep writing into the batch's memory
+            state = _cat([state], [token.shape[0]])
+        return self.adapter.step(token, state, position)
 
     def _stacked(self, kind: str, items: list[tuple]) -> list[tuple]:
         last, self._batch = self._batch, None
@@ -189,8 +199,8 @@ class StepBatcher:
         try:
             logits, cache = self.adapter.forward(torch.cat([token for token, _, _ in items]), batched,
                                                  positions if self.adapter.takes_position_ids else None, 1, **extra)
-        except Exception as e:
-            if reused:
+        except BaseException as e:
+            if reused and kind != "attention":  # keys/values are replaced, never written: only these changed
                 raise BatchStateLost("a batched decode step failed") from e
             raise
         logits, states, r = logits[:, -1], _split(cache, rows), 0
@@ -201,8 +211,9 @@ class StepBatcher:
                     keep = min(n + 1, layer.sliding_window - 1) if type(layer) is DynamicSlidingWindowLayer else n + 1
                     layer.keys, layer.values = layer.keys[:, :, -keep:], layer.values[:, :, -keep:]
             _set_counters(state, [None if c is None else c + 1 for c in own])
-            out[i] = (logits[r:r + b], state)
+            out[i] = (logits[r:r + b].clone(), state)  # a request may keep its logits: not the batch's
             r += b
+        self._views.update(states)
         self._batch = (states, [n + 1 for n in lengths], cache)
         return out
 
