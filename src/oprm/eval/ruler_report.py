@@ -132,7 +132,7 @@ def ruler_averages(results: dict) -> dict[str, list[tuple[str, float, float, str
     return out
 
 
-def plot_ruler_averages(results: dict, path: Path, window: int | None = None, title: str | None = None) -> Path | None:
+def plot_ruler_averages(results: dict, path: Path, window: int | None = None) -> Path | None:
     """``path`` (PNG): each config's RULER average against the target length, with its 95 % interval as error bars
     and, given ``window``, the model's trained context as a dashed line. None where matplotlib is missing."""
     try:
@@ -159,7 +159,7 @@ def plot_ruler_averages(results: dict, path: Path, window: int | None = None, ti
     ax.set_xlabel("target length (tokens)")
     ax.set_ylabel(f"RULER average of {len(results.get('tasks', {}))} tasks (95 % interval)")
     ax.set_ylim(-3, 100)
-    ax.set_title(title or f"RULER: {results.get('model', '')}", fontsize=9)
+    ax.set_title(f"RULER: {results.get('model', '')}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)

@@ -5,9 +5,8 @@ report writers must not import."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 from oprm.eval.ruler_report import plot_ruler_averages, ruler_markdown_by_length, write_ruler_summaries
 from oprm.eval.scoring import ruler_by_length
