@@ -162,7 +162,7 @@ class StepBatcher:
     def _alone(self, item: tuple) -> tuple:
         token, state, position = item
         if state in self._views:  # its own copy: a step in place would keep writing into the batch's memory
-            state = _cat([state], [token.shape[0]])
+            state = self.adapter.select(state, list(range(token.shape[0])))
         return self.adapter.step(token, state, position)
 
     def _stacked(self, kind: str, items: list[tuple]) -> list[tuple]:
