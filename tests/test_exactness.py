@@ -108,6 +108,25 @@ def test_one_chunk_equals_vanilla(model):
     assert_same_as_generate(model, vanilla, P + C + S)
 
 
+@pytest.mark.parametrize("max_batch_tokens", [None, 16])
+def test_vanilla_in_segments_equals_generate(model, max_batch_tokens):
+    """A long vanilla prompt runs in segments where the state continues exactly (at most ``max_batch_tokens``; four
+    windows where layers attend to a sliding window: 24 tokens for the tiny Gemma 3) and equals generate on it whole."""
+    P, C, S = make_prompt(5, n_context=60)
+    engine = OPRM(model, idk=None, max_batch_tokens=max_batch_tokens)
+    forwards = []
+    prefill = engine.adapter.prefill
+    engine.adapter.prefill = lambda ids, *a, **k: forwards.append(ids.shape[1]) or prefill(ids, *a, **k)
+    vanilla = engine.generate(prefix_ids=P, context_ids=C, suffix_ids=S, mode="vanilla", max_new_tokens=NEW,
+                              output_logits=True)
+    assert_same_as_generate(model, vanilla, P + C + S)
+    n = len(P + C + S)  # 71
+    segment = max_batch_tokens or (24 if engine.adapter.sliding_window and DEVICE == "cpu" else n)
+    if not engine.adapter.continuation_exact:
+        segment = n
+    assert [t for t in forwards if t > 1] == [min(segment, n - i) for i in range(0, n, segment)]  # decode steps: 1
+
+
 def test_shared_prefix_equals_full_recompute(model):
     P, C, S = make_prompt(3)
     kwargs = dict(prefix_ids=P, context_ids=C, suffix_ids=S, max_new_tokens=NEW, output_logits=True)

@@ -55,3 +55,24 @@ def test_set_threads(monkeypatch):
             runtime.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name, kwargs, window", [
+    ("Gemma3TextConfig", dict(sliding_window=512), 512),
+    ("Gemma3Config", dict(text_config=dict(sliding_window=1024)), 1024),  # the multimodal wrapper's text model
+    ("MistralConfig", dict(sliding_window=4096), 4096),
+    ("Qwen2Config", dict(sliding_window=4096, use_sliding_window=False), None),  # declared but switched off
+    ("LlamaConfig", {}, None),
+])
+def test_sliding_window_from_config(name, kwargs, window):
+    import transformers
+
+    from oprm.adapters.cache import sliding_window
+    assert sliding_window(getattr(transformers, name)(**kwargs)) == window
+
+
+def test_long_prefill_segment_is_four_windows_on_cpu():
+    from oprm.adapters import get_adapter
+    gemma, llama = get_adapter(tiny_model("gemma3_text").cpu()), get_adapter(tiny_model("llama").cpu())
+    assert (gemma.sliding_window, gemma.long_prefill_segment(8192), gemma.long_prefill_segment(16)) == (6, 24, 16)
+    assert (llama.sliding_window, llama.long_prefill_segment(8192)) == (None, 8192)

@@ -235,9 +235,9 @@ class OPRMLM(LM):
         adapter = engine.adapter
         inputs, targets = ids[:-1], ids[1:]
         first = len(inputs) - num_scored  # the first position whose next-token logits are scored
-        segment = (engine.config.max_batch_tokens or default_max_batch_tokens(adapter.device)) \
-            if adapter.continuation_exact else len(inputs)
-        prefiller = Prefiller(adapter, RunStats(), segment, model_name=engine.name)
+        prefiller = Prefiller(adapter, RunStats(), engine.config.max_batch_tokens or
+                              default_max_batch_tokens(adapter.device), model_name=engine.name)
+        segment = prefiller.long_segment(len(inputs))
         state, total, greedy = None, 0.0, True
         for offset in range(0, len(inputs), segment):
             piece = inputs[offset:offset + segment]

@@ -61,11 +61,18 @@ class Prefiller:
         """Batch-1 prefill of a long prompt, in segments where continuation is exact (bounded activations).
 
         Returns (logits [1, V] of the last position, state)."""
-        segment = self.max_batch_tokens if self.adapter.continuation_exact else len(ids)
+        segment = self.long_segment(len(ids))
         logits = None
         for offset in range(0, len(ids), max(1, segment)):
             logits, state = self.forward([ids[offset:offset + segment]], state, start=start + offset)
         return logits[:, -1], state
+
+    def long_segment(self, length: int) -> int:
+        """Tokens per forward of a long batch-1 prompt of ``length`` tokens: all at once where a state cannot be
+        continued exactly, else at most ``max_batch_tokens`` (fewer for sliding windows: the adapter decides)."""
+        if not self.adapter.continuation_exact:
+            return max(1, length)
+        return self.adapter.long_prefill_segment(self.max_batch_tokens)
 
     def prefix_state(self, prefix: list[int]):
         """P's state, run once per call (chunks that run tier by tier share it)."""

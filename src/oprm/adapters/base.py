@@ -20,6 +20,8 @@ class StateAdapter:
     #: continue a KV cache run attention on its masked path (SmolLM2 bf16: OPRM's prefill at 0.70x a plain forward's
     #: tok/s with P shared, 0.98x with P recomputed in every row; docs/speed.md). 0: always share.
     prefix_share_fraction: float = 0.0
+    #: the window of a model with sliding-window attention layers, else None (see ``long_prefill_segment``)
+    sliding_window: int | None = None
 
     def __init__(self, model):
         self.model = model
@@ -59,6 +61,15 @@ class StateAdapter:
         tensors = [torch.cat(parts) if parts[0].dim() and parts[0].shape[0] == 1 else parts[0].clone()
                    for parts in zip(*(t for t, _ in leaves))]
         return state_from_leaves(states[0], tensors, leaves[0][1])
+
+    def long_prefill_segment(self, max_batch_tokens: int) -> int:
+        """Tokens per forward of a long batch-1 prompt. A sliding-window layer attends over the whole segment through
+        a mask (SDPA skips no masked block on CPU), so on CPU segments of four windows do less work: Gemma-3-270M
+        (window 512), bf16, one thread, prefill CPU seconds at 16K: 31.6 / 18.3 / 17.4 / 19.6 for segments of 8192 /
+        2048 / 1024 / 512 tokens, at 32K 84.1 / 46.6 (8192 / 2048; docs/speed.md). Not measured on GPUs."""
+        if self.sliding_window and self.device.type == "cpu":
+            return min(max_batch_tokens, 4 * self.sliding_window)
+        return max_batch_tokens
 
     # --- helpers --------------------------------------------------------------------------------------------------
     def position_ids(self, batch: int, length: int, start: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ class CacheAdapter(StateAdapter):
         self.takes_logits_to_keep = "logits_to_keep" in params
         self.stateful_scan = stateful_scan and supports_stateful_scan(model)
         self.continuation_exact = model.config.model_type not in MAMBA1_FAMILY or self.stateful_scan
+        self.sliding_window = sliding_window(model.config)
         if family(model) == "matmul":  # pure attention: recomputing a short P is cheaper than the masked path
             self.prefix_share_fraction = 0.5
 
@@ -57,3 +58,14 @@ class CacheAdapter(StateAdapter):
         selected = copy_structure(state)
         selected.reorder_cache(torch.as_tensor(rows, dtype=torch.long, device=self.device))
         return selected
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a model with sliding-window layers (Gemma 2/3, Mistral, Qwen2 when enabled), else None."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    if not window or not getattr(config, "use_sliding_window", True) or (
+            layer_types and "sliding_attention" not in layer_types):
+        return None
+    return int(window)
