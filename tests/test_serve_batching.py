@@ -312,3 +312,36 @@ def test_a_view_stepped_alone_owns_its_memory(model_type):
     _, alone_state = batcher.run([(logits.argmax(-1)[:, None], state, current[0][2] + 1)])[0]
     kept, own = _storage_bytes(alone_state)
     assert kept == own
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "jamba", "llama", "gemma3_text"])
+@torch.no_grad()
+def test_a_paused_view_gets_its_own_rows_when_the_others_go_on(model_type):
+    """A request that sits out a round (a decode paused for more look-aheads) while the others step on is given
+    copies of its own rows, so the batch it came from can go; it resumes with the tokens it has alone."""
+    adapter = OPRM(tiny_model(model_type), chunk_size=8, idk=None).adapter
+    texts = prompts(6)
+    alone = [greedy_alone(adapter, p)[0] for p in texts]
+    batcher = StepBatcher(adapter)
+    current = prefilled(adapter, texts)
+    tokens = [[] for _ in texts]
+
+    def run(ids):
+        steps = []
+        for i in ids:
+            token = int(current[i][0].argmax(-1))
+            tokens[i].append(token)
+            steps.append((torch.tensor([[token]]), current[i][1], current[i][2]))
+        for i, (logits, state) in zip(ids, batcher.run(steps)):
+            current[i] = [logits, state, current[i][2] + 1]
+
+    run([0, 1, 2])
+    kept, own = _storage_bytes(current[0][1])
+    assert kept > own  # a view of the batch
+    run([1, 2])  # request 0 sits this round out
+    kept, own = _storage_bytes(current[0][1])
+    assert kept == own
+    run([0])
+    for _ in range(STEPS - 2):
+        run([0, 1, 2])
+    assert tokens == alone

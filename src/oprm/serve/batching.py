@@ -113,6 +113,22 @@ def _split(state, rows: list[int]) -> list:
     return out
 
 
+def _own_rows(obj) -> None:
+    """Replace, in place, every tensor of a state that is a view of a larger batch by a copy of its own rows (the
+    state object stays the one its request holds; tensors inside tuples are left as they are)."""
+    if isinstance(obj, (dict, list)):
+        items, put = list(obj.items() if isinstance(obj, dict) else enumerate(obj)), obj.__setitem__
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
+        items, put = list(vars(obj).items()), lambda key, value: setattr(obj, key, value)
+    else:
+        return
+    for key, value in items:
+        if not isinstance(value, torch.Tensor):
+            _own_rows(value)
+        elif value.untyped_storage().nbytes() > value.numel() * value.element_size():
+            put(key, value.clone())
+
+
 class BatchStateLost(RuntimeError):
     """A batch continued in place failed mid-forward: its requests' states (views of it) may have changed, so none
     can be stepped again on its own. ``__cause__`` is the model's error."""
@@ -124,7 +140,8 @@ class StepBatcher:
     The states handed back are views of the batch's state. When the next round brings the same states back, none
     stepped elsewhere in between, the batch continues in place: no copy in or out (``reused_steps``); any other
     round stacks its states anew. A view that steps alone is first copied, so that it does not keep the whole
-    batch's memory for the rest of its request (a view kept unstepped, e.g. a paused decode, keeps it until then)."""
+    batch's memory for the rest of its request; a view that sits out a round (a decode paused while its request runs
+    more look-aheads) is given its own rows then, so the batch it came from can go."""
 
     def __init__(self, adapter):
         self.adapter = adapter
@@ -141,6 +158,10 @@ class StepBatcher:
 
     def run(self, items: list[tuple]) -> list[tuple]:
         """[(logits [b, V] float32, new state)] per item, in order."""
+        stepping = {id(state) for _, state, _ in items}
+        for view in [v for v in self._views if id(v) not in stepping]:  # the batch moves on without it
+            _own_rows(view)
+            self._views.discard(view)
         groups: dict[str, list[int]] = {}
         out: list = [None] * len(items)
         for i, (_, state, _) in enumerate(items):
