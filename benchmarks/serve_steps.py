@@ -4,7 +4,7 @@
 A randomly initialised model of a realistic size per state layout (no hybrid checkpoint is available offline; a step's
 cost depends on the shapes, not the weights): ``llama`` (attention, SmolLM2-135M's shape), ``mamba2`` (recurrent),
 ``gemma3`` (Gemma-3-270M's shape: sliding-window and global attention layers), ``zamba2`` / ``jamba`` /
-``bamba`` (hybrids). ``--requests`` prompts of different lengths are prefilled alone, then
+``bamba`` (hybrids), ``xlstm`` (mLSTM states, stacked by its adapter). ``--requests`` prompts of different lengths are prefilled alone, then
 each decodes ``--steps`` greedy tokens, every round's steps run by ``StepBatcher`` with batching on (``--mode
 batched``) or off (``--mode alone``). Both modes print the tokens' digest: equal digests, equal answers.
 
@@ -49,6 +49,9 @@ ARCHS = {  # ~100M parameters each; the hybrids have attention in a few layers, 
                                   num_key_value_heads=4, intermediate_size=2048, mamba_d_state=64, mamba_expand=2,
                                   mamba_d_head=64, mamba_n_heads=24, mamba_n_groups=1, mamba_chunk_size=256,
                                   attn_layer_indices=[3, 7, 11])),
+    "xlstm": ("xLSTMConfig", dict(hidden_size=768, embedding_dim=768, num_hidden_layers=12, num_blocks=12, num_heads=4,
+                                  mode="inference", autocast_kernel_dtype="float32",
+                                  inference_state_dtype="float32")),  # mLSTM states: no length
 }
 
 

@@ -19,6 +19,7 @@ HYBRIDS = ("bamba", "jamba", "granitemoehybrid", "lfm2", "qwen3_next", "qwen3_5_
            "falcon_h1")
 STACKED = {"llama": "attention", "gemma": "attention", "gemma3_text": "attention", "mamba2": "recurrent",
            "mamba": "recurrent", **dict.fromkeys(HYBRIDS, "hybrid")}  # gemma3_text: sliding windows shorter than the prompts
+ROWS = ("xlstm",)  # stacked by the adapter (concat, step, select): states without length
 ALONE = ("rwkv",)  # a state of the RWKV model's own: stepped one by one
 STEPS = 6
 
@@ -48,7 +49,7 @@ def prefilled(adapter, texts) -> list[list]:
     return out
 
 
-@pytest.mark.parametrize("model_type", [*STACKED, *ALONE])
+@pytest.mark.parametrize("model_type", [*STACKED, *ROWS, *ALONE])
 @torch.no_grad()
 def test_batched_steps_equal_steps_alone(model_type):
     """Rows of different lengths (and one request with two rows, as look-ahead decodes) stepped together give each
@@ -84,7 +85,7 @@ def test_batched_steps_equal_steps_alone(model_type):
             assert _counters(c[1]) == _counters(state)
             assert [t.shape for t in state_leaves(c[1])[0]] == [t.shape for t in state_leaves(state)[0]]
     assert pair[3] == [alone[0][0], alone[0][0]]
-    assert batcher.batched_steps == (STEPS if model_type in STACKED else 0)
+    assert batcher.batched_steps == (STEPS if model_type in STACKED or model_type in ROWS else 0)
     assert batcher.reused_steps == (STEPS - 1 if model_type in STACKED else 0)  # the batch continued in place
 
 
@@ -119,7 +120,7 @@ def test_a_state_stepped_elsewhere_is_stacked_anew(model_type):
     assert (batcher.reused_steps, batcher.batched_steps) == (STEPS - 2, STEPS)  # round 2 stacked anew
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "mamba2", "zamba2", "jamba"])
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "mamba2", "zamba2", "jamba", "xlstm"])
 def test_requests_side_by_side_equal_requests_alone(model_type):
     """Six OPRM requests (different documents, questions and lengths; two with look-ahead selection) run at once in
     threads through the scheduler: each answer, chosen chunk and entropy equals the request run alone, and the

@@ -22,6 +22,10 @@ class StateAdapter:
     prefix_share_fraction: float = 0.0
     #: the window of a model with sliding-window attention layers, else None (see ``long_prefill_segment``)
     sliding_window: int | None = None
+    #: the server may run decode steps of different requests as one batch through ``concat``, ``step`` and ``select``:
+    #: states whose tensors have no length, a model without positions whose batched step is exact (xLSTM). Cache
+    #: states (attention, SSM, hybrids) are stacked by serve/batching.py itself.
+    stacks_steps: bool = False
 
     def __init__(self, model):
         self.model = model

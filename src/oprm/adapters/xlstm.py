@@ -12,6 +12,7 @@ from .base import StateAdapter, copy_structure
 
 
 class XlstmAdapter(StateAdapter):
+    stacks_steps = True  # (C, n, m) per layer have no length; seqlen_offset only counts and follows the first row
     def prefill(self, input_ids, state=None, start=0, num_logits=1):
         if state is not None:
             state = self.select(state, list(range(input_ids.shape[0])))  # the model updates its cache in place

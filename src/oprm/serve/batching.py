@@ -9,8 +9,9 @@ of each request's own length: they are left-padded to the longest and the paddin
 zeros), positions are given per row, and the padding is cut off again after the step. Hybrids (Jamba, Bamba, Zamba2,
 FalconH1, ...: recurrent and attention layers in one cache, or both in one layer) do both, layer by layer. A
 sliding window (Gemma 3) holds at most its window: each layer is padded to its own longest, and its count of tokens
-sizes the mask. Every request keeps its own counters. Other layouts (the RWKV/xLSTM/RecurrentGemma runtimes) are not
-stacked: their steps run one by one, still interleaved with the other requests' work.
+sizes the mask. Every request keeps its own counters. xLSTM's states (no length, no positions) are stacked by its
+adapter (``stacks_steps``). Other layouts (the RWKV and RecurrentGemma runtimes) are not stacked: their steps run one
+by one, still interleaved with the other requests' work.
 
 Prefill micro-batches of different requests (``pack_prefills``) share a forward where their rows have the same length
 and start position and their start states stack as they are (none, or one of the layouts above at the same
@@ -145,7 +146,8 @@ class StepBatcher:
 
     def __init__(self, adapter):
         self.adapter = adapter
-        self.enabled = isinstance(adapter, CacheAdapter)
+        self.rows = getattr(adapter, "stacks_steps", False)  # the adapter stacks its states itself
+        self.enabled = self.rows or isinstance(adapter, CacheAdapter)  # off: every step alone
         self.batched_steps = 0  # forwards that served more than one request
         self.reused_steps = 0  # of which: continued the previous batch in place
         self.rows_stepped = 0
@@ -165,7 +167,7 @@ class StepBatcher:
         groups: dict[str, list[int]] = {}
         out: list = [None] * len(items)
         for i, (_, state, _) in enumerate(items):
-            kind = layout(state) if self.enabled else None
+            kind = None if not self.enabled else "rows" if self.rows else layout(state)
             if kind is None:
                 out[i] = self._alone(items[i])
             else:
@@ -174,7 +176,8 @@ class StepBatcher:
             if len(members) == 1:
                 out[members[0]] = self._alone(items[members[0]])
                 continue
-            for i, result in zip(members, self._stacked(kind, [items[i] for i in members])):
+            stack = self._rows if kind == "rows" else lambda group: self._stacked(kind, group)
+            for i, result in zip(members, stack([items[i] for i in members])):
                 out[i] = result
             self.batched_steps += 1
         self.rows_stepped += sum(item[0].shape[0] for item in items)
@@ -185,6 +188,17 @@ class StepBatcher:
         if state in self._views:  # its own copy: a step in place would keep writing into the batch's memory
             state = self.adapter.select(state, list(range(token.shape[0])))
         return self.adapter.step(token, state, position)
+
+    def _rows(self, items: list[tuple]) -> list[tuple]:
+        """States the adapter stacks itself (``stacks_steps``): one step on their concatenation, split into copies."""
+        rows = [token.shape[0] for token, _, _ in items]
+        logits, state = self.adapter.step(torch.cat([token for token, _, _ in items]),
+                                          self.adapter.concat([state for _, state, _ in items]), items[0][2])
+        out, r = [], 0
+        for b in rows:
+            out.append((logits[r:r + b].clone(), self.adapter.select(state, list(range(r, r + b)))))
+            r += b
+        return out
 
     def _stacked(self, kind: str, items: list[tuple]) -> list[tuple]:
         last, self._batch = self._batch, None
