@@ -114,20 +114,12 @@ def _split(state, rows: list[int]) -> list:
     return out
 
 
-def _own_rows(obj) -> None:
-    """Replace, in place, every tensor of a state that is a view of a larger batch by a copy of its own rows (the
-    state object stays the one its request holds; tensors inside tuples are left as they are)."""
-    if isinstance(obj, (dict, list)):
-        items, put = list(obj.items() if isinstance(obj, dict) else enumerate(obj)), obj.__setitem__
-    elif hasattr(obj, "__dict__") and not isinstance(obj, (type, torch.nn.Module)):
-        items, put = list(vars(obj).items()), lambda key, value: setattr(obj, key, value)
-    else:
-        return
-    for key, value in items:
-        if not isinstance(value, torch.Tensor):
-            _own_rows(value)
-        elif value.untyped_storage().nbytes() > value.numel() * value.element_size():
-            put(key, value.clone())
+def _own_rows(state) -> None:
+    """Give a state handed out as a view of a batch copies of its own rows, in place (the request keeps the same
+    object), so that the batch's memory can go."""
+    tensors, scalars = state_leaves(state)
+    own = [t.clone() if t.untyped_storage().nbytes() > t.numel() * t.element_size() else t for t in tensors]
+    vars(state).update(vars(state_from_leaves(state, own, scalars)))
 
 
 class BatchStateLost(RuntimeError):
@@ -176,8 +168,8 @@ class StepBatcher:
             if len(members) == 1:
                 out[members[0]] = self._alone(items[members[0]])
                 continue
-            stack = self._rows if kind == "rows" else lambda group: self._stacked(kind, group)
-            for i, result in zip(members, stack([items[i] for i in members])):
+            group = [items[i] for i in members]
+            for i, result in zip(members, self._rows(group) if kind == "rows" else self._stacked(kind, group)):
                 out[i] = result
             self.batched_steps += 1
         self.rows_stepped += sum(item[0].shape[0] for item in items)
